@@ -1,0 +1,106 @@
+"""Edit requests, the zsRE (MEND) and CounterFact (ROME) file formats, and tokenization with target-only labels."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    prompt: str
+    target: str
+
+
+@dataclass
+class EditRecord:
+    """One edit with what scores it: rephrases share the edit's target; loc pairs must keep the model's answer."""
+
+    edit: EditRequest
+    rephrases: list[str]
+    loc: list[EditRequest]
+    subject: str = ""
+    true_target: str | None = None  # CounterFact's target_true: efficacy compares P(new) with P(true)
+    kind: str = "zsre"
+    extra: dict = field(default_factory=dict)
+
+
+def join(prompt: str, target: str) -> tuple[str, str]:
+    """A space goes between prompt and target unless one side already has whitespace at the seam."""
+    if prompt and target and not prompt[-1].isspace() and not target[0].isspace():
+        target = " " + target
+    return prompt, target
+
+
+def _zsre(rec: dict) -> EditRecord:
+    loc = [EditRequest(rec["loc"], rec["loc_ans"])] if rec.get("loc") else []
+    rephrases = [rec["rephrase"]] if isinstance(rec.get("rephrase"), str) else list(rec.get("rephrase") or [])
+    return EditRecord(EditRequest(rec["src"], rec["alt"]), rephrases, loc, rec.get("subject", ""), kind="zsre")
+
+
+def _counterfact(rec: dict) -> EditRecord:
+    rw = rec["requested_rewrite"]
+    new, true = " " + rw["target_new"]["str"], " " + rw["target_true"]["str"]
+    loc = [EditRequest(p, true) for p in rec.get("neighborhood_prompts", [])]
+    return EditRecord(EditRequest(rw["prompt"].format(rw["subject"]), new), list(rec.get("paraphrase_prompts", [])),
+                      loc, rw["subject"], true_target=true, kind="counterfact", extra={"case_id": rec.get("case_id")})
+
+
+def load_records(spec: str, n: int | None = None, one_per_subject: bool = False) -> list[EditRecord]:
+    """Read `zsre:FILE`, `counterfact:FILE`, or a bare FILE whose format is detected from its keys."""
+    kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("zsre", "counterfact") else ("", "", spec)
+    raw = json.loads(Path(path).read_text())
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{path}: expected a non-empty JSON list of records")
+    kind = kind or ("counterfact" if "requested_rewrite" in raw[0] else "zsre")
+    parse = _counterfact if kind == "counterfact" else _zsre
+    records, seen = [], set()
+    for rec in raw:
+        r = parse(rec)
+        if one_per_subject and r.subject in seen:
+            continue  # a later edit of the same subject rightly overrides an earlier one (data README)
+        seen.add(r.subject)
+        records.append(r)
+        if n is not None and len(records) >= n:
+            break
+    return records
+
+
+def tokenize_edits(tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest], max_length: int = 64) -> dict:
+    """Right-padded (input_ids, attention_mask, labels); labels are -100 everywhere but the target tokens."""
+    rows = []
+    for req in requests:
+        prompt, target = join(req.prompt, req.target)
+        p_ids = tokenizer(prompt)["input_ids"]
+        t_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+        if not t_ids:
+            raise ValueError(f"target {req.target!r} has no tokens")
+        p_ids = p_ids[-max(max_length - len(t_ids), 1):]  # keep the end of an over-long prompt
+        rows.append((p_ids + t_ids, [-100] * len(p_ids) + t_ids))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean NLL of the labelled tokens, shape (B,). Logits at t predict token t+1."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != -100
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def target_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum log-prob of the target, whole-answer teacher-forced argmax match, argmax ids) per sequence."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != -100
+    logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    argmax = logits.argmax(-1)
+    exact = ((argmax == labels) | ~mask).all(1)
+    return (logp * mask).sum(1), exact, argmax

@@ -1,0 +1,131 @@
+"""LowRankDelta: the one object an edit produces, and what is stored, applied, reverted and exported."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+FORMAT = "mend-lowrank-delta"
+FORMAT_VERSION = "1"
+
+
+class NonFiniteDeltaError(ValueError):
+    """Applying the delta would put NaN or inf into the weights; nothing was written."""
+
+
+@dataclass
+class LowRankDelta:
+    """{parameter name: (left, right)} with ΔW = left @ right in the parameter's own storage orientation.
+
+    For an nn.Linear weight (out, in): left = -α·δ̃ᵀ (out, k), right = ũ (k, in); for a transposed Conv1D
+    weight (in, out) the roles swap. The step α and the minus sign are folded into the factors, so applying
+    is orientation-free and a stored delta needs nothing else to be replayed.
+    """
+
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return max((min(l.shape[1], l.shape[0], r.shape[1]) for l, r in self.factors.values()), default=0)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(l.numel() * l.element_size() + r.numel() * r.element_size() for l, r in self.factors.values())
+
+    def dense(self, name: str) -> torch.Tensor:
+        left, right = self.factors[name]
+        return left.float() @ right.float()  # fp32 even for half-precision models, as PEFT does
+
+    def norms(self) -> dict[str, float]:
+        return {n: float(self.dense(n).norm()) for n in self.factors}
+
+    def norm(self) -> float:
+        return sum(v * v for v in self.norms().values()) ** 0.5
+
+    def _write(self, model: nn.Module, sign: float) -> None:
+        params = dict(model.named_parameters())
+        missing = [n for n in self.factors if n not in params]
+        if missing:
+            raise KeyError(f"model has no parameter {missing[0]!r}")
+        new = {}
+        for name in self.factors:
+            p = params[name]
+            d = self.dense(name).to(p.device)
+            if d.shape != p.shape:
+                raise ValueError(f"delta for {name} has shape {tuple(d.shape)}, weight has {tuple(p.shape)}")
+            new[name] = (p.detach().float() + sign * d).to(p.dtype)
+            if not torch.isfinite(new[name]).all():
+                raise NonFiniteDeltaError(f"delta would make {name} non-finite; weights unchanged")
+        with torch.no_grad():  # all checks passed: never a half-applied delta
+            for name, value in new.items():
+                params[name].copy_(value)
+
+    def apply(self, model: nn.Module) -> None:
+        self._write(model, 1.0)
+
+    def revert(self, model: nn.Module) -> None:
+        self._write(model, -1.0)
+
+    def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> "LowRankDelta":
+        return LowRankDelta({n: (l.to(device=device, dtype=dtype), r.to(device=device, dtype=dtype))
+                             for n, (l, r) in self.factors.items()}, dict(self.meta))
+
+    def compressed(self, rel_tol: float = 0.0, dtype: torch.dtype | None = None) -> "LowRankDelta":
+        """Re-factor each ΔW to its numerical rank via a thin SVD, dropping singular values below rel_tol·σ_max."""
+        out = {}
+        for name, (left, right) in self.factors.items():
+            ql, rl = torch.linalg.qr(left.double())
+            qr, rr = torch.linalg.qr(right.double().T)
+            u, s, vh = torch.linalg.svd(rl @ rr.T)
+            keep = max(int((s > rel_tol * s[0]).sum()), 1) if s.numel() else 0
+            root = s[:keep].sqrt()
+            new_l = (ql @ u[:, :keep]) * root
+            new_r = root[:, None] * (vh[:keep] @ qr.T)
+            out[name] = (new_l.to(dtype or left.dtype), new_r.to(dtype or right.dtype))
+        return LowRankDelta(out, dict(self.meta))
+
+    @staticmethod
+    def stack(deltas: list["LowRankDelta"]) -> "LowRankDelta":
+        """One delta whose ΔW is the sum of the given ones: factors concatenated along the rank axis."""
+        names = list(deltas[0].factors)
+        if any(set(d.factors) != set(names) for d in deltas):
+            raise ValueError("deltas edit different parameters")
+        return LowRankDelta({n: (torch.cat([d.factors[n][0] for d in deltas], 1),
+                                 torch.cat([d.factors[n][1] for d in deltas], 0)) for n in names})
+
+    def to_bytes(self) -> bytes:
+        tensors = {}
+        for name, (left, right) in self.factors.items():
+            tensors[f"{name}::left"] = left.detach().contiguous().cpu()
+            tensors[f"{name}::right"] = right.detach().contiguous().cpu()
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "meta": json.dumps(self.meta, sort_keys=True)}
+        return st_save(tensors, metadata=meta)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "LowRankDelta":
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        meta = header.get("__metadata__", {})
+        if meta.get("format") != FORMAT:
+            raise ValueError("not a LowRankDelta: missing format stamp")
+        tensors = st_load(data)
+        names = sorted({k.rsplit("::", 1)[0] for k in tensors})
+        return cls({n: (tensors[f"{n}::left"], tensors[f"{n}::right"]) for n in names}, json.loads(meta.get("meta", "{}")))
+
+
+def snapshot(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Copies of the named weights: the base that a full rollback restores bit for bit."""
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().clone() for n in names}
+
+
+def restore(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)

@@ -1,0 +1,105 @@
+"""Forward hooks, in one place, as context managers that remove their handles on exit.
+
+Hooks only act for the thread that opened them: the service computes an edit while other threads generate
+with the same modules, and their forwards must neither be captured nor made to require grad.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import nn
+
+
+class _ThreadHooks:
+    def __init__(self) -> None:
+        self._handles: list = []
+        self._thread = threading.get_ident()
+
+    def _mine(self) -> bool:
+        return threading.get_ident() == self._thread
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+class CaptureLayers(_ThreadHooks):
+    """Keep each module's input u (B, T, in) and output (B, T, out), and start autograd at `grad_from`.
+
+    The model's parameters are frozen, so nothing below `grad_from` builds a graph; its input is made a leaf
+    that requires grad, so one backward runs through the edited blocks only and stops there.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], grad_from: nn.Module | None = None) -> None:
+        super().__init__()
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        for name, mod in modules.items():
+            self._handles.append(mod.register_forward_hook(self._keep(name)))
+        if grad_from is not None:
+            self._handles.append(grad_from.register_forward_pre_hook(self._leaf, with_kwargs=True))
+
+    def _keep(self, name: str):
+        def hook(_mod, args, out):
+            if self._mine():
+                self.inputs[name], self.outputs[name] = args[0], out
+
+        return hook
+
+    def _leaf(self, _mod, args, kwargs):
+        if not self._mine() or not torch.is_grad_enabled():
+            return None
+        if args:
+            return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+        kwargs["hidden_states"] = kwargs["hidden_states"].detach().requires_grad_(True)
+        return args, kwargs
+
+
+class SkipPrefix(_ThreadHooks):
+    """Replace the blocks below `first` by a cached input to block `first` (the frozen-prefix cache).
+
+    Blocks before `first` become identities and block `first` receives `hidden` instead of what they made;
+    the embedding, masks and position encodings are still computed, which costs little. Unlike the
+    capture hooks this swaps the blocks for every thread: it is for training, never for a served model.
+    """
+
+    def __init__(self, blocks: nn.ModuleList, first: int, hidden: torch.Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self._saved = [(b, b.forward) for b in list(blocks)[:first]]
+        for block, _ in self._saved:
+            block.forward = _identity
+        self._handles.append(blocks[first].register_forward_pre_hook(self._inject, with_kwargs=True))
+
+    def _inject(self, _mod, args, kwargs):
+        if args:
+            return (self.hidden, *args[1:]), kwargs
+        kwargs["hidden_states"] = self.hidden
+        return args, kwargs
+
+    def __exit__(self, *exc) -> None:
+        for block, fwd in self._saved:
+            block.forward = fwd
+        super().__exit__(*exc)
+
+
+def _identity(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+class CaptureBlockInput(_ThreadHooks):
+    """Record what block `first` receives: the value SkipPrefix later replays."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.hidden: torch.Tensor | None = None
+        self._handles.append(block.register_forward_pre_hook(self._keep, with_kwargs=True))
+
+    def _keep(self, _mod, args, kwargs):
+        if self._mine():
+            self.hidden = (args[0] if args else kwargs["hidden_states"]).detach()

