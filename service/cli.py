@@ -1,0 +1,38 @@
+"""`mend`: the library's train/eval commands (editor_core.cli) plus `mend serve`."""
+from __future__ import annotations
+
+import logging
+
+import typer
+import uvicorn
+
+from .settings import Settings
+
+try:
+    from editor_core.cli import app
+except ModuleNotFoundError as e:  # editor_core/cli.py is being written; only its absence is tolerated
+    if e.name != "editor_core.cli":
+        raise
+    app = typer.Typer(help="MEND model editing")
+
+    @app.callback()
+    def main() -> None:
+        """MEND model editing: serve an editor over HTTP."""  # a callback keeps `serve` a subcommand
+
+
+@app.command()
+def serve(host: str = typer.Option(None, help="default: MEND_HOST or 127.0.0.1"),
+          port: int = typer.Option(None, help="default: MEND_PORT or 8000"),
+          log_level: str = typer.Option("info")) -> None:
+    """Start the HTTP service (model, editor and edit log from the MEND_* settings)."""
+    from .main import create_app  # imports torch: only when serving
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = Settings(**overrides)
+    # force: the library callback may already have configured the root logger at WARNING
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,96 @@
+"""The edit log: one Redis Stream per (base model, editor), append-only, read in order by every replica.
+
+Each event is one XADD (atomic). Fields: `type` (edit | rollback), the three fingerprints, `body` (JSON) and,
+for edits, `delta` (the LowRankDelta as safetensors bytes). Nothing here ever deletes or trims the stream.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import redis
+
+from editor_core import LowRankDelta
+
+from .errors import LogUnavailable
+
+EDIT, ROLLBACK = "edit", "rollback"
+
+
+def log_fingerprint(model_fp: str, editor_fp: str) -> str:
+    return hashlib.sha256(f"{model_fp}:{editor_fp}".encode()).hexdigest()[:16]
+
+
+def stream_key(log_fp: str) -> str:
+    return f"mend:log:{log_fp}"
+
+
+@dataclass
+class Event:
+    type: str
+    model_fp: str
+    editor_fp: str
+    log_fp: str
+    body: dict
+    delta: bytes | None = None  # edit events only: parsed on apply, so only safetensors is ever decoded
+    id: str = field(default="", compare=False)  # the stream id, known once written
+
+    def fields(self) -> dict[str, bytes]:
+        out = {"type": self.type, "model": self.model_fp, "editor": self.editor_fp, "log": self.log_fp,
+               "body": json.dumps(self.body, sort_keys=True)}
+        out = {k: v.encode() for k, v in out.items()}
+        if self.delta is not None:
+            out["delta"] = self.delta
+        return out
+
+    @classmethod
+    def parse(cls, event_id: bytes, raw: dict[bytes, bytes]) -> "Event":
+        text = {k.decode(): v.decode() for k, v in raw.items() if k != b"delta"}
+        return cls(text.get("type", ""), text.get("model", ""), text.get("editor", ""), text.get("log", ""),
+                   json.loads(text.get("body", "{}")), raw.get(b"delta"), event_id.decode())
+
+    def load_delta(self) -> LowRankDelta:
+        return LowRankDelta.from_bytes(self.delta or b"")
+
+
+class EditLog:
+    """Thin wrapper over the stream: Redis failures surface as LogUnavailable (503), never half-writes."""
+
+    def __init__(self, url: str, log_fp: str) -> None:
+        self.key = stream_key(log_fp)
+        self.url = url
+        # Short timeouts: a dead Redis must turn /edit into a quick 503, not a hung request.
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+    def append(self, event: Event) -> str:
+        try:
+            return self.client.xadd(self.key, event.fields()).decode()
+        except redis.RedisError as e:
+            raise LogUnavailable() from e
+
+    def read_after(self, last_id: str) -> list[Event]:
+        """Every event after `last_id` ("0" = from the start), in stream order."""
+        try:
+            rows = self.client.xrange(self.key, min=f"({last_id}" if last_id != "0" else "-")
+        except redis.RedisError as e:
+            raise LogUnavailable() from e
+        return [Event.parse(i, raw) for i, raw in rows]
+
+    def wait_for_new(self, client: redis.Redis, last_id: str, block_ms: int) -> bool:
+        """Block until an event after `last_id` exists (or the timeout); the follower's own connection."""
+        return bool(client.xread({self.key: last_id}, count=1, block=block_ms))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def other_logs(self) -> list[str]:
+        """Streams of other model/editor pairs: their edits do not apply here, which an operator should know."""
+        keys = [k.decode() for k in self.client.scan_iter(match="mend:log:*", count=1000)]
+        return sorted(k for k in keys if k != self.key)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,63 @@
+"""Token-by-token sampling with a per-request generator, so that a seed gives the same text under concurrency.
+
+transformers' generate() seeds through the global RNG, which concurrent requests would share; this loop
+keeps its own torch.Generator and applies stop strings itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int
+    finish_reason: str  # "stop" (end of sequence or a stop string) or "length"
+
+
+def end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return {i for i in ids if i is not None}
+
+
+def pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
+    """Greedy at temperature 0; otherwise nucleus sampling over the smallest set with mass >= top_p."""
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, -1)
+    sorted_p, order = probs.sort(descending=True)
+    keep = (sorted_p.cumsum(0) - sorted_p) < top_p  # the token that crosses top_p stays in
+    sorted_p = sorted_p * keep
+    return int(order[torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)])
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str | None:
+    hits = [text.index(s) for s in stop if s and s in text]
+    return text[: min(hits)] if hits else None
+
+
+@torch.no_grad()
+def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, input_ids: list[int], max_new_tokens: int,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+             stop: list[str] | None = None) -> Completion:
+    gen = torch.Generator()
+    gen.manual_seed(seed) if seed is not None else gen.seed()
+    ends, new, cache = end_token_ids(model, tokenizer), [], None
+    x = torch.tensor([input_ids], device=model.device)
+    for _ in range(max_new_tokens):
+        out = model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1)  # only the last position's logits
+        cache = out.cache
+        tok = pick(out.logits[0, -1].float().cpu(), temperature, top_p, gen)
+        if tok in ends:
+            return Completion(tokenizer.decode(new, skip_special_tokens=True), len(new), "stop")
+        new.append(tok)
+        cut = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop or [])
+        if cut is not None:
+            return Completion(cut, len(new), "stop")
+        x = torch.tensor([[tok]], device=model.device)
+    return Completion(tokenizer.decode(new, skip_special_tokens=True), len(new), "length")

@@ -1,0 +1,55 @@
+"""Builds the FastAPI app: the model and editor load once in the lifespan, with the log replayed before serving."""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from .errors import install_handlers
+from .metrics import Metrics
+from .routes import edits, generate, health
+from .runtime import Runtime
+from .schemas import JOIN_DOC
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = f"""MEND (Mitchell et al., ICLR 2022) as a service: send a prompt and the continuation you want, and the
+editor turns that one example's gradient into a low-rank weight update, applied in place and kept in an
+append-only Redis edit log, so every edit can be rolled back and every replica converges.
+
+{JOIN_DOC}
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    try:
+        runtime = await run_in_threadpool(Runtime.start, settings)
+    except Exception:
+        log.exception("startup failed: not serving")
+        raise
+    app.state.runtime = runtime
+    app.state.metrics.bind(lambda: len(runtime.active), lambda: runtime.version)
+    log.info("serving %s with editor %s at version %d", settings.model, settings.editor, runtime.version)
+    try:
+        yield
+    finally:
+        app.state.runtime = None
+        await run_in_threadpool(runtime.close)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(title="MEND model-editing service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings or Settings()
+    app.state.metrics = Metrics()
+    app.state.runtime = None
+    install_handlers(app)
+    app.state.metrics.install(app)
+    for module in (edits, generate, health):
+        app.include_router(module.router)
+    return app

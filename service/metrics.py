@@ -1,0 +1,40 @@
+"""Prometheus metrics, on a registry per app (tests and replicas in one process must not share counters)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.edits = Counter("mend_edits", "edits made through this replica's /edit", registry=self.registry)
+        self.rollbacks = Counter("mend_rollbacks", "rollbacks made through this replica", registry=self.registry)
+        self.latency = Histogram("mend_request_seconds", "request latency by endpoint", ["method", "endpoint"],
+                                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+                                 registry=self.registry)
+        self.responses = Counter("mend_responses", "responses by endpoint and status",
+                                 ["method", "endpoint", "status"], registry=self.registry)
+        self.active = Gauge("mend_active_edits", "edits applied and not rolled back", registry=self.registry)
+        self.log_events = Gauge("mend_log_events", "edit log events applied (the version)", registry=self.registry)
+
+    def bind(self, active: Callable[[], float], log_events: Callable[[], float]) -> None:
+        self.active.set_function(active)
+        self.log_events.set_function(log_events)
+
+    def render(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def install(self, app: FastAPI) -> None:
+        @app.middleware("http")
+        async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            t0 = time.perf_counter()
+            response = await call_next(request)
+            route = request.scope.get("route")
+            endpoint = route.path if route else "unmatched"  # the template, so ids do not explode the labels
+            self.latency.labels(request.method, endpoint).observe(time.perf_counter() - t0)
+            self.responses.labels(request.method, endpoint, str(response.status_code)).inc()
+            return response

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+
+from editor_core import EditRequest
+
+from ..deps import MetricsDep, RuntimeDep, require_key
+from ..runtime import EditEntry
+from ..schemas import (EditCreate, EditItem, EditPublic, EditRecord, EditsPage, RollbackPublic, RollbackRequest,
+                       TargetScores)
+
+router = APIRouter(tags=["edits"])
+
+
+def to_record(e: EditEntry) -> EditRecord:
+    b = e.body
+    return EditRecord(edit_id=e.edit_id, version=e.version, status=e.status,
+                      requests=[EditItem(**r) for r in b["requests"]], author=b["author"], note=b["note"],
+                      force=b["force"], time=b["time"], pre_scores=b["pre"], rank=b["rank"], bytes=b["bytes"],
+                      rollback=e.rollback)
+
+
+@router.post("/edit", status_code=201, dependencies=[Depends(require_key)])
+def create_edit(body: EditCreate, runtime: RuntimeDep, metrics: MetricsDep) -> EditPublic:
+    items = body.items()
+    out = runtime.edit([EditRequest(i.prompt, i.target) for i in items], body.author, body.note, body.force)
+    metrics.edits.inc()
+    scores = [TargetScores(prompt=i.prompt, target=i.target, pre_logprob=a.logprob, pre_exact=a.exact,
+                           post_logprob=b.logprob, post_exact=b.exact) for i, a, b in zip(items, out.pre, out.post)]
+    return EditPublic(edit_id=out.edit_id, version=out.version, scores=scores, rank=out.rank, bytes=out.nbytes,
+                      elapsed_ms=out.elapsed_ms)
+
+
+@router.post("/rollback", dependencies=[Depends(require_key)])
+def rollback(body: RollbackRequest, runtime: RuntimeDep, metrics: MetricsDep) -> RollbackPublic:
+    out = runtime.rollback(body.edit_id, body.to_version, body.author, body.note)
+    metrics.rollbacks.inc()
+    return RollbackPublic(rolled_back=out.rolled_back, version=out.version)
+
+
+@router.get("/edits")
+def list_edits(runtime: RuntimeDep, status: Literal["active", "rolled_back"] | None = None,
+               offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> EditsPage:
+    rows, count = runtime.list_edits(status, offset, limit)
+    return EditsPage(data=[to_record(e) for e in rows], count=count, offset=offset, limit=limit)
+
+
+@router.get("/edits/{edit_id}")
+def get_edit(edit_id: str, runtime: RuntimeDep) -> EditRecord:
+    return to_record(runtime.entry(edit_id))

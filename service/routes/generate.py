@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from ..deps import RuntimeDep, require_key_for_generate
+from ..schemas import GeneratePublic, GenerateRequest
+
+router = APIRouter(tags=["generate"])
+
+
+@router.post("/generate", dependencies=[Depends(require_key_for_generate)])
+def generate(body: GenerateRequest, runtime: RuntimeDep) -> GeneratePublic:
+    messages = [m.model_dump() for m in body.messages] if body.messages is not None else None
+    out, n_prompt, version = runtime.generate(body.prompt, messages, body.max_new_tokens, body.temperature,
+                                              body.top_p, body.seed, body.stop)
+    return GeneratePublic(text=out.text, prompt_tokens=n_prompt, completion_tokens=out.tokens,
+                          finish_reason=out.finish_reason, version=version)

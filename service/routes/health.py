@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from ..deps import MetricsDep, RuntimeDep
+from ..schemas import Health, Ready
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+def health(runtime: RuntimeDep) -> Health:
+    runtime.touch_device()
+    return Health(status="ok")
+
+
+@router.get("/ready", responses={503: {"model": Ready}})
+def ready(runtime: RuntimeDep) -> Ready:
+    ok, reason = runtime.readiness()
+    body = Ready(ready=ok, reason=reason, version=runtime.version, active_edits=len(runtime.active),
+                 weights=runtime.weights_hash(), model_fingerprint=runtime.model_fp,
+                 editor_fingerprint=runtime.editor_fp, log_key=runtime.log.key)
+    return body if ok else JSONResponse(body.model_dump(), status_code=503)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(m: MetricsDep) -> Response:
+    return m.render()

@@ -1,0 +1,384 @@
+"""The model runtime: one model and editor, the weights kept equal to base + the active deltas of the log.
+
+Weights change only in `_apply`, which applies log events in stream order under the write lock. /edit and
+/rollback write an event first (durable) and then catch up with the log; a follower thread catches up with
+events other replicas write. Lock order: edit mutex -> sync lock -> write lock; readers never nest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import redis
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editor_core import (EditRequest, LowRankDelta, MENDEditor, TargetScore, join, load_base_model,
+                         model_fingerprint, restore, score_targets, snapshot)
+
+from .editlog import EDIT, ROLLBACK, EditLog, Event, log_fingerprint
+from .embedded_redis import EmbeddedRedis
+from .errors import (AlreadyRolledBack, BadRequest, FingerprintMismatch, LogUnavailable, NothingToRollBack,
+                     NotReady, UnknownEdit)
+from .generation import Completion, complete
+from .guard import check_edit
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+FOLLOW_BLOCK_MS = 500  # how long one XREAD waits; also bounds how long shutdown waits for the follower
+
+
+class RWLock:
+    """Many readers or one writer. A waiting writer holds back new readers, so generations cannot starve an apply."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer and not self._writers_waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            self._cond.wait_for(lambda: not self._writer and not self._readers)
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def score_dicts(scores: list[TargetScore]) -> list[dict]:
+    return [{"logprob": s.logprob, "exact": s.exact} for s in scores]
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    edit_id: str
+    version: int
+    pre: list[TargetScore]
+    post: list[TargetScore]
+    rank: int
+    nbytes: int
+    elapsed_ms: float
+
+
+@dataclass(frozen=True)
+class RollbackOutcome:
+    rolled_back: list[str]
+    version: int
+
+
+@dataclass
+class EditEntry:
+    """What the log says about one edit: the audit record behind GET /edits (never the raw factors)."""
+
+    edit_id: str
+    version: int  # log position of its event (1-based)
+    body: dict  # requests, author, note, time, pre scores, force, rank, bytes
+    status: str = "active"
+    rollback: dict = field(default_factory=dict)  # author, time, version of the rollback event
+
+
+def editor_fingerprint(editor: MENDEditor) -> str:
+    """MENDEditor.fingerprint() with 0-dim buffers (RunningNorm.count) flattened first: the library's version
+    raises on them. Same bytes as the library's once it reshapes too, so logs keep their key after the fix."""
+    h = hashlib.sha256(json.dumps(asdict(editor.cfg), sort_keys=True).encode())
+    for k, v in sorted(editor.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_editor(path: Path, model: PreTrainedModel, model_fp: str) -> MENDEditor:
+    if not (path / "editor.json").is_file():
+        raise FileNotFoundError(f"no trained editor at {path} (editor.json missing): train one with "
+                                f"`mend train` or point MEND_EDITOR at an editor folder")
+    editor = MENDEditor.load(path, model).to(model.device)
+    if editor.cfg.model_fingerprint and editor.cfg.model_fingerprint != model_fp:
+        raise FingerprintMismatch(f"editor {path} was trained for model {editor.cfg.model_fingerprint}, "
+                                  f"but the loaded model is {model_fp}: refusing to start")
+    return editor
+
+
+class Runtime:
+    def __init__(self, settings: Settings, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 editor: MENDEditor, model_fp: str, log_url: str) -> None:
+        self.settings, self.model, self.tokenizer, self.editor = settings, model, tokenizer, editor
+        self.model_fp, self.editor_fp = model_fp, editor_fingerprint(editor)
+        self.log_fp = log_fingerprint(self.model_fp, self.editor_fp)
+        self.log = EditLog(log_url, self.log_fp)
+        self.layer_names = [l.name for l in editor.layers]
+        self.base = snapshot(model, self.layer_names)  # what "no active edit" restores, bit for bit
+        self.rw, self.edit_mutex, self.sync_lock = RWLock(), threading.Lock(), threading.Lock()
+        self.version, self.last_id = 0, "0"
+        self.edits: dict[str, EditEntry] = {}
+        self.active: dict[str, LowRankDelta] = {}  # insertion order = log order
+        self.error: str | None = None  # set when an event from the log could not be applied
+        self.embedded: EmbeddedRedis | None = None
+        self._stop = threading.Event()
+        self._follower: threading.Thread | None = None
+        self._hash: tuple[int, str] = (-1, "")
+
+    @classmethod
+    def start(cls, settings: Settings) -> "Runtime":
+        """Load everything, replay the log, start following it. Any failure stops what was started and raises."""
+        embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir / "redis").start()
+        try:
+            if settings.threads:
+                torch.set_num_threads(settings.threads)
+            model, tokenizer = load_base_model(settings.model, settings.dtype, settings.device)
+            model_fp = model_fingerprint(model)  # of the base weights: before any replay
+            editor = load_editor(settings.editor, model, model_fp)
+            rt = cls(settings, model, tokenizer, editor, model_fp, settings.redis_url or embedded.url)
+            rt.embedded = embedded
+            rt.replay()
+        except BaseException:
+            if embedded:
+                embedded.stop()
+            raise
+        rt._follower = threading.Thread(target=rt._follow, name="mend-log-follower", daemon=True)
+        rt._follower.start()
+        return rt
+
+    def replay(self) -> None:
+        others = self.log.other_logs() if self.log.ping() else []
+        if others:
+            log.warning("this Redis also holds logs of other model/editor pairs, not applied here: %s", others)
+        t0 = time.perf_counter()
+        self.sync()
+        log.info("replayed %d events of %s in %.2f s (%d active edits)", self.version, self.log.key,
+                 time.perf_counter() - t0, len(self.active))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._follower:
+            self._follower.join(FOLLOW_BLOCK_MS / 1000 + 6)
+        self.log.close()
+        if self.embedded:
+            self.embedded.stop()
+
+    # ---- following the log: the only path that writes weights -------------------------------------------
+
+    def sync(self) -> None:
+        """Apply every event after the last applied one, in stream order (ours and other replicas')."""
+        with self.sync_lock:
+            for event in self.log.read_after(self.last_id):
+                self._apply(event)
+
+    def _apply(self, event: Event) -> None:
+        fps = (event.log_fp, event.model_fp, event.editor_fp)
+        if fps != (self.log_fp, self.model_fp, self.editor_fp):
+            raise FingerprintMismatch(
+                f"log event {event.id} in {self.log.key} was written for model {event.model_fp} / editor "
+                f"{event.editor_fp}, but this server runs model {self.model_fp} / editor {self.editor_fp}: refused")
+        if event.type not in (EDIT, ROLLBACK):
+            raise ValueError(f"log event {event.id} has unknown type {event.type!r}")
+        delta = event.load_delta() if event.type == EDIT else None
+        if delta is not None and not set(delta.factors) <= set(self.layer_names):
+            raise ValueError(f"log event {event.id} edits parameters the editor does not: {sorted(delta.factors)}")
+        with self.rw.write():  # weights, version and the edit table change together
+            if delta is not None:
+                delta.apply(self.model)
+                self.active[event.body["edit_id"]] = delta
+                self.edits[event.body["edit_id"]] = EditEntry(event.body["edit_id"], self.version + 1, event.body)
+            else:
+                self._revert(event)
+            self.version += 1
+            self.last_id = event.id
+
+    def _revert(self, event: Event) -> None:
+        for edit_id in event.body["edit_ids"]:
+            # Two replicas may roll back the same edit at once; the later event finds it gone. Skipping is
+            # decided by the log alone, so every replica skips the same ids.
+            if edit_id not in self.active:
+                log.warning("log event %s rolls back %s, which is not active: skipped", event.id, edit_id)
+                continue
+            self.active.pop(edit_id).revert(self.model)
+            entry = self.edits[edit_id]
+            entry.status = "rolled_back"
+            entry.rollback = {"author": event.body.get("author"), "time": event.body.get("time"),
+                              "version": self.version + 1, "note": event.body.get("note", "")}
+        if not self.active:
+            restore(self.model, self.base)  # apply-then-revert is not exact in floating point; this is
+
+    def _follow(self) -> None:
+        # Own connection: a blocking XREAD would otherwise hold the request connection.
+        client = redis.Redis.from_url(self.log.url, socket_connect_timeout=2, socket_timeout=FOLLOW_BLOCK_MS / 1000 + 5)
+        down = False
+        while not self._stop.is_set():
+            try:
+                if self.log.wait_for_new(client, self.last_id, FOLLOW_BLOCK_MS):
+                    self.sync()
+                if down:
+                    log.info("edit log reachable again")
+                down = False
+            except (redis.RedisError, LogUnavailable) as e:
+                if not down:
+                    log.warning("edit log unreachable (%s); /generate keeps serving version %d", e, self.version)
+                down = True
+                self._stop.wait(1.0)
+            except Exception as e:  # an event this replica cannot apply: stop, keep serving, report on /ready
+                self.error = f"stopped following the edit log: {e}"
+                log.exception("cannot apply an edit log event; this replica stays at version %d", self.version)
+                break
+        client.close()
+
+    # ---- requests -----------------------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self.error:
+            raise NotReady(f"service is not ready: {self.error}")
+
+    def _check_edit_lengths(self, requests: list[EditRequest]) -> None:
+        limit, max_len = self.settings.max_prompt_tokens, self.editor.cfg.max_length
+        for r in requests:
+            prompt, target = join(r.prompt, r.target)
+            n_prompt = len(self.tokenizer(prompt)["input_ids"])
+            n_target = len(self.tokenizer(target, add_special_tokens=False)["input_ids"])
+            if n_prompt > limit:
+                raise BadRequest(f"prompt is longer than the limit of {limit} tokens")
+            if n_prompt + n_target > max_len:
+                raise BadRequest(f"prompt and target together are longer than the editor's limit of {max_len} tokens")
+
+    def edit(self, requests: list[EditRequest], author: str, note: str, force: bool) -> EditOutcome:
+        """Compute one delta for the batch, write it to the log, then apply it by catching up with the log."""
+        self._check_usable()
+        self._check_edit_lengths(requests)
+        t0 = time.perf_counter()
+        with self.edit_mutex:
+            self.sync()  # compute against the newest weights, including other replicas' edits
+            with self.rw.read():
+                pre = score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length)
+                delta = self.editor.compute_delta(self.model, self.tokenizer, requests)
+                check_edit(self.model, requests, delta, force)
+            edit_id = uuid.uuid4().hex
+            body = {"edit_id": edit_id, "requests": [{"prompt": r.prompt, "target": r.target} for r in requests],
+                    "author": author, "note": note, "force": force, "time": now(), "pre": score_dicts(pre),
+                    "rank": delta.rank, "bytes": delta.nbytes, "norm": delta.norm()}
+            self.log.append(Event(EDIT, self.model_fp, self.editor_fp, self.log_fp, body, delta.to_bytes()))
+            self._catch_up_after_write(edit_id)
+            with self.rw.read():
+                post = score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length)
+        return EditOutcome(edit_id, self.edits[edit_id].version, pre, post, delta.rank, delta.nbytes,
+                           (time.perf_counter() - t0) * 1000)
+
+    def _catch_up_after_write(self, what: str) -> None:
+        try:
+            self.sync()
+        except LogUnavailable as e:
+            # The event is durable but Redis went away before we read it back: the follower applies it later.
+            raise LogUnavailable(f"{what} was recorded in the edit log, but Redis became unreachable before it "
+                                 f"was applied here; it applies when Redis is back") from e
+
+    def rollback(self, edit_id: str | None, to_version: int | None, author: str, note: str) -> RollbackOutcome:
+        self._check_usable()
+        with self.edit_mutex:
+            self.sync()
+            ids = self._rollback_targets(edit_id, to_version)
+            body = {"edit_ids": ids, "to_version": to_version, "author": author, "note": note, "time": now()}
+            self.log.append(Event(ROLLBACK, self.model_fp, self.editor_fp, self.log_fp, body))
+            self._catch_up_after_write(f"rollback of {', '.join(ids)}")
+            return RollbackOutcome(ids, self.version)
+
+    def _rollback_targets(self, edit_id: str | None, to_version: int | None) -> list[str]:
+        """Edit ids to revert, newest first (the reverse of how they were applied)."""
+        if edit_id is not None:
+            if edit_id not in self.edits:
+                raise UnknownEdit()
+            if edit_id not in self.active:
+                raise AlreadyRolledBack()
+            return [edit_id]
+        if to_version > self.version:
+            raise BadRequest(f"to_version {to_version} is after the current version {self.version}")
+        ids = [i for i in reversed(self.active) if self.edits[i].version > to_version]
+        if not ids:
+            raise NothingToRollBack()
+        return ids
+
+    def prompt_ids(self, prompt: str | None, messages: list[dict] | None) -> list[int]:
+        if messages is None:
+            ids = self.tokenizer(prompt)["input_ids"]
+        elif not self.tokenizer.chat_template:
+            raise BadRequest("this model has no chat template: send 'prompt' instead of 'messages'")
+        else:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own
+        if len(ids) > self.settings.max_prompt_tokens:
+            raise BadRequest(f"prompt is longer than the limit of {self.settings.max_prompt_tokens} tokens")
+        return ids
+
+    def generate(self, prompt: str | None, messages: list[dict] | None, max_new_tokens: int, temperature: float,
+                 top_p: float, seed: int | None, stop: list[str]) -> tuple[Completion, int, int]:
+        """(completion, prompt tokens, version): the whole generation runs on one version of the weights."""
+        if max_new_tokens > self.settings.max_new_tokens:
+            raise BadRequest(f"max_new_tokens is over the limit of {self.settings.max_new_tokens}")
+        ids = self.prompt_ids(prompt, messages)
+        with self.rw.read():
+            out = complete(self.model, self.tokenizer, ids, max_new_tokens, temperature, top_p, seed, stop)
+            return out, len(ids), self.version
+
+    # ---- state for the read endpoints ---------------------------------------------------------------------
+
+    def weights_hash(self) -> str:
+        """sha256 of the edited matrices: equal on every replica that has applied the same log prefix."""
+        with self.rw.read():
+            if self._hash[0] != self.version:
+                h, params = hashlib.sha256(), dict(self.model.named_parameters())
+                for name in self.layer_names:
+                    h.update(name.encode())
+                    h.update(params[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                self._hash = (self.version, h.hexdigest()[:16])
+            return self._hash[1]
+
+    def entry(self, edit_id: str) -> EditEntry:
+        with self.rw.read():  # the table changes under the write lock
+            if edit_id not in self.edits:
+                raise UnknownEdit()
+            return self.edits[edit_id]
+
+    def list_edits(self, status: str | None, offset: int, limit: int) -> tuple[list[EditEntry], int]:
+        with self.rw.read():
+            rows = [e for e in self.edits.values() if status is None or e.status == status]
+        return rows[offset: offset + limit], len(rows)
+
+    def touch_device(self) -> None:
+        """A real operation on the model's device: a dead GPU fails here, not at the next request."""
+        torch.ones(1, device=self.model.device).add_(1).cpu()
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.error:
+            return False, self.error
+        if not self.log.ping():
+            return False, "edit log (Redis) unreachable"
+        return True, "ready"

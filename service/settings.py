@@ -1,0 +1,34 @@
+"""Process settings: one object, read from the environment (names in the README's settings table)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEND_", extra="ignore")
+
+    model: str = Field("smollm2", description="base model: 'smollm2' (bundled default) or a local HF folder")
+    editor: Path = Field(Path("weights/smollm2"), description="folder with editor.safetensors + editor.json")
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL", "redis_url"),
+        description="external Redis; unset = start an embedded redis-server under data_dir",
+    )
+    data_dir: Path = Field(Path("data"), description="embedded Redis data (append-only file)")
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = torch's default")
+    api_key: SecretStr | None = Field(None, description="when set, /edit and /rollback need 'Bearer <key>'")
+    generate_auth: bool = Field(False, description="also require the key for /generate")
+    max_prompt_tokens: int = Field(1024, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    @field_validator("api_key", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        # docker-compose passes `MEND_API_KEY: ${MEND_API_KEY:-}` as an empty string: that means "no key".
+        return None if isinstance(v, str) and not v.strip() else v

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny random Llama with the real SmolLM2 tokenizer, an untrained editor for it, and apps
+on a real embedded Redis in a fresh folder per test."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from service_support import make_settings, serving
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from editor_core import MENDEditor, prepare_model
+from editor_core.model import load_tokenizer, resolve_model_path
+from service.settings import Settings
+
+# Untrained MEND is a plain gradient step of size alpha (its normalisation is the identity before training);
+# on the tiny model 10 makes a one-token target the teacher-forced argmax, so an edit visibly changes outputs.
+TINY_ALPHA = 10.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> None:
+    # Two cores shared with whatever else runs here: OpenMP spinning across two threads makes tiny matmuls ~100x slower.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = load_tokenizer(resolve_model_path("smollm2"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _save_editor(model_dir: Path, out: Path, **kw) -> Path:
+    model = prepare_model(LlamaForCausalLM.from_pretrained(model_dir))
+    MENDEditor.for_model(model, rank=8, init_alpha=TINY_ALPHA, **kw).save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_editor_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_editor(tiny_model_dir, tmp_path_factory.mktemp("tiny-editor"))
+
+
+@pytest.fixture()
+def settings(tiny_model_dir: Path, tiny_editor_dir: Path, tmp_path: Path) -> Settings:
+    return make_settings(tiny_model_dir, tiny_editor_dir, tmp_path / "data")
+
+
+@pytest.fixture()
+def client(settings: Settings) -> Iterator[TestClient]:
+    with serving(settings) as c:
+        yield c

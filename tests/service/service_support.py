@@ -1,0 +1,41 @@
+"""Helpers the service tests share (fixtures live in conftest.py)."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import Settings
+
+
+def make_settings(model_dir: Path, editor_dir: Path, data_dir: Path, **kw) -> Settings:
+    # Explicit values for everything the environment could set, so a developer's MEND_* variables do not leak in.
+    base = {"model": str(model_dir), "editor": editor_dir, "data_dir": data_dir, "threads": 1, "redis_url": None,
+            "api_key": None, "generate_auth": False}
+    return Settings(**{**base, **kw})
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[TestClient]:
+    """The app with its lifespan run (model loaded, log replayed), spoken to over httpx."""
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def weights_hash(client: TestClient) -> str:
+    return client.get("/ready").json()["weights"]
+
+
+def edited_weights(client: TestClient) -> dict[str, torch.Tensor]:
+    rt = client.app.state.runtime
+    params = dict(rt.model.named_parameters())
+    return {n: params[n].detach().clone() for n in rt.layer_names}
+
+
+EDIT = {"prompt": "The capital of France is", "target": "Rome"}
+EDIT2 = {"prompt": "The largest planet is", "target": "Mars"}
+EDIT3 = {"prompt": "Water boils at", "target": "fifty"}
