@@ -35,6 +35,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+DEFAULT_NEW_TOKENS = 64
 FOLLOW_BLOCK_MS = 500  # how long one XREAD waits; also bounds how long shutdown waits for the follower
 
 
@@ -338,9 +339,10 @@ class Runtime:
             raise BadRequest(f"prompt is longer than the limit of {self.settings.max_prompt_tokens} tokens")
         return ids
 
-    def generate(self, prompt: str | None, messages: list[dict] | None, max_new_tokens: int, temperature: float,
-                 top_p: float, seed: int | None, stop: list[str]) -> tuple[Completion, int, int]:
+    def generate(self, prompt: str | None, messages: list[dict] | None, max_new_tokens: int | None,
+                 temperature: float, top_p: float, seed: int | None, stop: list[str]) -> tuple[Completion, int, int]:
         """(completion, prompt tokens, version): the whole generation runs on one version of the weights."""
+        max_new_tokens = max_new_tokens or min(DEFAULT_NEW_TOKENS, self.settings.max_new_tokens)
         if max_new_tokens > self.settings.max_new_tokens:
             raise BadRequest(f"max_new_tokens is over the limit of {self.settings.max_new_tokens}")
         ids = self.prompt_ids(prompt, messages)

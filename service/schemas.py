@@ -114,7 +114,8 @@ class GenerateRequest(BaseModel):
 
     prompt: str | None = Field(None, description="raw text, continued as is")
     messages: list[Message] | None = Field(None, min_length=1, description="chat turns, run through the model's chat template")
-    max_new_tokens: int = Field(64, ge=1, description="at most MEND_MAX_NEW_TOKENS")
+    max_new_tokens: int | None = Field(None, ge=1, description="default 64 (or the server limit if lower); "
+                                                               "at most MEND_MAX_NEW_TOKENS")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy (deterministic)")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, description="fixes sampling; greedy needs none")
