@@ -60,11 +60,13 @@ def _die_with_parent() -> None:
 
 
 def _is_our_redis(pid: int, data_dir: Path) -> bool:
+    # Redis rewrites its command line (proc title), so check the executable and the working directory,
+    # which redis-server sets to `dir`: a recycled pid of another program never matches both.
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        exe, cwd = os.readlink(f"/proc/{pid}/exe"), os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return False
-    return bool(cmdline) and cmdline[0].endswith(b"redis-server") and str(data_dir / CONF).encode() in cmdline
+    return Path(exe).name == "redis-server" and Path(cwd) == data_dir
 
 
 def _stop_leftover(data_dir: Path) -> None:

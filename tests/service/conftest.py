@@ -8,17 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from service_support import make_settings, serving
+from service_support import make_settings, save_editor, serving
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from editor_core import MENDEditor, prepare_model
 from editor_core.model import load_tokenizer, resolve_model_path
 from service.settings import Settings
-
-# Untrained MEND is a plain gradient step of size alpha (its normalisation is the identity before training);
-# on the tiny model 10 makes a one-token target the teacher-forced argmax, so an edit visibly changes outputs.
-TINY_ALPHA = 10.0
-
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread() -> None:
@@ -39,15 +33,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _save_editor(model_dir: Path, out: Path, **kw) -> Path:
-    model = prepare_model(LlamaForCausalLM.from_pretrained(model_dir))
-    MENDEditor.for_model(model, rank=8, init_alpha=TINY_ALPHA, **kw).save(out)
-    return out
-
-
 @pytest.fixture(scope="session")
 def tiny_editor_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _save_editor(tiny_model_dir, tmp_path_factory.mktemp("tiny-editor"))
+    return save_editor(tiny_model_dir, tmp_path_factory.mktemp("tiny-editor"))
 
 
 @pytest.fixture()

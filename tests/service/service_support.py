@@ -7,9 +7,22 @@ from pathlib import Path
 
 import torch
 from fastapi.testclient import TestClient
+from transformers import LlamaForCausalLM
 
+from editor_core import MENDEditor, prepare_model
 from service.main import create_app
 from service.settings import Settings
+
+# Untrained MEND is a plain gradient step of size alpha (its normalisation is the identity before training);
+# on the tiny model 10 makes a one-token target the teacher-forced argmax, so an edit visibly changes outputs.
+TINY_ALPHA = 10.0
+
+
+def save_editor(model_dir: Path, out: Path, **kw) -> Path:
+    """An untrained editor for the model in model_dir (kw overrides MENDConfig fields)."""
+    model = prepare_model(LlamaForCausalLM.from_pretrained(model_dir))
+    MENDEditor.for_model(model, **{"rank": 8, "init_alpha": TINY_ALPHA, **kw}).save(out)
+    return out
 
 
 def make_settings(model_dir: Path, editor_dir: Path, data_dir: Path, **kw) -> Settings:

@@ -1,0 +1,89 @@
+"""POST /generate (routes/generate.py, generation.py) and how it interleaves with edits (runtime.py)."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+from service_support import EDIT, EDIT2, EDIT3
+
+
+def generate(client, **body) -> dict:
+    r = client.post("/generate", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_greedy_is_deterministic_and_reports_counts(client):
+    a = generate(client, prompt="Once upon a time", max_new_tokens=6)
+    assert a == generate(client, prompt="Once upon a time", max_new_tokens=6)
+    assert a["completion_tokens"] == 6 and a["finish_reason"] == "length" and a["version"] == 0
+    assert a["prompt_tokens"] == len(client.app.state.runtime.tokenizer("Once upon a time")["input_ids"])
+
+
+def test_seeded_sampling_is_reproducible(client):
+    body = {"prompt": "Once upon a time", "max_new_tokens": 8, "temperature": 1.5, "top_p": 0.95}
+    a, b = generate(client, **body, seed=1), generate(client, **body, seed=1)
+    others = {generate(client, **body, seed=s)["text"] for s in range(2, 6)}
+    assert a["text"] == b["text"] and others - {a["text"]}
+
+
+def test_stop_strings_cut_the_text(client):
+    full = generate(client, prompt="The capital of France is", max_new_tokens=6)["text"]
+    stop = full.split()[1]  # the greedy text repeats a word; stop at its second occurrence
+    cut = generate(client, prompt="The capital of France is", max_new_tokens=6, stop=[" " + stop])
+    assert cut["finish_reason"] == "stop" and stop not in cut["text"] and full.startswith(cut["text"])
+
+
+def test_messages_go_through_the_chat_template(client):
+    tok = client.app.state.runtime.tokenizer
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    out = generate(client, messages=msgs, max_new_tokens=3)
+    text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert out["prompt_tokens"] == len(tok(text, add_special_tokens=False)["input_ids"])
+    assert out["text"] == generate(client, prompt=text, max_new_tokens=3)["text"]
+
+
+def test_generations_during_edits_each_see_one_whole_version(client):
+    """Generations race three edits; every generation reporting version v must produce the same text."""
+    seen: dict[int, set[str]] = defaultdict(set)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            out = generate(client, prompt=EDIT["prompt"], max_new_tokens=3)
+            seen[out["version"]].add(out["text"])
+
+    threads = [threading.Thread(target=loop) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for e in (EDIT, EDIT2, EDIT3):
+        assert client.post("/edit", json=e).status_code == 201
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert all(len(texts) == 1 for texts in seen.values()), dict(seen)
+    assert seen[0] and max(seen) == 3
+
+
+def test_computing_a_delta_does_not_block_generation(client):
+    """The delta is computed under the read lock: a generation started meanwhile finishes without waiting."""
+    rt = client.app.state.runtime
+    real, computing = rt.editor.compute_delta, threading.Event()
+
+    def slow_compute(*args, **kw):  # the real computation, made long enough to overlap with a generation
+        computing.set()
+        time.sleep(2.0)
+        return real(*args, **kw)
+
+    rt.editor.compute_delta = slow_compute
+    editing = threading.Thread(target=lambda: client.post("/edit", json=EDIT))
+    editing.start()
+    assert computing.wait(10)
+    t0 = time.perf_counter()
+    out = generate(client, prompt="hi", max_new_tokens=2)
+    waited = time.perf_counter() - t0
+    editing.join()
+    assert out["version"] == 0 and waited < 1.5, waited
+    assert rt.version == 1

@@ -1,0 +1,80 @@
+"""`mend serve` as a real process over real HTTP: the command the README and the container run."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from service_support import EDIT
+
+KEY = {"Authorization": "Bearer test-key"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mend_serve(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen, httpx.Client]]:
+    mend = shutil.which("mend")
+    assert mend, "the `mend` console script is not installed: pip install -e . (pyproject's [project.scripts])"
+    port = free_port()
+    with log.open("ab") as out:
+        proc = subprocess.Popen([mend, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        wait_ready(proc, client, log)
+        yield proc, client
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_ready(proc: subprocess.Popen, client: httpx.Client, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"mend serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            if client.get("/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"mend serve not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def test_mend_serve_edits_survive_kill_9_and_a_second_process_has_the_same_weights(
+        tiny_model_dir: Path, tiny_editor_dir: Path, tmp_path: Path):
+    env = {"MEND_MODEL": str(tiny_model_dir), "MEND_EDITOR": str(tiny_editor_dir), "MEND_DATA_DIR": str(tmp_path / "data"),
+           "MEND_THREADS": "1", "MEND_API_KEY": "test-key", "REDIS_URL": ""}
+    log = tmp_path / "serve.log"
+    with mend_serve(env, log) as (proc, client):
+        assert client.post("/edit", json=EDIT).status_code == 401
+        r = client.post("/edit", json=EDIT, headers=KEY)
+        assert r.status_code == 201, r.text
+        text = client.post("/generate", json={"prompt": EDIT["prompt"], "max_new_tokens": 3}).json()["text"]
+        first = client.get("/ready").json()
+        assert first["version"] == 1 and client.get("/docs").status_code == 200
+        proc.send_signal(signal.SIGKILL)  # no shutdown hook runs: its Redis child must go by itself
+        proc.wait()
+    with mend_serve(env, log) as (proc, client):
+        again = client.get("/ready").json()
+        assert (again["version"], again["weights"]) == (first["version"], first["weights"])
+        assert client.post("/generate", json={"prompt": EDIT["prompt"], "max_new_tokens": 3}).json()["text"] == text
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal: exit status -15 after a clean shutdown.
+        assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text()[-3000:]
+        assert log.read_text().rstrip().endswith(f"Finished server process [{proc.pid}]")
+    assert not (tmp_path / "data" / "redis" / "redis.pid").exists()  # clean shutdown stopped Redis too
