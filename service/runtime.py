@@ -173,7 +173,9 @@ class Runtime:
         return rt
 
     def replay(self) -> None:
-        others = self.log.other_logs() if self.log.ping() else []
+        if not self.log.ping():
+            raise RuntimeError("cannot replay the edit log: Redis is unreachable (REDIS_URL or the embedded server)")
+        others = self.log.other_logs()
         if others:
             log.warning("this Redis also holds logs of other model/editor pairs, not applied here: %s", others)
         t0 = time.perf_counter()

@@ -128,3 +128,10 @@ def test_edit_events_hold_safetensors_and_json_only(client):
     assert fields[b"type"] == b"edit" and body["note"] == "audit" and body["pre"] and body["time"]
     header_len = int.from_bytes(fields[b"delta"][:8], "little")  # a safetensors header: JSON, then raw tensors
     assert json.loads(fields[b"delta"][8: 8 + header_len])["__metadata__"]["format"] == "mend-lowrank-delta"
+
+
+def test_unreachable_redis_at_startup_is_a_clear_failure(settings, tmp_path: Path):
+    missing = f"unix://{tmp_path / 'nothing-here.sock'}"
+    with pytest.raises(RuntimeError, match="cannot replay the edit log: Redis is unreachable"):
+        with serving(settings.model_copy(update={"redis_url": missing})):
+            pass
