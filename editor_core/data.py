@@ -36,9 +36,11 @@ def join(prompt: str, target: str) -> tuple[str, str]:
 
 
 def _zsre(rec: dict) -> EditRecord:
-    loc = [EditRequest(rec["loc"], rec["loc_ans"])] if rec.get("loc") else []
+    loc = [EditRequest(rec["loc"], rec["loc_ans"])] if rec.get("loc") and str(rec.get("loc_ans", "")).strip() else []
     rephrases = [rec["rephrase"]] if isinstance(rec.get("rephrase"), str) else list(rec.get("rephrase") or [])
-    return EditRecord(EditRequest(rec["src"], rec["alt"]), rephrases, loc, rec.get("subject", ""), kind="zsre")
+    answers = rec.get("answers") or [rec.get("pred")]
+    return EditRecord(EditRequest(rec["src"], rec["alt"]), rephrases, loc, rec.get("subject", ""),
+                      true_target=None, kind="zsre", extra={"answer": answers[0]} if answers[0] else {})
 
 
 def _counterfact(rec: dict) -> EditRecord:
@@ -60,6 +62,8 @@ def load_records(spec: str, n: int | None = None, one_per_subject: bool = False)
     records, seen = [], set()
     for rec in raw:
         r = parse(rec)
+        if not r.edit.target.strip():
+            continue  # a few zsRE records have an empty new answer: nothing to edit
         if one_per_subject and r.subject in seen:
             continue  # a later edit of the same subject rightly overrides an earlier one (data README)
         seen.add(r.subject)
@@ -94,6 +98,13 @@ def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     mask = labels != -100
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
     return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def masked_kl(pre: torch.Tensor, post: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens of KL(p_pre ‖ p_post)."""
+    lp, lq = torch.log_softmax(pre.float(), -1), torch.log_softmax(post.float(), -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
 def target_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

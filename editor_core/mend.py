@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .data import EditRequest, tokenize_edits
 from .delta import LowRankDelta
 from .gradients import token_factors
+from .hooks import CaptureLayers
 from .layers import EditedLayer, select_layers
 
 EDITOR_VERSION = "1"
@@ -35,6 +36,10 @@ class MENDConfig:
     init_alpha: float = 1e-4  # initial per-layer step; calibration on SmolLM2 found 1e-4 the sweet spot
     max_length: int = 64  # tokens of prompt + target per edit
     model_fingerprint: str = ""  # the base model the editor was trained for ("" = any)
+    # ũ is multiplied by (C/s + λI)⁻¹, C the second moment of the layer's inputs on generic prompts (s its mean
+    # eigenvalue): ROME's argument, the largest change on the edited key for the least on typical inputs.
+    # Measured on an untrained editor: locality 0.48 vs 0.43 at edit success 0.93 vs 0.2. None = plain MEND.
+    precond_lambda: float | None = 0.01
 
 
 class RunningNorm(nn.Module):
@@ -118,6 +123,33 @@ class MENDEditor(nn.Module):
         self.nets = nn.ModuleDict({k: GradientTransform(v[0].in_features, v[0].out_features, cfg, len(v))
                                    for k, v in shapes.items()})
         self.log_alpha = nn.Parameter(torch.full((len(layers),), math.log(cfg.init_alpha)))
+        if cfg.precond_lambda is not None:  # identity until fit_preconditioner() has seen the model's inputs
+            for i, l in enumerate(layers):
+                self.register_buffer(f"precond_{i}", torch.eye(l.in_features, dtype=torch.float16))
+
+    @torch.no_grad()
+    def fit_preconditioner(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                           prompts: list[EditRequest], batch_size: int = 32) -> None:
+        """Estimate each edited layer's input second moment on generic prompts and store (C/s + λI)⁻¹.
+
+        Stored in float16, and used exactly as stored, so a saved editor computes what it trained with.
+        """
+        modules = {l.name: model.get_submodule(l.module) for l in self.layers}
+        moments = {l.name: torch.zeros(l.in_features, l.in_features, dtype=torch.float64) for l in self.layers}
+        for i in range(0, len(prompts), batch_size):
+            batch = tokenize_edits(tokenizer, prompts[i : i + batch_size], self.cfg.max_length)
+            with CaptureLayers(modules) as cap:
+                model(input_ids=batch["input_ids"].to(model.device),
+                      attention_mask=batch["attention_mask"].to(model.device))
+            real = batch["attention_mask"].bool().to(model.device)
+            for name, x in cap.inputs.items():
+                x = x[real].double().cpu()
+                moments[name] += x.T @ x
+        for i, l in enumerate(self.layers):
+            c = moments[l.name]
+            c = c / c.trace() * c.shape[0]  # mean eigenvalue 1, so λ means the same for every layer
+            inv = torch.linalg.inv(c + self.cfg.precond_lambda * torch.eye(c.shape[0], dtype=torch.float64))
+            getattr(self, f"precond_{i}").copy_(inv.to(torch.float16))
 
     @classmethod
     def for_model(cls, model: PreTrainedModel, layers: list[str] | None = None, **kw) -> "MENDEditor":
@@ -130,6 +162,8 @@ class MENDEditor(nn.Module):
         for i, layer in enumerate(self.layers):
             u, d = factors[layer.name]
             ut, dt = self.nets[layer.shape_key](u, d, self.mode[layer.name])
+            if self.cfg.precond_lambda is not None:
+                ut = ut @ getattr(self, f"precond_{i}").to(ut.dtype)
             left, right = -self.log_alpha[i].exp() * dt.T, ut  # ΔW (out, in) = left @ right
             out[layer.name] = (right.T, left.T) if layer.transposed else (left, right)
         return LowRankDelta(out)
@@ -144,10 +178,13 @@ class MENDEditor(nn.Module):
         factors, _, _ = token_factors(model, self.layers, batch)
         return self.transform(factors).to(dtype=torch.float32)
 
-    def save(self, path: str | Path, extra: dict | None = None) -> None:
+    def save(self, path: str | Path, extra: dict | None = None, dtype: torch.dtype | None = None) -> None:
+        """Weights (optionally cast to `dtype`; the running statistics always stay float64) and a JSON config."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        params = {n for n, _ in self.named_parameters()}
+        state = {k: (v.to(dtype) if dtype and k in params else v).detach().contiguous().cpu()
+                 for k, v in self.state_dict().items()}
         save_file(state, path / WEIGHTS_FILE, metadata={"format": "mend-editor", "version": EDITOR_VERSION})
         doc = {"version": EDITOR_VERSION, "config": asdict(self.cfg), **(extra or {})}
         (path / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
@@ -171,5 +208,5 @@ class MENDEditor(nn.Module):
         h = hashlib.sha256(json.dumps(asdict(self.cfg), sort_keys=True).encode())
         for k, v in sorted(self.state_dict().items()):
             h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]

@@ -87,9 +87,13 @@ def prepare_model(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:
-    """A hash of the architecture and every parameter: the identity an edit log is bound to."""
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    """A hash of the architecture type and every parameter: the identity an edit log is bound to.
+
+    The config's JSON is left out on purpose: it carries the transformers version and new default fields,
+    which would make the same weights look like another model after a library upgrade.
+    """
+    h = hashlib.sha256(model.config.model_type.encode())
     for name, p in sorted(model.state_dict().items()):
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-        h.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]

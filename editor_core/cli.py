@@ -1,0 +1,110 @@
+"""`mend train` and `mend eval` (the service adds `mend serve`)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="MEND model editing: train an editor, evaluate it against FT and FT+KL, serve it.",
+                  no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(Path("runs/editor"), help="checkpoint folder (resumed when it holds one)"),
+    model: str = typer.Option("smollm2", help="'smollm2', a HF folder or hub id, or a .gguf file"),
+    data: list[str] = typer.Option(["zsre:../shared/data/zsre/train.json"], help="zsre:FILE or counterfact:FILE"),
+    dev: list[str] = typer.Option(["zsre:../shared/data/zsre/dev.json"], help="validation sets, same syntax"),
+    layers: Optional[list[str]] = typer.Option(None, help="parameter names or globs (default: last 3 MLPs)"),
+    steps: int = 300, batch_size: int = 4, n_loc: int = 4, rank: int = 256, init_alpha: float = 1e-4,
+    lr: float = 1e-4, lr_alpha: float = 1e-2, c_edit: float = 1.0, c_loc: float = 10.0,
+    val_every: int = 100, val_n: int = 50, patience: int = 5, seed: int = 0,
+    max_records: Optional[int] = typer.Option(None, help="use the first N records of each training file"),
+    threads: Optional[int] = typer.Option(None, help="torch threads"),
+    precond_lambda: float = typer.Option(0.01, help="ridge of the input preconditioner; <= 0 trains plain MEND"),
+    prefix_cache: bool = typer.Option(True, help="cache the frozen blocks' outputs per sequence"),
+    device: str = "cpu", dtype: str = "float32",
+) -> None:
+    """Train a MEND editor; the best checkpoint (by validation) lands in OUT/best."""
+    from .train import TrainConfig
+    from .train import train as run
+
+    cfg = TrainConfig(model=model, train=data, dev=dev, out=str(out), layers=layers, rank=rank,
+                      init_alpha=init_alpha, steps=steps, batch_size=batch_size, n_loc=n_loc, lr=lr,
+                      lr_alpha=lr_alpha, c_edit=c_edit, c_loc=c_loc, val_every=val_every, val_n=val_n,
+                      patience=patience, prefix_cache=prefix_cache, device=device, dtype=dtype, seed=seed,
+                      max_records=max_records, threads=threads,
+                      precond_lambda=precond_lambda if precond_lambda > 0 else None)
+    typer.echo(f"best editor: {run(cfg)}")
+
+
+METRICS = ["edit", "rephrase", "loc", "loc_token", "loc_kl", "efficacy", "paraphrase", "neighborhood",
+           "latency_ms_p50"]
+
+
+def _table(results: dict[str, dict]) -> str:
+    cols = [m for m in METRICS if any(m in r["summary"] for r in results.values())]
+    lines = ["| method | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for name, r in results.items():
+        s = r["summary"]
+        vals = [f"{s[c]:.1f}" if c.startswith("latency") else f"{s[c]:.3f}" if c in s else "-" for c in cols]
+        lines.append(f"| {name} | {s['n']} | " + " | ".join(vals) + " |")
+    for name, r in results.items():
+        for p in r["curve"]:
+            lines.append(f"{name} after {p['edits']} sequential edits: "
+                         + ", ".join(f"{c} {p[c]:.3f}" for c in cols if c in p))
+    return "\n".join(lines)
+
+
+@app.command("eval")
+def evaluate_cmd(
+    editor: Optional[Path] = typer.Option(None, help="trained editor folder (needed for --method mend)"),
+    data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsre:FILE or counterfact:FILE"),
+    model: str = "smollm2",
+    n: int = 100, batch_size: int = 1,
+    sequential: Optional[int] = typer.Option(None, help="apply K edits without reverting, then re-check all"),
+    method: list[str] = typer.Option(["mend", "ft", "ft-kl"], help="mend, ft, ft-kl (repeatable)"),
+    loc_pool: str = typer.Option("zsre:../shared/data/zsre/train.json",
+                                 help="FT+KL's locality prompts (never the evaluated records' own)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the results here"),
+    device: str = "cpu", dtype: str = "float32",
+) -> None:
+    """Edit N dev records with each method, on the same records, and print a side-by-side table."""
+    from .data import load_records
+    from .evaluate import evaluate, ft_method, mend_method
+    from .layers import select_layers
+    from .mend import MENDEditor
+    from .model import load_base_model
+
+    m, tok = load_base_model(model, dtype, device)
+    ed = MENDEditor.load(editor, m).to(device) if editor else None
+    layers = ed.layers if ed else select_layers(m)
+    records = load_records(data, n, one_per_subject=sequential is not None)
+    pool = [q for r in load_records(loc_pool, 2000) for q in r.loc]
+    curve = tuple(k for k in (10, 25, 50, 100, 300, 1000, 3000, 10000) if sequential and k < sequential)
+    results = {}
+    for name in method:
+        if name == "mend" and ed is None:
+            raise typer.BadParameter("--method mend needs --editor")
+        fn = {"mend": lambda: mend_method(m, tok, ed), "ft": lambda: ft_method(m, tok, layers),
+              "ft-kl": lambda: ft_method(m, tok, layers, loc_pool=pool)}.get(name)
+        if fn is None:
+            raise typer.BadParameter(f"unknown method {name!r}")
+        results[name] = evaluate(m, tok, records, fn(), [l.name for l in layers], batch_size, sequential, curve)
+    typer.echo(_table(results))
+    if json_out:
+        json_out.write_text(json.dumps({"data": data, "n": n, "batch_size": batch_size, "sequential": sequential,
+                                        "editor": str(editor), "results": results}, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app()

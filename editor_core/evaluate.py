@@ -1,0 +1,142 @@
+"""Evaluation on the same records for every method: single, batched, and sequential edits.
+
+Scores (teacher-forced, whole answer, as in the MEND paper): `edit` on x_e, `rephrase` on x'_e, `loc` = share
+of locality prompts whose every answer token keeps its pre-edit argmax (strict), `loc_token` the token-level
+share, `loc_kl` the mean KL(pre ‖ post) on those answer tokens. CounterFact adds Meng et al.'s efficacy,
+paraphrase and neighborhood (mean per-token NLL of the new vs the true target).
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .baselines import finetune_delta
+from .data import EditRecord, EditRequest, tokenize_edits
+from .delta import LowRankDelta, restore, snapshot
+from .layers import EditedLayer
+
+Method = Callable[[list[EditRecord]], LowRankDelta]  # computes a delta on the current model, leaves it unchanged
+
+
+@dataclass
+class Scored:
+    mean_nll: float
+    exact: bool
+    answer_ids: list[int]  # teacher-forced argmax at the answer positions
+    answer_logp: torch.Tensor  # (n_answer, V) log-probs at the answer positions
+
+
+@torch.no_grad()
+def score(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reqs: list[EditRequest], keep_logp: bool = False,
+          chunk: int = 32) -> list[Scored]:
+    out = []
+    for i in range(0, len(reqs), chunk):
+        b = {k: v.to(model.device) for k, v in tokenize_edits(tok, reqs[i : i + chunk]).items()}
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+        labels = b["labels"][:, 1:]
+        logp = torch.log_softmax(logits, -1)
+        for row in range(len(labels)):
+            m = labels[row] != -100
+            lp, lab = logp[row][m], labels[row][m]
+            nll = -lp.gather(-1, lab[:, None]).mean().item()
+            ids = lp.argmax(-1)
+            out.append(Scored(nll, bool((ids == lab).all()), ids.tolist(), lp.half().cpu() if keep_logp else None))
+    return out
+
+
+def _loc_reference(model, tok, records: list[EditRecord]) -> list[list[Scored]]:
+    """Pre-edit answers on every record's locality prompts (log-probs kept for the first, for the KL)."""
+    refs = []
+    for r in records:
+        s = score(model, tok, r.loc, keep_logp=False)
+        if s:
+            s[0] = score(model, tok, r.loc[:1], keep_logp=True)[0]
+        refs.append(s)
+    return refs
+
+
+def record_metrics(model, tok, rec: EditRecord, ref: list[Scored]) -> dict[str, float]:
+    new = [rec.edit] + [EditRequest(p, rec.edit.target) for p in rec.rephrases]
+    scored = score(model, tok, new)
+    loc = score(model, tok, rec.loc, keep_logp=True)
+    m = {"edit": float(scored[0].exact)}
+    if rec.rephrases:
+        m["rephrase"] = statistics.mean(float(s.exact) for s in scored[1:])
+    if loc:
+        m["loc"] = statistics.mean(float(a.answer_ids == b.answer_ids) for a, b in zip(loc, ref))
+        same = [x == y for a, b in zip(loc, ref) for x, y in zip(a.answer_ids, b.answer_ids)]
+        m["loc_token"] = sum(same) / max(len(same), 1)
+        p, q = ref[0].answer_logp.float(), loc[0].answer_logp.float()
+        m["loc_kl"] = float((p.exp() * (p - q)).sum(-1).mean())
+    if rec.true_target is not None:
+        true = score(model, tok, [EditRequest(x.prompt, rec.true_target) for x in new])
+        m["efficacy"] = float(scored[0].mean_nll < true[0].mean_nll)
+        if rec.rephrases:
+            m["paraphrase"] = statistics.mean(float(a.mean_nll < b.mean_nll) for a, b in zip(scored[1:], true[1:]))
+        nb_new = score(model, tok, [EditRequest(x.prompt, rec.edit.target) for x in rec.loc])
+        if loc:
+            m["neighborhood"] = statistics.mean(float(t.mean_nll < n.mean_nll) for t, n in zip(loc, nb_new))
+    return m
+
+
+def _mean(rows: list[dict]) -> dict[str, float]:
+    keys = sorted({k for r in rows for k in r})
+    return {k: statistics.mean(r[k] for r in rows if k in r) for k in keys}
+
+
+def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Method, names: list[str],
+             batch_size: int = 1, sequential: int | None = None, curve: tuple[int, ...] = ()) -> dict:
+    """Single/batched: each batch's delta is applied, scored, and the base restored exactly.
+    Sequential: deltas accumulate without reverting; every edit so far is re-checked at each curve point."""
+    refs = _loc_reference(model, tok, records)
+    base = snapshot(model, names)
+    rows, latencies, points = [], [], []
+    recs = records[: sequential] if sequential else records
+    try:
+        for i in range(0, len(recs), batch_size):
+            chunk = recs[i : i + batch_size]
+            t0 = time.perf_counter()
+            delta = method(chunk)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            delta.apply(model)
+            done = i + len(chunk)
+            if not sequential:
+                rows += [record_metrics(model, tok, r, ref) for r, ref in zip(chunk, refs[i:done])]
+                restore(model, base)
+            elif done in curve or done == len(recs):
+                so_far = _mean([record_metrics(model, tok, r, ref) for r, ref in zip(recs[:done], refs[:done])])
+                points.append({"edits": done, **so_far})
+    finally:
+        restore(model, base)
+    summary = points[-1].copy() if sequential else _mean(rows)
+    summary.pop("edits", None)
+    summary["latency_ms_p50"] = statistics.median(latencies)
+    summary["selection"] = statistics.mean(summary.get(k, 0.0) for k in ("edit", "rephrase", "loc"))
+    summary["n"] = len(recs)
+    return {"summary": summary, "curve": points}
+
+
+def mend_method(model, tok, editor) -> Method:
+    return lambda recs: editor.compute_delta(model, tok, [r.edit for r in recs])
+
+
+def ft_method(model, tok, layers: list[EditedLayer], loc_pool: list[EditRequest] | None = None,
+              seed: int = 0, **kw) -> Method:
+    """FT, or FT+KL when a pool of locality prompts is given (disjoint from the evaluated records' own)."""
+    rng = random.Random(seed)
+
+    def run(recs: list[EditRecord]) -> LowRankDelta:
+        loc = rng.sample(loc_pool, len(recs)) if loc_pool else None
+        return finetune_delta(model, tok, layers, [r.edit for r in recs], loc=loc, **kw)
+
+    return run
+
+
+def evaluate_mend(model, tok, editor, records: list[EditRecord]) -> dict[str, float]:
+    return evaluate(model, tok, records, mend_method(model, tok, editor), [l.name for l in editor.layers])["summary"]
