@@ -143,8 +143,8 @@ class MENDEditor(nn.Module):
                       attention_mask=batch["attention_mask"].to(model.device))
             real = batch["attention_mask"].bool().to(model.device)
             for name, x in cap.inputs.items():
-                x = x[real].double().cpu()
-                moments[name] += x.T @ x
+                x = x[real].float()
+                moments[name] += (x.T @ x).double().cpu()  # float32 per batch, float64 across batches
         for i, l in enumerate(self.layers):
             c = moments[l.name]
             c = c / c.trace() * c.shape[0]  # mean eigenvalue 1, so λ means the same for every layer

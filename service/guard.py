@@ -7,19 +7,16 @@ request sets `force`, which the audit entry records.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from editor_core import EditRequest, LowRankDelta
+from editor_core import EditRequest, LowRankDelta, NonFiniteDeltaError
 
 from .errors import EditRejected
 
 
 def check_edit(model: nn.Module, requests: list[EditRequest], delta: LowRankDelta, force: bool) -> None:
     """Call under the runtime's read lock: it reads the live weights."""
-    params = dict(model.named_parameters())
-    for name in delta.factors:
-        p = params[name]
-        # The same arithmetic LowRankDelta.apply does, so "passes here" means "applies on every replica".
-        if not torch.isfinite((p.detach().float() + delta.dense(name).to(p.device)).to(p.dtype)).all():
-            raise EditRejected("edit rejected: it would make the weights non-finite")
+    try:
+        delta.check(model)  # the same arithmetic apply does: "passes here" means "applies on every replica"
+    except NonFiniteDeltaError as e:
+        raise EditRejected("edit rejected: it would make the weights non-finite") from e

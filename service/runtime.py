@@ -7,14 +7,13 @@ events other replicas write. Lock order: edit mutex -> sync lock -> write lock; 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -111,16 +110,6 @@ class EditEntry:
     rollback: dict = field(default_factory=dict)  # author, time, version of the rollback event
 
 
-def editor_fingerprint(editor: MENDEditor) -> str:
-    """MENDEditor.fingerprint() with 0-dim buffers (RunningNorm.count) flattened first: the library's version
-    raises on them. Same bytes as the library's once it reshapes too, so logs keep their key after the fix."""
-    h = hashlib.sha256(json.dumps(asdict(editor.cfg), sort_keys=True).encode())
-    for k, v in sorted(editor.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def load_editor(path: Path, model: PreTrainedModel, model_fp: str) -> MENDEditor:
     if not (path / "editor.json").is_file():
         raise FileNotFoundError(f"no trained editor at {path} (editor.json missing): train one with "
@@ -136,7 +125,7 @@ class Runtime:
     def __init__(self, settings: Settings, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  editor: MENDEditor, model_fp: str, log_url: str) -> None:
         self.settings, self.model, self.tokenizer, self.editor = settings, model, tokenizer, editor
-        self.model_fp, self.editor_fp = model_fp, editor_fingerprint(editor)
+        self.model_fp, self.editor_fp = model_fp, editor.fingerprint()
         self.log_fp = log_fingerprint(self.model_fp, self.editor_fp)
         self.log = EditLog(log_url, self.log_fp)
         self.layer_names = [l.name for l in editor.layers]
