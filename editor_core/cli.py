@@ -48,7 +48,7 @@ def train(
 
 
 METRICS = ["edit", "rephrase", "loc", "loc_token", "loc_kl", "efficacy", "paraphrase", "neighborhood",
-           "latency_ms_p50"]
+           "latency_ms_p50", "fwd_bwd_ms_p50", "latency_ratio"]
 
 
 def _table(results: dict[str, dict]) -> str:
@@ -56,7 +56,7 @@ def _table(results: dict[str, dict]) -> str:
     lines = ["| method | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for name, r in results.items():
         s = r["summary"]
-        vals = [f"{s[c]:.1f}" if c.startswith("latency") else f"{s[c]:.3f}" if c in s else "-" for c in cols]
+        vals = [f"{s[c]:.1f}" if c.endswith("_p50") else f"{s[c]:.2f}" if c == "latency_ratio" else f"{s[c]:.3f}" if c in s else "-" for c in cols]
         lines.append(f"| {name} | {s['n']} | " + " | ".join(vals) + " |")
     for name, r in results.items():
         for p in r["curve"]:

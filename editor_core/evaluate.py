@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .baselines import finetune_delta
-from .data import EditRecord, EditRequest, tokenize_edits
+from .data import EditRecord, EditRequest, target_nll, tokenize_edits
 from .delta import LowRankDelta, restore, snapshot
 from .layers import EditedLayer
 
@@ -48,6 +48,23 @@ def score(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reqs: list[EditR
             ids = lp.argmax(-1)
             out.append(Scored(nll, bool((ids == lab).all()), ids.tolist(), lp.half().cpu() if keep_logp else None))
     return out
+
+
+def forward_backward_ms(model: PreTrainedModel, tok, reqs: list[EditRequest]) -> float:
+    """One plain forward + backward of the same prompts with every weight's gradient: the floor for MEND."""
+    b = {k: v.to(model.device) for k, v in tokenize_edits(tok, reqs).items()}
+    params = [p for p in model.parameters()]
+    t0 = time.perf_counter()
+    with torch.enable_grad():
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            torch.autograd.grad(target_nll(logits, b["labels"]).sum(), params, allow_unused=True)
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+    return (time.perf_counter() - t0) * 1000
 
 
 def _loc_reference(model, tok, records: list[EditRecord]) -> list[list[Scored]]:
@@ -96,7 +113,7 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
     Sequential: deltas accumulate without reverting; every edit so far is re-checked at each curve point."""
     refs = _loc_reference(model, tok, records)
     base = snapshot(model, names)
-    rows, latencies, points = [], [], []
+    rows, latencies, floors, points = [], [], [], []
     recs = records[: sequential] if sequential else records
     try:
         for i in range(0, len(recs), batch_size):
@@ -104,6 +121,7 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
             t0 = time.perf_counter()
             delta = method(chunk)
             latencies.append((time.perf_counter() - t0) * 1000)
+            floors.append(forward_backward_ms(model, tok, [r.edit for r in chunk]))
             delta.apply(model)
             done = i + len(chunk)
             if not sequential:
@@ -117,6 +135,9 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
     summary = points[-1].copy() if sequential else _mean(rows)
     summary.pop("edits", None)
     summary["latency_ms_p50"] = statistics.median(latencies)
+    summary["latency_ms_p95"] = sorted(latencies)[int(0.95 * (len(latencies) - 1))]
+    summary["fwd_bwd_ms_p50"] = statistics.median(floors)
+    summary["latency_ratio"] = summary["latency_ms_p50"] / summary["fwd_bwd_ms_p50"]
     summary["selection"] = statistics.mean(summary.get(k, 0.0) for k in ("edit", "rephrase", "loc"))
     summary["n"] = len(recs)
     return {"summary": summary, "curve": points}
