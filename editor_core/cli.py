@@ -31,6 +31,7 @@ def train(
     max_records: Optional[int] = typer.Option(None, help="use the first N records of each training file"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
     precond_lambda: float = typer.Option(0.01, help="ridge of the input preconditioner; <= 0 trains plain MEND"),
+    precond_prompts: int = typer.Option(1000, help="training records whose prompts fit the preconditioner"),
     prefix_cache: bool = typer.Option(True, help="cache the frozen blocks' outputs per sequence"),
     device: str = "cpu", dtype: str = "float32",
 ) -> None:
@@ -43,7 +44,8 @@ def train(
                       lr_alpha=lr_alpha, c_edit=c_edit, c_loc=c_loc, val_every=val_every, val_n=val_n,
                       patience=patience, prefix_cache=prefix_cache, device=device, dtype=dtype, seed=seed,
                       max_records=max_records, threads=threads,
-                      precond_lambda=precond_lambda if precond_lambda > 0 else None)
+                      precond_lambda=precond_lambda if precond_lambda > 0 else None,
+                      precond_prompts=precond_prompts)
     typer.echo(f"best editor: {run(cfg)}")
 
 
