@@ -49,6 +49,38 @@ def train(
     typer.echo(f"best editor: {run(cfg)}")
 
 
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="a `mend train --out` folder"),
+    out: Path = typer.Option(Path("weights/smollm2"), help="where the editor and its manifest go"),
+) -> None:
+    """Copy a run's best editor to OUT with manifest.json: data, steps, wall time, hyperparameters, fingerprints."""
+    import hashlib
+    import shutil
+
+    from .mend import CONFIG_FILE, WEIGHTS_FILE
+
+    state = json.loads((run / "train_state.json").read_text())
+    best = json.loads((run / "best" / CONFIG_FILE).read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        shutil.copy(run / "best" / name, out / name)
+    steps = [h for h in state["history"] if "loss" in h]
+    data = {spec: hashlib.sha256(Path(spec.split(":", 1)[-1]).read_bytes()).hexdigest()
+            for spec in state["train"]["train"] + state["train"]["dev"]}
+    manifest = {
+        "editor_sha256": hashlib.sha256((out / WEIGHTS_FILE).read_bytes()).hexdigest(),
+        "base_model_fingerprint": best["config"]["model_fingerprint"],
+        "data_sha256": data, "hyperparameters": state["train"], "editor_config": best["config"],
+        "best_step": state["best"]["step"], "steps_run": state["step"],
+        "wall_time_s": steps[-1]["time"] if steps else None,
+        "validation": [{"step": h["step"], "score": h["score"], **{f"{k}_{m}": v[m] for k, v in h["val"].items()
+                        for m in ("edit", "rephrase", "loc") if m in v}} for h in state["history"] if "val" in h],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    typer.echo(f"exported {run}/best (step {manifest['best_step']}) to {out}")
+
+
 METRICS = ["edit", "rephrase", "loc", "loc_token", "loc_kl", "efficacy", "paraphrase", "neighborhood",
            "latency_ms_p50", "fwd_bwd_ms_p50", "latency_ratio"]
 
