@@ -1,0 +1,68 @@
+"""`mend eval` through the console script's app, on a tiny model folder and a tiny data file."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from editor_support import identity_editor
+from typer.testing import CliRunner
+
+import editor_core.cli
+import service.cli
+from editor_core.model import load_base_model
+
+
+@pytest.fixture(scope="module")
+def editor_dir(llama_dir, tmp_path_factory):
+    model, _ = load_base_model(str(llama_dir))
+    out = tmp_path_factory.mktemp("editor")
+    identity_editor(model, init_alpha=1.0).save(out)
+    return out
+
+
+def _eval(app, llama_dir, editor_dir, data_files, *extra: str):
+    return CliRunner().invoke(app, ["eval", "--editor", str(editor_dir), "--model", str(llama_dir),
+                                    "--data", f"zsre:{data_files['zsre']}", "--n", "2", *extra])
+
+
+def test_console_script_is_the_service_app_with_the_library_commands():
+    assert service.cli.app is editor_core.cli.app  # pyproject's `mend` = service.cli:app: train, eval and serve
+    names = {c.name or c.callback.__name__ for c in service.cli.app.registered_commands}
+    assert {"train", "eval", "serve"} <= names
+
+
+@pytest.mark.parametrize("app", [service.cli.app, editor_core.cli.app], ids=["service.cli", "editor_core.cli"])
+def test_eval_prints_the_side_by_side_table_and_writes_json(app, llama_dir, editor_dir, data_files, tmp_path):
+    out = tmp_path / "results.json"
+    res = _eval(app, llama_dir, editor_dir, data_files, "--method", "mend", "--method", "ft", "--method", "ft-kl",
+                "--loc-pool", f"counterfact:{data_files['counterfact']}", "--json", str(out))
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()  # stderr carries the weight-loading progress bar
+    assert lines[0].startswith("| method | n | edit | rephrase | loc |")
+    assert [l.split("|")[1:3] for l in lines[2:5]] == [[" mend ", " 2 "], [" ft ", " 2 "], [" ft-kl ", " 2 "]]
+    doc = json.loads(out.read_text())
+    assert set(doc["results"]) == {"mend", "ft", "ft-kl"} and doc["n"] == 2
+    assert doc["results"]["ft"]["summary"]["n"] == 2
+
+
+def test_eval_sequential_prints_the_curve_line(llama_dir, editor_dir, data_files):
+    res = _eval(service.cli.app, llama_dir, editor_dir, data_files, "--sequential", "2", "--method", "mend",
+                "--loc-pool", f"zsre:{data_files['zsre']}")
+    assert res.exit_code == 0, res.output
+    assert "mend after 2 sequential edits: edit" in res.output
+
+
+def test_eval_refuses_mend_without_editor_and_unknown_methods(llama_dir, data_files):
+    base = ["eval", "--model", str(llama_dir), "--data", f"zsre:{data_files['zsre']}", "--n", "1",
+            "--loc-pool", f"zsre:{data_files['zsre']}"]
+    res = CliRunner().invoke(service.cli.app, [*base, "--method", "mend"])
+    assert res.exit_code != 0 and "needs --editor" in res.output
+    res = CliRunner().invoke(service.cli.app, [*base, "--method", "rome"])
+    assert res.exit_code != 0 and "unknown method" in res.output
+
+
+def test_eval_mend_only_does_not_need_the_ft_kl_pool(llama_dir, editor_dir, data_files, tmp_path, monkeypatch):
+    # The locality pool is FT+KL's alone; its default path (../shared/data/...) need not exist where this runs.
+    monkeypatch.chdir(tmp_path)
+    res = _eval(service.cli.app, llama_dir, editor_dir, data_files, "--method", "mend")
+    assert res.exit_code == 0, repr(res.exception)

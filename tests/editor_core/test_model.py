@@ -1,0 +1,55 @@
+"""Base-model loading and fingerprints; one edit on the real default model."""
+from __future__ import annotations
+
+import pytest
+import torch
+from editor_support import identity_editor
+
+from editor_core.data import EditRequest
+from editor_core.model import load_base_model, model_fingerprint, resolve_model_path
+from editor_core.scoring import score_targets
+
+
+def test_loads_a_folder_frozen_in_eval_mode_with_right_padding(llama_dir):
+    model, tok = load_base_model(str(llama_dir))
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert tok.pad_token is not None and tok.padding_side == "right"
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_half_precision_and_bad_dtype(llama_dir):
+    model, _ = load_base_model(str(llama_dir), dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model_fingerprint(model)  # bf16 weights hash too
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        load_base_model(str(llama_dir), dtype="int8")
+
+
+def test_fingerprint_stable_across_loads_and_sensitive_to_one_weight(llama_dir):
+    a, _ = load_base_model(str(llama_dir))
+    b, _ = load_base_model(str(llama_dir))
+    assert model_fingerprint(a) == model_fingerprint(b)
+    w = b.model.layers[3].mlp.down_proj.weight
+    with torch.no_grad():
+        w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(1.0))  # one ulp
+    assert model_fingerprint(a) != model_fingerprint(b)
+
+
+def test_non_gguf_names_pass_through():
+    assert resolve_model_path("/some/hf/folder") == "/some/hf/folder"
+    assert resolve_model_path("org/model-id") == "org/model-id"
+
+
+@pytest.mark.smollm
+def test_smollm2_one_identity_edit_raises_the_target():
+    model, tok = load_base_model()
+    again, _ = load_base_model()
+    assert model_fingerprint(model) == model_fingerprint(again)  # the cached conversion is stable
+    del again
+    req = EditRequest("The capital of France is", "Rome")
+    before = score_targets(model, tok, [req])[0].logprob
+    editor = identity_editor(model, init_alpha=1e-2)  # untrained: plain gradient descent with a clear step
+    assert [l.block for l in editor.layers] == [27] * 3 + [28] * 3 + [29] * 3
+    editor.compute_delta(model, tok, [req]).apply(model)
+    after = score_targets(model, tok, [req])[0].logprob
+    assert after > before + 3.0, (before, after)  # measured: -7.6 -> -0.7 nats
