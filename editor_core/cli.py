@@ -117,13 +117,15 @@ def evaluate_cmd(
     from .evaluate import evaluate, ft_method, mend_method
     from .layers import select_layers
     from .mend import MENDEditor
-    from .model import load_base_model
+    from .model import load_base_model, model_fingerprint
 
     m, tok = load_base_model(model, dtype, device)
     ed = MENDEditor.load(editor, m).to(device) if editor else None
     layers = ed.layers if ed else select_layers(m)
     records = load_records(data, n, one_per_subject=sequential is not None)
-    pool = [q for r in load_records(loc_pool, 2000) for q in r.loc]
+    if ed is not None and ed.cfg.model_fingerprint and ed.cfg.model_fingerprint != model_fingerprint(m):
+        raise typer.BadParameter(f"{editor} was trained for model {ed.cfg.model_fingerprint}, not this one")
+    pool = [q for r in load_records(loc_pool, 2000) for q in r.loc] if "ft-kl" in method else []
     curve = tuple(k for k in (10, 25, 50, 100, 300, 1000, 3000, 10000) if sequential and k < sequential)
     results = {}
     for name in method:

@@ -71,8 +71,8 @@ class SkipPrefix(_ThreadHooks):
     def __init__(self, blocks: nn.ModuleList, first: int, hidden: torch.Tensor) -> None:
         super().__init__()
         self.hidden = hidden
-        self._saved = [(b, b.forward) for b in list(blocks)[:first]]
-        for block, _ in self._saved:
+        self._skipped = list(blocks)[:first]
+        for block in self._skipped:
             block.forward = _identity
         self._handles.append(blocks[first].register_forward_pre_hook(self._inject, with_kwargs=True))
 
@@ -83,8 +83,8 @@ class SkipPrefix(_ThreadHooks):
         return args, kwargs
 
     def __exit__(self, *exc) -> None:
-        for block, fwd in self._saved:
-            block.forward = fwd
+        for block in self._skipped:
+            del block.forward  # drop the instance override: the class's forward shows through again
         super().__exit__(*exc)
 
 

@@ -57,6 +57,8 @@ class RunningNorm(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
+        if x.shape[0] == 0:
+            return  # no token rows: 0/0 would poison the statistics for good
         x = x.detach().double()
         n, mean = x.shape[0], x.mean(0)
         total = self.count + n

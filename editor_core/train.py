@@ -124,6 +124,12 @@ def warm_up_statistics(model, tok, editor: MENDEditor, records: list[EditRecord]
         editor.transform(factors)
 
 
+def _dev_name(spec: str, specs: list[str]) -> str:
+    """'zsre' or 'counterfact'; the whole spec when two dev files share a kind."""
+    kind = spec.split(":")[0]
+    return kind if sum(s.split(":")[0] == kind for s in specs) == 1 else spec
+
+
 def save_checkpoint(out: Path, editor: MENDEditor, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig,
                     history: list[dict], best: dict | None) -> None:
     """Editor + optimizer state as safetensors and a JSON manifest: resumable without unpickling."""
@@ -162,7 +168,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     rng = random.Random(cfg.seed)
     model, tok = load_base_model(cfg.model, cfg.dtype, cfg.device)
     train_recs = [r for spec in cfg.train for r in load_records(spec, cfg.max_records)]
-    dev_recs = {spec.split(":")[0]: load_records(spec, cfg.val_n, one_per_subject=True) for spec in cfg.dev}
+    dev_recs = {_dev_name(spec, cfg.dev): load_records(spec, cfg.val_n, one_per_subject=True) for spec in cfg.dev}
     editor = MENDEditor.for_model(model, cfg.layers, rank=cfg.rank, init_alpha=cfg.init_alpha,
                                   precond_lambda=cfg.precond_lambda,
                                   model_fingerprint=model_fingerprint(model)).to(cfg.device)
