@@ -2,21 +2,45 @@
 
 Raising EditRejected (422) stops the edit with nothing written and nothing applied. The finiteness check
 below can never be forced: a log event that cannot be applied would stop every replica replaying the log.
-Policy checks (e.g. refusing edits that damage unrelated facts) belong here too and are skipped when the
-request sets `force`, which the audit entry records.
+The canary check (an edit may change at most a configured share of the canary answers) is a policy: `force`
+overrides it, and the measured change and the override go into the edit's audit entry either way.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from editor_core import EditRequest, LowRankDelta, NonFiniteDeltaError
+from editor_core import LowRankDelta, NonFiniteDeltaError
 
+from .canary import CanarySet, Change
 from .errors import EditRejected
 
 
-def check_edit(model: nn.Module, requests: list[EditRequest], delta: LowRankDelta, force: bool) -> None:
-    """Call under the runtime's read lock: it reads the live weights."""
+def candidate_weights(model: nn.Module, delta: LowRankDelta) -> dict[str, torch.Tensor]:
+    """W + ΔW for the edited matrices, computed aside with apply's arithmetic (fp32 sum, cast back)."""
+    params = dict(model.named_parameters())
+    return {n: (params[n].detach().float() + delta.dense(n).to(params[n].device)).to(params[n].dtype)
+            for n in delta.factors}
+
+
+def refusal(changed: int, total: int, limit: float, examples: list[Change]) -> str:
+    shown = "; ".join(f"{c.prompt!r}: {c.before!r} -> {c.after!r}" for c in examples)
+    return (f"edit rejected: it changes the greedy answers of {changed} of {total} canary prompts "
+            f"({changed / total:.1%}, limit {limit:.1%}), e.g. {shown}. Nothing was written; "
+            f"send \"force\": true to apply it anyway")
+
+
+def check_edit(model: nn.Module, delta: LowRankDelta, force: bool, canaries: CanarySet | None,
+               max_changed: float) -> dict:
+    """The guard's measurement for the audit entry; call under the runtime's read lock (it reads the live weights)."""
     try:
         delta.check(model)  # the same arithmetic apply does: "passes here" means "applies on every replica"
     except NonFiniteDeltaError as e:
         raise EditRejected("edit rejected: it would make the weights non-finite") from e
+    if canaries is None:
+        return {}
+    changed, examples = canaries.check(candidate_weights(model, delta))
+    over = changed / len(canaries) > max_changed
+    if over and not force:
+        raise EditRejected(refusal(changed, len(canaries), max_changed, examples))
+    return {"canaries": len(canaries), "changed": changed, "max_changed": max_changed, "overridden": over}

@@ -34,7 +34,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.exception("startup failed: not serving")
         raise
     app.state.runtime = runtime
-    app.state.metrics.bind(lambda: len(runtime.active), lambda: runtime.version)
+    app.state.metrics.bind(lambda: len(runtime.active), lambda: runtime.version, runtime.drift,
+                           runtime.canary_agreement)
     log.info("serving %s with editor %s at version %d", settings.model, settings.editor, runtime.version)
     try:
         yield

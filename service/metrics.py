@@ -2,10 +2,36 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class DriftCollector(Collector):
+    """Read at scrape time: ||W - W0||_F per edited matrix and the live model's canary agreement.
+
+    The runtime caches both per log version, so a scrape costs a canary pass only after the weights changed.
+    """
+
+    def __init__(self, drift: Callable[[], dict[str, float]], agreement: Callable[[], float | None]) -> None:
+        self.drift, self.agreement = drift, agreement
+
+    def describe(self) -> list[GaugeMetricFamily]:  # names only: registering must not run a canary pass
+        return [GaugeMetricFamily("mend_weight_drift", "", labels=["param"]), GaugeMetricFamily("mend_canary_agreement", "")]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        drift = GaugeMetricFamily("mend_weight_drift", "Frobenius norm of W - W0 per edited matrix (W0 = base)",
+                                  labels=["param"])
+        for name, value in self.drift().items():
+            drift.add_metric([name], value)
+        yield drift
+        agreement = self.agreement()
+        if agreement is not None:  # no canaries configured: no number to report
+            yield GaugeMetricFamily("mend_canary_agreement", "share of guard canaries answered as by the base model",
+                                    value=agreement)
 
 
 class Metrics:
@@ -21,9 +47,11 @@ class Metrics:
         self.active = Gauge("mend_active_edits", "edits applied and not rolled back", registry=self.registry)
         self.log_events = Gauge("mend_log_events", "edit log events applied (the version)", registry=self.registry)
 
-    def bind(self, active: Callable[[], float], log_events: Callable[[], float]) -> None:
+    def bind(self, active: Callable[[], float], log_events: Callable[[], float],
+             drift: Callable[[], dict[str, float]], agreement: Callable[[], float | None]) -> None:
         self.active.set_function(active)
         self.log_events.set_function(log_events)
+        self.registry.register(DriftCollector(drift, agreement))
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -29,6 +29,7 @@ from .embedded_redis import EmbeddedRedis
 from .errors import (AlreadyRolledBack, BadRequest, FingerprintMismatch, LogUnavailable, NothingToRollBack,
                      NotReady, UnknownEdit)
 from .generation import Completion, complete
+from .canary import CanarySet, load_canaries
 from .guard import check_edit
 from .settings import Settings
 
@@ -130,6 +131,7 @@ class Runtime:
         self.log = EditLog(log_url, self.log_fp)
         self.layer_names = [l.name for l in editor.layers]
         self.base = snapshot(model, self.layer_names)  # what "no active edit" restores, bit for bit
+        self.canaries = self._canary_set()  # on the base weights: the log is replayed after this
         self.rw, self.edit_mutex, self.sync_lock = RWLock(), threading.Lock(), threading.Lock()
         self.version, self.last_id = 0, "0"
         self.edits: dict[str, EditEntry] = {}
@@ -139,6 +141,20 @@ class Runtime:
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
         self._hash: tuple[int, str] = (-1, "")
+        self._drift: tuple[int, dict[str, float]] = (-1, {})
+        self._agreement: tuple[int, float] = (-1, 1.0)
+
+    def _canary_set(self) -> CanarySet | None:
+        n = self.settings.guard_canaries
+        if n == 0:
+            log.warning("MEND_GUARD_CANARIES=0: edits are not checked against canaries")
+            return None
+        t0 = time.perf_counter()
+        canaries = CanarySet(self.model, self.tokenizer, load_canaries(self.settings.canaries, n),
+                             min(l.block for l in self.editor.layers))
+        log.info("edit guard: %d canaries from %s answered by the base model in %.2f s", n,
+                 self.settings.canaries, time.perf_counter() - t0)
+        return canaries
 
     @classmethod
     def start(cls, settings: Settings) -> "Runtime":
@@ -273,11 +289,11 @@ class Runtime:
             with self.rw.read():
                 pre = score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length)
                 delta = self.editor.compute_delta(self.model, self.tokenizer, requests)
-                check_edit(self.model, requests, delta, force)
+                guard = check_edit(self.model, delta, force, self.canaries, self.settings.guard_max_changed)
             edit_id = uuid.uuid4().hex
             body = {"edit_id": edit_id, "requests": [{"prompt": r.prompt, "target": r.target} for r in requests],
                     "author": author, "note": note, "force": force, "time": now(), "pre": score_dicts(pre),
-                    "rank": delta.rank, "bytes": delta.nbytes, "norm": delta.norm()}
+                    "rank": delta.rank, "bytes": delta.nbytes, "norm": delta.norm(), "guard": guard}
             self.log.append(Event(EDIT, self.model_fp, self.editor_fp, self.log_fp, body, delta.to_bytes()))
             self._catch_up_after_write(edit_id)
             with self.rw.read():
@@ -353,6 +369,24 @@ class Runtime:
                     h.update(params[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
                 self._hash = (self.version, h.hexdigest()[:16])
             return self._hash[1]
+
+    def drift(self) -> dict[str, float]:
+        """||W - W0||_F per edited matrix, W0 the base snapshot; cached per version (the weights are a function of it)."""
+        with self.rw.read():
+            if self._drift[0] != self.version:
+                params = dict(self.model.named_parameters())
+                self._drift = (self.version, {n: float((params[n].detach().float() - self.base[n].float()).norm())
+                                              for n in self.layer_names})
+            return self._drift[1]
+
+    def canary_agreement(self) -> float | None:
+        """Share of canaries the live model answers as the base did; one canary pass per new version, on demand."""
+        if self.canaries is None:
+            return None
+        with self.rw.read():
+            if self._agreement[0] != self.version:
+                self._agreement = (self.version, self.canaries.agreement())
+            return self._agreement[1]
 
     def entry(self, edit_id: str) -> EditEntry:
         with self.rw.read():  # the table changes under the write lock

@@ -90,6 +90,8 @@ class EditRecord(BaseModel):
     pre_scores: list[dict]
     rank: int
     bytes: int
+    guard: dict = Field(default_factory=dict, description="the edit guard's measurement: canaries checked, "
+                        "changed, max_changed, and overridden (true when force let a refused edit through)")
     rollback: dict = Field(default_factory=dict, description="author, time, note, version of the rollback")
 
 

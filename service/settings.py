@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .canary import DEFAULT_CANARIES
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEND_", extra="ignore")
@@ -24,6 +26,11 @@ class Settings(BaseSettings):
     generate_auth: bool = Field(False, description="also require the key for /generate")
     max_prompt_tokens: int = Field(1024, ge=1)
     max_new_tokens: int = Field(256, ge=1)
+    canaries: Path = Field(DEFAULT_CANARIES, description="edit guard canaries: JSON list of prompts or "
+                                                          "{prompt, answer}; default 600 NQ/CounterFact train prompts")
+    guard_canaries: int = Field(100, ge=0, description="how many of them the guard checks (0 = no canary check)")
+    guard_max_changed: float = Field(0.1, ge=0.0, le=1.0, description="largest share of canary answers an "
+                                                                        "edit may change without force")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 

@@ -19,7 +19,7 @@ def to_record(e: EditEntry) -> EditRecord:
     return EditRecord(edit_id=e.edit_id, version=e.version, status=e.status,
                       requests=[EditItem(**r) for r in b["requests"]], author=b["author"], note=b["note"],
                       force=b["force"], time=b["time"], pre_scores=b["pre"], rank=b["rank"], bytes=b["bytes"],
-                      rollback=e.rollback)
+                      guard=b.get("guard", {}), rollback=e.rollback)  # events from before the guard have none
 
 
 @router.post("/edit", status_code=201, dependencies=[Depends(require_key)])
