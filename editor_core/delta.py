@@ -47,7 +47,7 @@ class LowRankDelta:
     def norm(self) -> float:
         return sum(v * v for v in self.norms().values()) ** 0.5
 
-    def _updated(self, model: nn.Module, sign: float) -> dict[str, torch.Tensor]:
+    def updated(self, model: nn.Module, sign: float = 1.0) -> dict[str, torch.Tensor]:
         """The weights after adding sign·ΔW, computed aside; raises (writing nothing) if any is non-finite."""
         params = dict(model.named_parameters())
         missing = [n for n in self.factors if n not in params]
@@ -66,10 +66,10 @@ class LowRankDelta:
 
     def check(self, model: nn.Module) -> None:
         """Raise NonFiniteDeltaError if applying would put NaN or inf into the weights; writes nothing."""
-        self._updated(model, 1.0)
+        self.updated(model)
 
     def _write(self, model: nn.Module, sign: float) -> None:
-        new = self._updated(model, sign)
+        new = self.updated(model, sign)
         params = dict(model.named_parameters())
         with torch.no_grad():  # all checks passed: never a half-applied delta
             for name, value in new.items():

@@ -7,20 +7,12 @@ overrides it, and the measured change and the override go into the edit's audit 
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from editor_core import LowRankDelta, NonFiniteDeltaError
 
 from .canary import CanarySet, Change
 from .errors import EditRejected
-
-
-def candidate_weights(model: nn.Module, delta: LowRankDelta) -> dict[str, torch.Tensor]:
-    """W + ΔW for the edited matrices, computed aside with apply's arithmetic (fp32 sum, cast back)."""
-    params = dict(model.named_parameters())
-    return {n: (params[n].detach().float() + delta.dense(n).to(params[n].device)).to(params[n].dtype)
-            for n in delta.factors}
 
 
 def refusal(changed: int, total: int, limit: float, examples: list[Change]) -> str:
@@ -34,12 +26,12 @@ def check_edit(model: nn.Module, delta: LowRankDelta, force: bool, canaries: Can
                max_changed: float) -> dict:
     """The guard's measurement for the audit entry; call under the runtime's read lock (it reads the live weights)."""
     try:
-        delta.check(model)  # the same arithmetic apply does: "passes here" means "applies on every replica"
+        candidate = delta.updated(model)  # apply's own arithmetic: "passes here" means "applies on every replica"
     except NonFiniteDeltaError as e:
         raise EditRejected("edit rejected: it would make the weights non-finite") from e
     if canaries is None:
         return {}
-    changed, examples = canaries.check(candidate_weights(model, delta))
+    changed, examples = canaries.check(candidate)
     over = changed / len(canaries) > max_changed
     if over and not force:
         raise EditRejected(refusal(changed, len(canaries), max_changed, examples))
