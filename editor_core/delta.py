@@ -56,10 +56,12 @@ class LowRankDelta:
         new = {}
         for name in self.factors:
             p = params[name]
-            d = self.dense(name).to(p.device)
-            if d.shape != p.shape:
-                raise ValueError(f"delta for {name} has shape {tuple(d.shape)}, weight has {tuple(p.shape)}")
-            new[name] = (p.detach().float() + sign * d).to(p.dtype)
+            left, right = (f.to(device=p.device, dtype=torch.float32) for f in self.factors[name])
+            if (left.shape[0], right.shape[1]) != p.shape:
+                raise ValueError(f"delta for {name} has shape {(left.shape[0], right.shape[1])}, "
+                                 f"weight has {tuple(p.shape)}")
+            # One fused W + sign·(left @ right) in fp32: the same arithmetic on every replica and in replay.
+            new[name] = torch.addmm(p.detach().float(), left, right, alpha=sign).to(p.dtype)
             if not torch.isfinite(new[name]).all():
                 raise NonFiniteDeltaError(f"delta would make {name} non-finite; weights unchanged")
         return new

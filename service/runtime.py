@@ -156,6 +156,12 @@ class Runtime:
                  self.settings.canaries, time.perf_counter() - t0)
         return canaries
 
+    def _pin_threads(self) -> None:
+        # Under OpenMP, torch.set_num_threads binds only the calling thread: every request thread and the
+        # follower must call it, or they run with one thread per core and oversubscribe a small machine.
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+
     @classmethod
     def start(cls, settings: Settings) -> "Runtime":
         """Load everything, replay the log, start following it. Any failure stops what was started and raises."""
@@ -241,6 +247,7 @@ class Runtime:
             restore(self.model, self.base)  # apply-then-revert is not exact in floating point; this is
 
     def _follow(self) -> None:
+        self._pin_threads()
         # Own connection: a blocking XREAD would otherwise hold the request connection.
         client = redis.Redis.from_url(self.log.url, socket_connect_timeout=2, socket_timeout=FOLLOW_BLOCK_MS / 1000 + 5)
         down = False
@@ -281,6 +288,7 @@ class Runtime:
 
     def edit(self, requests: list[EditRequest], author: str, note: str, force: bool) -> EditOutcome:
         """Compute one delta for the batch, write it to the log, then apply it by catching up with the log."""
+        self._pin_threads()
         self._check_usable()
         self._check_edit_lengths(requests)
         t0 = time.perf_counter()
@@ -310,6 +318,7 @@ class Runtime:
                                  f"was applied here; it applies when Redis is back") from e
 
     def rollback(self, edit_id: str | None, to_version: int | None, author: str, note: str) -> RollbackOutcome:
+        self._pin_threads()
         self._check_usable()
         with self.edit_mutex:
             self.sync()
@@ -349,6 +358,7 @@ class Runtime:
     def generate(self, prompt: str | None, messages: list[dict] | None, max_new_tokens: int | None,
                  temperature: float, top_p: float, seed: int | None, stop: list[str]) -> tuple[Completion, int, int]:
         """(completion, prompt tokens, version): the whole generation runs on one version of the weights."""
+        self._pin_threads()
         max_new_tokens = max_new_tokens or min(DEFAULT_NEW_TOKENS, self.settings.max_new_tokens)
         if max_new_tokens > self.settings.max_new_tokens:
             raise BadRequest(f"max_new_tokens is over the limit of {self.settings.max_new_tokens}")
@@ -372,6 +382,7 @@ class Runtime:
 
     def drift(self) -> dict[str, float]:
         """||W - W0||_F per edited matrix, W0 the base snapshot; cached per version (the weights are a function of it)."""
+        self._pin_threads()
         with self.rw.read():
             if self._drift[0] != self.version:
                 params = dict(self.model.named_parameters())
@@ -381,6 +392,7 @@ class Runtime:
 
     def canary_agreement(self) -> float | None:
         """Share of canaries the live model answers as the base did; one canary pass per new version, on demand."""
+        self._pin_threads()
         if self.canaries is None:
             return None
         with self.rw.read():
