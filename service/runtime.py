@@ -21,6 +21,7 @@ import redis
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editor_core.model import DTYPES
 from editor_core import (EditRequest, LowRankDelta, MENDEditor, TargetScore, join, load_base_model,
                          model_fingerprint, restore, score_targets, snapshot)
 
@@ -296,7 +297,8 @@ class Runtime:
             self.sync()  # compute against the newest weights, including other replicas' edits
             with self.rw.read():
                 pre = score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length)
-                delta = self.editor.compute_delta(self.model, self.tokenizer, requests)
+                delta = self.editor.compute_delta(self.model, self.tokenizer, requests).compressed(
+                    self.settings.delta_rel_tol, DTYPES[self.settings.delta_dtype])  # what is logged is what applies
                 guard = check_edit(self.model, delta, force, self.canaries, self.settings.guard_max_changed)
             edit_id = uuid.uuid4().hex
             body = {"edit_id": edit_id, "requests": [{"prompt": r.prompt, "target": r.target} for r in requests],
