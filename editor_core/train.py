@@ -178,6 +178,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
     step, history, best = 0, [], None
     if resume and (out / "train_state.json").exists():
         step, history, best = load_checkpoint(out, editor, opt)
+        rng = random.Random(cfg.seed * 1_000_003 + step)  # a resumed run draws new batches, not the first ones again
         log.info("resumed %s at step %d", out, step)
     elif cfg.precond_lambda is not None:
         pool = rng.sample(train_recs, min(cfg.precond_prompts, len(train_recs)))
