@@ -89,6 +89,8 @@ class LowRankDelta:
 
     def compressed(self, rel_tol: float = 0.0, dtype: torch.dtype | None = None) -> "LowRankDelta":
         """Re-factor each ΔW to its numerical rank via a thin SVD, dropping singular values below rel_tol·σ_max."""
+        if not all(torch.isfinite(f).all() for pair in self.factors.values() for f in pair):
+            return self  # nothing to factor: apply and check refuse it with a clear error
         out = {}
         for name, (left, right) in self.factors.items():
             ql, rl = torch.linalg.qr(left.double())

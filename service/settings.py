@@ -34,7 +34,10 @@ class Settings(BaseSettings):
     canaries: Path = Field(DEFAULT_CANARIES, description="edit guard canaries: JSON list of prompts or "
                                                           "{prompt, answer}; default 600 NQ/CounterFact train prompts")
     guard_canaries: int = Field(100, ge=0, description="how many of them the guard checks (0 = no canary check)")
-    guard_max_changed: float = Field(0.1, ge=0.0, le=1.0, description="largest share of canary answers an "
+    # Measured on SmolLM2 with the trained editor (100 canaries, 4-token greedy answers, teacher-forced): 40
+    # ordinary dev edits changed 9-46% of them (median 31%); the same edits at 3x the learned step a median of
+    # 59%, at 10x 82-99%. 0.6 passes every ordinary edit seen and refuses the overdriven ones.
+    guard_max_changed: float = Field(0.6, ge=0.0, le=1.0, description="largest share of canary answers an "
                                                                         "edit may change without force")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
