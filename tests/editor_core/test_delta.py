@@ -127,3 +127,24 @@ def test_norm_matches_dense_frobenius_norm(gpt2, tokenizer):
     expected = torch.sqrt(sum(delta.dense(n).double().pow(2).sum() for n in delta.factors))
     assert delta.norm() == pytest.approx(float(expected), rel=1e-5)
     assert delta.nbytes == sum(l.numel() * 4 + r.numel() * 4 for l, r in delta.factors.values())
+
+
+def test_compressed_truncation_drops_small_directions_and_casts(llama, tokenizer):
+    delta = _delta(llama, tokenizer)
+    name = next(iter(delta.factors))
+    full = delta.compressed(0.0)
+    cut = delta.compressed(0.5, torch.float16)
+    assert cut.factors[name][0].dtype == torch.float16
+    assert cut.factors[name][0].shape[1] <= full.factors[name][0].shape[1]
+    s = torch.linalg.svdvals(delta.dense(name).double())
+    kept = int((s > 0.5 * s[0]).sum())
+    assert cut.factors[name][0].shape[1] == kept  # exactly the directions above the threshold
+
+
+def test_compressed_leaves_a_non_finite_delta_for_apply_to_refuse(llama):
+    name = "model.layers.3.mlp.down_proj.weight"
+    p = dict(llama.named_parameters())[name]
+    bad = LowRankDelta({name: (torch.full((p.shape[0], 1), float("inf")), torch.ones(1, p.shape[1]))})
+    assert bad.compressed(0.03, torch.float16) is bad
+    with pytest.raises(NonFiniteDeltaError):
+        bad.apply(llama)
