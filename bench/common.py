@@ -71,7 +71,7 @@ def make_profile(smoke: bool, model: str | None = None, editor: str | None = Non
     # (see NOTES.md, "Torch threads in the server").
     return Profile(name, model or "smollm2", editor or str(ROOT / "weights" / "smollm2"), threads or 2, out,
                    edit_batches=(1, 10, 25), edit_repeats=20, ft_repeats=5, log_lengths=(10, 100, 1000),
-                   levels=(0, 100, 1000), gen_clients=(1, 4, 16), gen_requests=64, gen_seconds=20.0, gen_rounds=3,
+                   levels=(0, 100, 1000), gen_clients=(1, 4, 16), gen_requests=64, gen_seconds=10.0, gen_rounds=2,
                    new_tokens=32, rollbacks=8, restart_repeats=3, train_steps=40, train_pool=20, train_rank=256)
 
 
@@ -207,6 +207,8 @@ def launch(p: Profile, data_dir: Path, logfile: Path) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEND_") and k != "REDIS_URL"}
     env.update(MEND_MODEL=p.model, MEND_EDITOR=p.editor, MEND_DATA_DIR=str(data_dir), MEND_THREADS=str(p.threads),
                MEND_MAX_NEW_TOKENS=str(max(p.new_tokens, 1)))
+    if "BENCH_GUARD_CANARIES" in os.environ:  # e.g. 0: build the 1,000-edit logs without the canary check's cost
+        env["MEND_GUARD_CANARIES"] = os.environ["BENCH_GUARD_CANARIES"]
     port = free_port()
     mend = Path(sys.executable).parent / "mend"
     logfile.parent.mkdir(parents=True, exist_ok=True)
