@@ -24,4 +24,6 @@ counterfact() {
       --loc-pool counterfact:../shared/data/counterfact/train.json
   run cf_seq100 --data $C --sequential 100 --method mend
 }
-zsre & counterfact; wait
+zsre & zsre_pid=$!
+counterfact
+wait $zsre_pid  # propagates a failure of the zsRE half
