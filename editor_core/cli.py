@@ -73,12 +73,22 @@ def export(
         "base_model_fingerprint": best["config"]["model_fingerprint"],
         "data_sha256": data, "hyperparameters": state["train"], "editor_config": best["config"],
         "best_step": state["best"]["step"], "steps_run": state["step"],
-        "wall_time_s": steps[-1]["time"] if steps else None,
+        "wall_time_s": _wall_time(steps),
         "validation": [{"step": h["step"], "score": h["score"], **{f"{k}_{m}": v[m] for k, v in h["val"].items()
                         for m in ("edit", "rephrase", "loc") if m in v}} for h in state["history"] if "val" in h],
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     typer.echo(f"exported {run}/best (step {manifest['best_step']}) to {out}")
+
+
+def _wall_time(steps: list[dict]) -> float:
+    """Training seconds over every segment of a resumed run (each segment's clock restarts at 0)."""
+    total, last = 0.0, 0.0
+    for h in steps:
+        if h["time"] < last:
+            total += last
+        last = h["time"]
+    return total + last
 
 
 METRICS = ["edit", "rephrase", "loc", "loc_token", "loc_kl", "efficacy", "paraphrase", "neighborhood",
