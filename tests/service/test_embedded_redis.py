@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_long_data_paths_get_a_short_socket(tmp_path: Path):
 def test_redis_dies_with_its_parent(tmp_path: Path):
     code = ("import sys, time; from pathlib import Path; from service.embedded_redis import EmbeddedRedis; "
             "s = EmbeddedRedis(Path(sys.argv[1])).start(); print(s.proc.pid, flush=True); time.sleep(60)")
-    parent = subprocess.Popen(["python", "-c", code, str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     parent.kill()
     parent.wait()

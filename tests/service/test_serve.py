@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +25,11 @@ def free_port() -> int:
 
 @contextmanager
 def mend_serve(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen, httpx.Client]]:
-    mend = shutil.which("mend")
-    assert mend, "the `mend` console script is not installed: pip install -e . (pyproject's [project.scripts])"
+    mend = Path(sys.executable).parent / "mend"  # the script of this interpreter's environment, activated or not
+    assert mend.is_file(), "the `mend` console script is not installed: pip install -e . (pyproject's [project.scripts])"
     port = free_port()
     with log.open("ab") as out:
-        proc = subprocess.Popen([mend, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        proc = subprocess.Popen([str(mend), "serve", "--host", "127.0.0.1", "--port", str(port)],
                                 env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
