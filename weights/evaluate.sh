@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces weights/README.md's tables: every number there is printed by one of these commands.
 # Usage: bash weights/evaluate.sh [EDITOR]   (from the repo root; the zsRE and CounterFact halves run in
-# parallel, one thread each: about 40 minutes on this 2-core machine)
+# parallel, one thread each: about an hour on this 2-core machine; FT is 5-10x slower per edit than MEND,
+# hence 50 records for the three-method comparison)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
@@ -14,13 +15,13 @@ C=counterfact:../shared/data/counterfact/dev.json
 run() { name=$1; shift; mend eval --editor $ED "$@" --json $OUT/$name.json > $OUT/$name.md; }
 zsre() {
   run zsre_mend_500 --data $Z --n 500 --method mend                                      # single edits
-  run zsre_vs_ft_100 --data $Z --n 100 --method mend --method ft --method ft-kl          # same records, 3 methods
-  run zsre_batch25 --data $Z --n 500 --batch-size 25 --method mend                       # 25 edits per update
+  run zsre_vs_ft_50 --data $Z --n 50 --method mend --method ft --method ft-kl          # same records, 3 methods
+  run zsre_batch25 --data $Z --n 250 --batch-size 25 --method mend                       # 25 edits per update
   run zsre_seq100 --data $Z --sequential 100 --method mend                               # 100 in a row, re-checked
 }
 counterfact() {
   run cf_mend_500 --data $C --n 500 --method mend
-  run cf_vs_ft_100 --data $C --n 100 --method mend --method ft --method ft-kl \
+  run cf_vs_ft_50 --data $C --n 50 --method mend --method ft --method ft-kl \
       --loc-pool counterfact:../shared/data/counterfact/train.json
   run cf_seq100 --data $C --sequential 100 --method mend
 }
