@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from service_support import EDIT, make_settings, save_editor, serving, weights_hash
+from service_support import EDIT, save_editor, serving, weights_hash
 
 LIMIT = 0.1
 
