@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core import EditRequest, MENDEditor, load_base_model, restore, snapshot
 from editor_core.baselines import finetune_delta
-from editor_core.data import target_nll, tokenize_edits
+from editor_core.evaluate import forward_backward_ms
 
 from .common import Profile, command_line, edit_pairs, make_profile, save, setup_logging, summary
 
@@ -43,24 +43,8 @@ def ft_edit(model: PreTrainedModel, tok: PreTrainedTokenizerBase, editor: MENDEd
     finetune_delta(model, tok, editor.layers, reqs, max_length=editor.cfg.max_length).apply(model)
 
 
-def forward_backward(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reqs: list[EditRequest],
-                     max_length: int) -> None:
-    """The plain fine-tuning step: tokenize, full forward, loss.backward() into every weight's .grad.
-
-    Call with every parameter requiring grad (see `trainable`)."""
-    batch = tokenize_edits(tok, reqs, max_length)
-    with torch.enable_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        target_nll(logits, batch["labels"]).sum().backward()
-    model.zero_grad(set_to_none=True)
-
-
 def floor_ms(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reqs: list[EditRequest], max_length: int) -> float:
-    model.requires_grad_(True)  # the served model is frozen; a fine-tuning step is not
-    try:
-        return timed_ms(lambda: forward_backward(model, tok, reqs, max_length))
-    finally:
-        model.requires_grad_(False)
+    return forward_backward_ms(model, tok, reqs, max_length)  # the same floor `mend eval` reports
 
 
 def batches(n_batches: int, size: int) -> list[list[EditRequest]]:

@@ -30,7 +30,7 @@ class Scored:
     mean_nll: float
     exact: bool
     answer_ids: list[int]  # teacher-forced argmax at the answer positions
-    answer_logp: torch.Tensor  # (n_answer, V) log-probs at the answer positions
+    answer_logp: torch.Tensor | None  # (n_answer, V) log-probs at the answer positions, when asked for
 
 
 @torch.no_grad()
@@ -51,9 +51,9 @@ def score(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reqs: list[EditR
     return out
 
 
-def forward_backward_ms(model: PreTrainedModel, tok, reqs: list[EditRequest]) -> float:
+def forward_backward_ms(model: PreTrainedModel, tok, reqs: list[EditRequest], max_length: int = 64) -> float:
     """One plain forward + backward of the same prompts with every weight's gradient: the floor for MEND."""
-    b = {k: v.to(model.device) for k, v in tokenize_edits(tok, reqs).items()}
+    b = {k: v.to(model.device) for k, v in tokenize_edits(tok, reqs, max_length).items()}
     params = [p for p in model.parameters()]
     t0 = time.perf_counter()
     with torch.enable_grad():
@@ -68,21 +68,20 @@ def forward_backward_ms(model: PreTrainedModel, tok, reqs: list[EditRequest]) ->
     return (time.perf_counter() - t0) * 1000
 
 
+def _score_loc(model, tok, loc: list[EditRequest]) -> list[Scored]:
+    """Answers on locality prompts; log-probs (a vocabulary row per token) only for the first, which the KL uses."""
+    return score(model, tok, loc[:1], keep_logp=True) + score(model, tok, loc[1:]) if loc else []
+
+
 def _loc_reference(model, tok, records: list[EditRecord]) -> list[list[Scored]]:
-    """Pre-edit answers on every record's locality prompts (log-probs kept for the first, for the KL)."""
-    refs = []
-    for r in records:
-        s = score(model, tok, r.loc, keep_logp=False)
-        if s:
-            s[0] = score(model, tok, r.loc[:1], keep_logp=True)[0]
-        refs.append(s)
-    return refs
+    """Pre-edit answers on every record's locality prompts."""
+    return [_score_loc(model, tok, r.loc) for r in records]
 
 
 def record_metrics(model, tok, rec: EditRecord, ref: list[Scored]) -> dict[str, float]:
     new = [rec.edit] + [EditRequest(p, rec.edit.target) for p in rec.rephrases]
     scored = score(model, tok, new)
-    loc = score(model, tok, rec.loc, keep_logp=True)
+    loc = _score_loc(model, tok, rec.loc)
     m = {"edit": float(scored[0].exact)}
     if rec.rephrases:
         m["rephrase"] = statistics.mean(float(s.exact) for s in scored[1:])

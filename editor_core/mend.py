@@ -178,7 +178,7 @@ class MENDEditor(nn.Module):
             raise RuntimeError("call editor.eval() before computing deltas: training mode moves the statistics")
         batch = {k: v.to(model.device) for k, v in tokenize_edits(tokenizer, requests, self.cfg.max_length).items()}
         factors, _, _ = token_factors(model, self.layers, batch)
-        return self.transform(factors).to(dtype=torch.float32)
+        return self.transform(factors)  # float32: token_factors returns float32 rows whatever the model's dtype
 
     def save(self, path: str | Path, extra: dict | None = None, dtype: torch.dtype | None = None) -> None:
         """Weights (optionally cast to `dtype`; the running statistics always stay float64) and a JSON config."""
