@@ -10,6 +10,9 @@ import json
 from dataclasses import dataclass, field
 
 import redis
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from editor_core import LowRankDelta
 
@@ -24,6 +27,23 @@ def log_fingerprint(model_fp: str, editor_fp: str) -> str:
 
 def stream_key(log_fp: str) -> str:
     return f"mend:log:{log_fp}"
+
+
+def checkpoint_key(log_fp: str) -> str:
+    return f"mend:ckpt:{log_fp}"
+
+
+@dataclass
+class Checkpoint:
+    """The edited weights exactly as they were after the event `event_id` (log position `version`).
+
+    Derived from the log, never a source of truth: restart restores it instead of re-applying every earlier
+    delta (a few ms each), and ignores it unless the stream still holds `event_id` at position `version`.
+    """
+
+    event_id: str
+    version: int
+    weights: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -58,7 +78,7 @@ class EditLog:
     """Thin wrapper over the stream: Redis failures surface as LogUnavailable (503), never half-writes."""
 
     def __init__(self, url: str, log_fp: str) -> None:
-        self.key = stream_key(log_fp)
+        self.key, self.ckpt_key = stream_key(log_fp), checkpoint_key(log_fp)
         self.url = url
         # Short timeouts: a dead Redis must turn /edit into a quick 503, not a hung request.
         self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
@@ -69,13 +89,42 @@ class EditLog:
         except redis.RedisError as e:
             raise LogUnavailable() from e
 
-    def read_after(self, last_id: str) -> list[Event]:
-        """Every event after `last_id` ("0" = from the start), in stream order."""
+    def read_after(self, last_id: str, page: int = 200) -> list[Event]:
+        """Every event after `last_id` ("0" = from the start), in stream order.
+
+        Paged: one XRANGE of a long log would be hundreds of MB in a single reply, past the socket timeout.
+        """
+        events: list[Event] = []
         try:
-            rows = self.client.xrange(self.key, min=f"({last_id}" if last_id != "0" else "-")
+            while True:
+                rows = self.client.xrange(self.key, min=f"({last_id}" if last_id != "0" else "-", count=page)
+                events += [Event.parse(i, raw) for i, raw in rows]
+                if len(rows) < page:
+                    return events
+                last_id = events[-1].id
         except redis.RedisError as e:
             raise LogUnavailable() from e
-        return [Event.parse(i, raw) for i, raw in rows]
+
+    def save_checkpoint(self, ckpt: Checkpoint) -> None:
+        meta = {"event_id": ckpt.event_id, "version": str(ckpt.version), "log": self.key}
+        data = st_save({n: w.detach().contiguous().cpu() for n, w in ckpt.weights.items()}, metadata=meta)
+        try:
+            self.client.set(self.ckpt_key, data)
+        except redis.RedisError as e:
+            raise LogUnavailable() from e
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        try:
+            data = self.client.get(self.ckpt_key)
+        except redis.RedisError as e:
+            raise LogUnavailable() from e
+        if not data:
+            return None
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        meta = header.get("__metadata__", {})
+        if meta.get("log") != self.key:
+            return None
+        return Checkpoint(meta["event_id"], int(meta["version"]), st_load(data))
 
     def wait_for_new(self, client: redis.Redis, last_id: str, block_ms: int) -> bool:
         """Block until an event after `last_id` exists (or the timeout); the follower's own connection."""

@@ -25,7 +25,7 @@ from editor_core.model import DTYPES
 from editor_core import (EditRequest, LowRankDelta, MENDEditor, TargetScore, join, load_base_model,
                          model_fingerprint, restore, score_targets, snapshot)
 
-from .editlog import EDIT, ROLLBACK, EditLog, Event, log_fingerprint
+from .editlog import EDIT, ROLLBACK, Checkpoint, EditLog, Event, log_fingerprint
 from .embedded_redis import EmbeddedRedis
 from .errors import (AlreadyRolledBack, BadRequest, FingerprintMismatch, LogUnavailable, NothingToRollBack,
                      NotReady, UnknownEdit)
@@ -135,6 +135,7 @@ class Runtime:
         self.canaries = self._canary_set()  # on the base weights: the log is replayed after this
         self.rw, self.edit_mutex, self.sync_lock = RWLock(), threading.Lock(), threading.Lock()
         self.version, self.last_id = 0, "0"
+        self.checkpoint_version = 0  # the log position of the newest checkpoint this process knows of
         self.edits: dict[str, EditEntry] = {}
         self.active: dict[str, LowRankDelta] = {}  # insertion order = log order
         self.error: str | None = None  # set when an event from the log could not be applied
@@ -191,9 +192,47 @@ class Runtime:
         if others:
             log.warning("this Redis also holds logs of other model/editor pairs, not applied here: %s", others)
         t0 = time.perf_counter()
-        self.sync()
-        log.info("replayed %d events of %s in %.2f s (%d active edits)", self.version, self.log.key,
-                 time.perf_counter() - t0, len(self.active))
+        with self.sync_lock:
+            events = self.log.read_after("0")
+            ckpt = self._usable_checkpoint(events)
+            start = ckpt.version if ckpt else 0
+            for event in events[:start]:  # the edit table only: the checkpoint holds the weights they made
+                self._apply(event, write_weights=False)
+            if ckpt:
+                with self.rw.write():
+                    restore(self.model, ckpt.weights)
+                self.checkpoint_version = ckpt.version
+            for event in events[start:]:
+                self._apply(event)
+        log.info("replayed %d events of %s in %.2f s (%d active edits; %d events re-applied after the checkpoint "
+                 "at version %d)", self.version, self.log.key, time.perf_counter() - t0, len(self.active),
+                 len(events) - start, start)
+        self.maybe_checkpoint()
+
+    def _usable_checkpoint(self, events: list[Event]) -> Checkpoint | None:
+        ckpt = self.log.load_checkpoint()
+        if ckpt is None:
+            return None
+        params = dict(self.model.named_parameters())
+        if not (0 < ckpt.version <= len(events) and events[ckpt.version - 1].id == ckpt.event_id) or any(
+                n not in ckpt.weights or ckpt.weights[n].shape != params[n].shape
+                or ckpt.weights[n].dtype != params[n].dtype for n in self.layer_names):
+            log.warning("ignoring the weights checkpoint of %s: it does not match the log (full replay)", self.log.key)
+            return None
+        return ckpt
+
+    def maybe_checkpoint(self) -> None:
+        """Store the exact edited weights every `checkpoint_every` events, so a restart replays only the tail."""
+        every = self.settings.checkpoint_every
+        if not every or self.version - self.checkpoint_version < every:
+            return
+        with self.rw.read():
+            ckpt = Checkpoint(self.last_id, self.version, snapshot(self.model, self.layer_names))
+        try:
+            self.log.save_checkpoint(ckpt)
+            self.checkpoint_version = ckpt.version
+        except LogUnavailable:
+            log.warning("could not store the weights checkpoint at version %d; restarts replay more", ckpt.version)
 
     def close(self) -> None:
         self._stop.set()
@@ -211,7 +250,7 @@ class Runtime:
             for event in self.log.read_after(self.last_id):
                 self._apply(event)
 
-    def _apply(self, event: Event) -> None:
+    def _apply(self, event: Event, write_weights: bool = True) -> None:
         fps = (event.log_fp, event.model_fp, event.editor_fp)
         if fps != (self.log_fp, self.model_fp, self.editor_fp):
             raise FingerprintMismatch(
@@ -224,27 +263,30 @@ class Runtime:
             raise ValueError(f"log event {event.id} edits parameters the editor does not: {sorted(delta.factors)}")
         with self.rw.write():  # weights, version and the edit table change together
             if delta is not None:
-                delta.apply(self.model)
+                if write_weights:
+                    delta.apply(self.model)
                 self.active[event.body["edit_id"]] = delta
                 self.edits[event.body["edit_id"]] = EditEntry(event.body["edit_id"], self.version + 1, event.body)
             else:
-                self._revert(event)
+                self._revert(event, write_weights)
             self.version += 1
             self.last_id = event.id
 
-    def _revert(self, event: Event) -> None:
+    def _revert(self, event: Event, write_weights: bool = True) -> None:
         for edit_id in event.body["edit_ids"]:
             # Two replicas may roll back the same edit at once; the later event finds it gone. Skipping is
             # decided by the log alone, so every replica skips the same ids.
             if edit_id not in self.active:
                 log.warning("log event %s rolls back %s, which is not active: skipped", event.id, edit_id)
                 continue
-            self.active.pop(edit_id).revert(self.model)
+            delta = self.active.pop(edit_id)
+            if write_weights:
+                delta.revert(self.model)
             entry = self.edits[edit_id]
             entry.status = "rolled_back"
             entry.rollback = {"author": event.body.get("author"), "time": event.body.get("time"),
                               "version": self.version + 1, "note": event.body.get("note", "")}
-        if not self.active:
+        if not self.active and write_weights:
             restore(self.model, self.base)  # apply-then-revert is not exact in floating point; this is
 
     def _follow(self) -> None:
@@ -308,6 +350,7 @@ class Runtime:
             self._catch_up_after_write(edit_id)
             with self.rw.read():
                 post = score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length)
+            self.maybe_checkpoint()
         return EditOutcome(edit_id, self.edits[edit_id].version, pre, post, delta.rank, delta.nbytes,
                            (time.perf_counter() - t0) * 1000)
 
@@ -328,6 +371,7 @@ class Runtime:
             body = {"edit_ids": ids, "to_version": to_version, "author": author, "note": note, "time": now()}
             self.log.append(Event(ROLLBACK, self.model_fp, self.editor_fp, self.log_fp, body))
             self._catch_up_after_write(f"rollback of {', '.join(ids)}")
+            self.maybe_checkpoint()
             return RollbackOutcome(ids, self.version)
 
     def _rollback_targets(self, edit_id: str | None, to_version: int | None) -> list[str]:
@@ -368,6 +412,13 @@ class Runtime:
         with self.rw.read():
             out = complete(self.model, self.tokenizer, ids, max_new_tokens, temperature, top_p, seed, stop)
             return out, len(ids), self.version
+
+    def score(self, requests: list[EditRequest]) -> tuple[list[TargetScore], int]:
+        """Teacher-forced scores on one version of the weights (what /edit reports as pre/post)."""
+        self._pin_threads()
+        self._check_edit_lengths(requests)
+        with self.rw.read():
+            return score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length), self.version
 
     # ---- state for the read endpoints ---------------------------------------------------------------------
 

@@ -69,6 +69,29 @@ class TargetScores(BaseModel):
     post_exact: bool
 
 
+class ScoreRequest(BaseModel):
+    """Teacher-forced scores of (prompt, target) pairs on the live weights: nothing is edited."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"items": [{"prompt": "The capital of France is", "target": "Paris"}]}]})
+
+    items: list[EditItem] = Field(min_length=1, max_length=64)
+
+
+class Score(BaseModel):
+    prompt: str
+    target: str
+    logprob: float = Field(description="sum log-probability of the target tokens given the prompt")
+    exact: bool = Field(description="every target token is the teacher-forced argmax")
+    argmax_ids: list[int] = Field(description="the teacher-forced argmax token at each target position; equal "
+                                              "lists before and after an edit mean the answer is unchanged")
+
+
+class ScorePublic(BaseModel):
+    version: int = Field(description="the log version the scores were computed on")
+    scores: list[Score]
+
+
 class EditPublic(BaseModel):
     edit_id: str
     version: int = Field(description="log position of this edit's event")

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # 59%, at 10x 82-99%. 0.6 passes every ordinary edit seen and refuses the overdriven ones.
     guard_max_changed: float = Field(0.6, ge=0.0, le=1.0, description="largest share of canary answers an "
                                                                         "edit may change without force")
+    # Restart cost is model load + restoring this checkpoint + re-applying the events after it (each a few ms:
+    # nine fp32 addmm on SmolLM2). One checkpoint per log is kept in Redis (32 MB for SmolLM2's nine matrices).
+    checkpoint_every: int = Field(100, ge=0, description="store the exact edited weights in Redis every N log "
+                                                         "events, so a restart re-applies at most N (0 = never)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from editor_core import EditRequest
+
 from ..deps import RuntimeDep, require_key_for_generate
-from ..schemas import GeneratePublic, GenerateRequest
+from ..schemas import GeneratePublic, GenerateRequest, Score, ScorePublic, ScoreRequest
 
 router = APIRouter(tags=["generate"])
 
@@ -15,3 +17,11 @@ def generate(body: GenerateRequest, runtime: RuntimeDep) -> GeneratePublic:
                                               body.top_p, body.seed, body.stop)
     return GeneratePublic(text=out.text, prompt_tokens=n_prompt, completion_tokens=out.tokens,
                           finish_reason=out.finish_reason, version=version)
+
+
+@router.post("/score", dependencies=[Depends(require_key_for_generate)])
+def score(body: ScoreRequest, runtime: RuntimeDep) -> ScorePublic:
+    scores, version = runtime.score([EditRequest(i.prompt, i.target) for i in body.items])
+    return ScorePublic(version=version, scores=[
+        Score(prompt=i.prompt, target=i.target, logprob=s.logprob, exact=s.exact, argmax_ids=list(s.argmax))
+        for i, s in zip(body.items, scores)])

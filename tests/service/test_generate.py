@@ -87,3 +87,26 @@ def test_computing_a_delta_does_not_block_generation(client):
     editing.join()
     assert out["version"] == 0 and waited < 1.5, waited
     assert rt.version == 1
+
+
+def test_score_matches_what_edit_reports_and_changes_only_through_edits(client):
+    items = [{"prompt": EDIT["prompt"], "target": EDIT["target"]}, {"prompt": "Water boils at", "target": "100 degrees"}]
+    before = client.post("/score", json={"items": items})
+    assert before.status_code == 200, before.text
+    b = before.json()
+    assert b["version"] == 0 and [s["prompt"] for s in b["scores"]] == [i["prompt"] for i in items]
+    assert len(b["scores"][1]["argmax_ids"]) == len(client.app.state.runtime.tokenizer(" 100 degrees")["input_ids"])
+    edit = client.post("/edit", json=EDIT).json()
+    assert b["scores"][0]["logprob"] == edit["scores"][0]["pre_logprob"]
+    after = client.post("/score", json={"items": items}).json()
+    assert after["version"] == 1 and after["scores"][0]["exact"] and not b["scores"][0]["exact"]
+    assert after["scores"][0]["logprob"] == edit["scores"][0]["post_logprob"]
+    assert client.post("/score", json={"items": items}).json() == after  # scoring writes nothing
+
+
+def test_score_rejects_bad_input(client):
+    assert client.post("/score", json={"items": []}).status_code == 422
+    assert client.post("/score", json={"items": [{"prompt": " ", "target": "x"}]}).status_code == 422
+    too_long = {"items": [{"prompt": "word " * 200, "target": "x"}]}
+    r = client.post("/score", json=too_long)
+    assert r.status_code == 422 and "limit" in r.json()["detail"]

@@ -42,6 +42,43 @@ def test_restart_on_the_same_log_gives_the_same_weights(settings):
         assert client.get("/edits").json() == listing
 
 
+def test_restart_from_a_checkpoint_replays_only_the_tail_and_is_exact(settings, caplog):
+    cfg = settings.model_copy(update={"checkpoint_every": 2})
+    with serving(cfg) as client:
+        ids = [client.post("/edit", json=e).json()["edit_id"] for e in (EDIT, EDIT2, EDIT3)]
+        client.post("/rollback", json={"edit_id": ids[0]})
+        client.post("/edit", json={"prompt": "Grass is", "target": "blue"})  # version 5: one past the checkpoint
+        rt = client.app.state.runtime
+        assert rt.checkpoint_version == 4
+        before, listing = edited_weights(client), client.get("/edits").json()
+    with caplog.at_level("INFO", logger="service.runtime"), serving(cfg) as client:
+        assert all(torch.equal(before[n], w) for n, w in edited_weights(client).items())
+        assert client.get("/edits").json() == listing
+        assert "1 events re-applied after the checkpoint at version 4" in caplog.text
+        # rolling back an edit from before the checkpoint reverts its delta on the restored weights
+        client.post("/rollback", json={"edit_id": ids[1]})
+        after_rollback = edited_weights(client)
+        rt = client.app.state.runtime
+        redis.Redis.from_url(rt.log.url).delete(rt.log.ckpt_key)
+    with caplog.at_level("INFO", logger="service.runtime"), serving(settings) as client:  # a full replay
+        assert "6 events re-applied after the checkpoint at version 0" in caplog.text
+        assert all(torch.equal(after_rollback[n], w) for n, w in edited_weights(client).items())
+
+
+def test_a_checkpoint_that_does_not_match_the_log_is_ignored(settings, caplog):
+    cfg = settings.model_copy(update={"checkpoint_every": 1})
+    with serving(cfg) as client:
+        client.post("/edit", json=EDIT)
+        before = edited_weights(client)
+        rt = client.app.state.runtime
+        ckpt = rt.log.load_checkpoint()
+        ckpt.event_id = "1-1"  # as if the stream had been rewritten under it
+        rt.log.save_checkpoint(ckpt)
+    with caplog.at_level("WARNING", logger="service.runtime"), serving(cfg) as client:
+        assert "ignoring the weights checkpoint" in caplog.text
+        assert all(torch.equal(before[n], w) for n, w in edited_weights(client).items())
+
+
 def test_a_second_replica_converges(settings, shared_redis, tmp_path: Path):
     a_cfg = settings.model_copy(update={"redis_url": shared_redis.url})
     b_cfg = make_settings(settings.model, settings.editor, tmp_path / "b", redis_url=shared_redis.url)
