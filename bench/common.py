@@ -202,13 +202,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(p: Profile, data_dir: Path, logfile: Path) -> Server:
-    """`mend serve` on 127.0.0.1 with the embedded Redis under data_dir; the environment decides nothing else."""
+def launch(p: Profile, data_dir: Path, logfile: Path, **settings: str) -> Server:
+    """`mend serve` on 127.0.0.1 with the embedded Redis under data_dir; the environment decides nothing else
+    (`settings`, e.g. MEND_CHECKPOINT_EVERY="0", are passed on)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEND_") and k != "REDIS_URL"}
     env.update(MEND_MODEL=p.model, MEND_EDITOR=p.editor, MEND_DATA_DIR=str(data_dir), MEND_THREADS=str(p.threads),
                MEND_MAX_NEW_TOKENS=str(max(p.new_tokens, 1)))
     if "BENCH_GUARD_CANARIES" in os.environ:  # e.g. 0: build the 1,000-edit logs without the canary check's cost
         env["MEND_GUARD_CANARIES"] = os.environ["BENCH_GUARD_CANARIES"]
+    env.update(settings)
     port = free_port()
     mend = Path(sys.executable).parent / "mend"
     logfile.parent.mkdir(parents=True, exist_ok=True)

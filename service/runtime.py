@@ -210,7 +210,7 @@ class Runtime:
         self.maybe_checkpoint()
 
     def _usable_checkpoint(self, events: list[Event]) -> Checkpoint | None:
-        ckpt = self.log.load_checkpoint()
+        ckpt = self.log.load_checkpoint() if self.settings.checkpoint_every else None
         if ckpt is None:
             return None
         params = dict(self.model.named_parameters())

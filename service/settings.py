@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     # Restart cost is model load + restoring this checkpoint + re-applying the events after it (each a few ms:
     # nine fp32 addmm on SmolLM2). One checkpoint per log is kept in Redis (32 MB for SmolLM2's nine matrices).
     checkpoint_every: int = Field(100, ge=0, description="store the exact edited weights in Redis every N log "
-                                                         "events, so a restart re-applies at most N (0 = never)")
+                                                         "events, so a restart re-applies at most N (0 = no "
+                                                         "checkpoints: every restart replays the whole log)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 

@@ -1,0 +1,135 @@
+"""The lifelong story through the running service (issue 7): POST /edit K records one after another, never rolled
+back, and re-check every edit so far at 10, 100, 300, 1000 ... over HTTP (POST /score), with the metrics of
+`mend eval --sequential K` on the same records, so the two can be compared line by line.
+
+    python -m bench.lifelong_story --data zsre:../shared/data/zsre/dev.json -k 1000 \
+        --library weights/results/zsre_seq1000.json
+
+Teacher-forced like the library: `edit`/`rephrase` = every target token is the argmax; `loc` = a locality
+prompt's argmax answer tokens equal those of the unedited model (read before the first edit); CounterFact adds
+efficacy/paraphrase/neighborhood from mean per-token log-probabilities. The library's `loc_kl` needs the full
+distribution and is not served. The guard runs as configured (BENCH_GUARD_CANARIES, see common.launch);
+an edit it refuses is counted and left out of the story.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+import httpx
+import typer
+
+from editor_core.data import EditRecord, EditRequest, load_records
+
+from .common import command_line, make_profile, save, serving, setup_logging
+
+log = logging.getLogger("bench.lifelong_story")
+CURVE = (10, 25, 50, 100, 300, 1000, 3000, 10000)
+PAGE = 64  # the most items one /score takes
+
+
+def score(http: httpx.Client, reqs: list[EditRequest]) -> list[dict]:
+    out = []
+    for i in range(0, len(reqs), PAGE):
+        r = http.post("/score", json={"items": [{"prompt": q.prompt, "target": q.target} for q in reqs[i:i + PAGE]]})
+        r.raise_for_status()
+        out += r.json()["scores"]
+    return out
+
+
+def _mean_lp(s: dict) -> float:
+    return s["logprob"] / max(len(s["argmax_ids"]), 1)
+
+
+def recheck(http: httpx.Client, recs: list[EditRecord], refs: list[list[dict]]) -> dict[str, float]:
+    """The library's record_metrics (editor_core.evaluate), over HTTP, averaged over `recs`."""
+    rows = []
+    for rec, ref in zip(recs, refs):
+        new = [rec.edit] + [EditRequest(p, rec.edit.target) for p in rec.rephrases]
+        got = score(http, new + rec.loc)
+        scored, loc = got[:len(new)], got[len(new):]
+        m = {"edit": float(scored[0]["exact"])}
+        if rec.rephrases:
+            m["rephrase"] = statistics.mean(float(s["exact"]) for s in scored[1:])
+        if loc:
+            m["loc"] = statistics.mean(float(a["argmax_ids"] == b["argmax_ids"]) for a, b in zip(loc, ref))
+            same = [x == y for a, b in zip(loc, ref) for x, y in zip(a["argmax_ids"], b["argmax_ids"])]
+            m["loc_token"] = sum(same) / max(len(same), 1)
+        if rec.true_target is not None:
+            true = score(http, [EditRequest(x.prompt, rec.true_target) for x in new])
+            m["efficacy"] = float(_mean_lp(scored[0]) > _mean_lp(true[0]))
+            if rec.rephrases:
+                m["paraphrase"] = statistics.mean(float(_mean_lp(a) > _mean_lp(b)) for a, b in zip(scored[1:], true[1:]))
+            nb_new = score(http, [EditRequest(x.prompt, rec.edit.target) for x in rec.loc])
+            if loc:
+                m["neighborhood"] = statistics.mean(float(_mean_lp(t) > _mean_lp(n)) for t, n in zip(loc, nb_new))
+        rows.append(m)
+    keys = sorted({k for r in rows for k in r})
+    return {k: statistics.mean(r[k] for r in rows if k in r) for k in keys}
+
+
+def run_story(url: str, records: list[EditRecord], force: bool) -> dict:
+    with httpx.Client(base_url=url, timeout=600.0) as http:
+        refs = [score(http, r.loc) for r in records]  # the unedited model's answers
+        done, refused, points, edit_ms = [], 0, [], []
+        t0 = time.perf_counter()
+        for rec in records:
+            r = http.post("/edit", json={"prompt": rec.edit.prompt, "target": rec.edit.target, "force": force,
+                                         "author": "lifelong-story"})
+            if r.status_code == 422:
+                refused += 1
+                log.warning("guard refused edit %d: %s", len(done) + refused, r.json().get("detail"))
+                continue
+            r.raise_for_status()
+            edit_ms.append(r.json()["elapsed_ms"])
+            done.append(len(done) + refused)
+            n = len(done)
+            if n in CURVE or n == len(records):
+                idx = done
+                point = {"edits": n, **recheck(http, [records[i] for i in idx], [refs[i] for i in idx]),
+                         "edit_ms_p50_last": statistics.median(edit_ms[-min(len(edit_ms), 50):])}
+                points.append(point)
+                log.info("after %d edits: %s", n, {k: round(v, 3) for k, v in point.items()})
+        metrics = http.get("/metrics").text
+    return {"curve": points, "refused": refused, "wall_s": time.perf_counter() - t0,
+            "drift": [line for line in metrics.splitlines() if line.startswith("mend_weight_drift")]}
+
+
+def compare(points: list[dict], library: Path) -> list[dict]:
+    """Per curve point and metric: the HTTP value, the library's, and the difference."""
+    lib = json.loads(library.read_text())
+    lib_points = {p["edits"]: p for r in lib["results"].values() for p in r["curve"]}
+    rows = []
+    for p in points:
+        other = lib_points.get(p["edits"])
+        if other:
+            rows += [{"edits": p["edits"], "metric": k, "http": p[k], "library": other[k], "diff": p[k] - other[k]}
+                     for k in p if k in other and k != "edits"]
+    return rows
+
+
+def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsre:FILE or counterfact:FILE"),
+         k: int = typer.Option(1000, "-k", help="edits in the story"),
+         library: Optional[Path] = typer.Option(None, help="`mend eval --sequential K --json` output to compare with"),
+         force: bool = typer.Option(False, help="send force: true (the guard still measures and records)"),
+         smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
+         threads: Optional[int] = None, out: Optional[Path] = None) -> None:
+    setup_logging()
+    p = make_profile(smoke, model, editor, threads, out)
+    # The same records, in the same order, as `mend eval --sequential K` (one per subject).
+    records = load_records(data, k, one_per_subject=True)
+    work = p.out / "lifelong" / data.split(":")[0]
+    with serving(p, work / "data", work / "server.log") as s:
+        result = run_story(s.url, records, force)
+    if library:
+        result["vs_library"] = compare(result["curve"], library)
+    name = f"lifelong_{data.split(':')[0]}_{k}"
+    save(p, name, {"data": data, "k": k, **result}, command_line())
+
+
+if __name__ == "__main__":
+    typer.run(main)
