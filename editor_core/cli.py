@@ -92,7 +92,7 @@ def _wall_time(steps: list[dict]) -> float:
 
 
 METRICS = ["edit", "rephrase", "loc", "loc_token", "loc_kl", "efficacy", "paraphrase", "neighborhood",
-           "latency_ms_p50", "fwd_bwd_ms_p50", "latency_ratio"]
+           "latency_ms_p50", "fwd_bwd_ms_p50", "latency_ratio", "latency_ms_p50_first50", "latency_ms_p50_last50"]
 
 
 def _table(results: dict[str, dict]) -> str:
@@ -100,7 +100,7 @@ def _table(results: dict[str, dict]) -> str:
     lines = ["| method | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for name, r in results.items():
         s = r["summary"]
-        vals = [f"{s[c]:.1f}" if c.endswith("_p50") else f"{s[c]:.2f}" if c == "latency_ratio" else f"{s[c]:.3f}" if c in s else "-" for c in cols]
+        vals = [f"{s[c]:.1f}" if "_ms_" in c else f"{s[c]:.2f}" if c == "latency_ratio" else f"{s[c]:.3f}" if c in s else "-" for c in cols]
         lines.append(f"| {name} | {s['n']} | " + " | ".join(vals) + " |")
     for name, r in results.items():
         for p in r["curve"]:
@@ -121,13 +121,15 @@ def evaluate_cmd(
                                  help="FT+KL's locality prompts (never the evaluated records' own)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the results here"),
     device: str = "cpu", dtype: str = "float32",
+    delta_rel_tol: float = typer.Option(0.0, help="compress MEND's deltas as the service does (it uses 0.03)"),
+    delta_dtype: Optional[str] = typer.Option(None, help="store MEND's deltas in this dtype (the service: float16)"),
 ) -> None:
     """Edit N dev records with each method, on the same records, and print a side-by-side table."""
     from .data import load_records
     from .evaluate import evaluate, ft_method, mend_method
     from .layers import select_layers
     from .mend import MENDEditor
-    from .model import load_base_model, model_fingerprint
+    from .model import DTYPES, load_base_model, model_fingerprint
 
     m, tok = load_base_model(model, dtype, device)
     ed = MENDEditor.load(editor, m).to(device) if editor else None
@@ -141,7 +143,8 @@ def evaluate_cmd(
     for name in method:
         if name == "mend" and ed is None:
             raise typer.BadParameter("--method mend needs --editor")
-        fn = {"mend": lambda: mend_method(m, tok, ed), "ft": lambda: ft_method(m, tok, layers),
+        store = DTYPES[delta_dtype] if delta_dtype else None
+        fn = {"mend": lambda: mend_method(m, tok, ed, delta_rel_tol, store), "ft": lambda: ft_method(m, tok, layers),
               "ft-kl": lambda: ft_method(m, tok, layers, loc_pool=pool)}.get(name)
         if fn is None:
             raise typer.BadParameter(f"unknown method {name!r}")

@@ -139,13 +139,21 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
     summary["latency_ms_p95"] = sorted(latencies)[int(0.95 * (len(latencies) - 1))]
     summary["fwd_bwd_ms_p50"] = statistics.median(floors)
     summary["latency_ratio"] = summary["latency_ms_p50"] / summary["fwd_bwd_ms_p50"]
+    if sequential:  # does editing get slower as edits pile up? (the first vs the last 50 edits)
+        summary["latency_ms_p50_first50"] = statistics.median(latencies[:50])
+        summary["latency_ms_p50_last50"] = statistics.median(latencies[-50:])
     summary["selection"] = statistics.mean(summary.get(k, 0.0) for k in ("edit", "rephrase", "loc"))
     summary["n"] = len(recs)
     return {"summary": summary, "curve": points}
 
 
-def mend_method(model, tok, editor) -> Method:
-    return lambda recs: editor.compute_delta(model, tok, [r.edit for r in recs])
+def mend_method(model, tok, editor, rel_tol: float = 0.0, dtype: torch.dtype | None = None) -> Method:
+    """MEND's delta; with rel_tol/dtype, compressed exactly as the service logs and applies it."""
+    def run(recs: list[EditRecord]) -> LowRankDelta:
+        delta = editor.compute_delta(model, tok, [r.edit for r in recs])
+        return delta.compressed(rel_tol, dtype) if rel_tol or dtype else delta
+
+    return run
 
 
 def ft_method(model, tok, layers: list[EditedLayer], loc_pool: list[EditRequest] | None = None,
