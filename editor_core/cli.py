@@ -81,6 +81,63 @@ def export(
     typer.echo(f"exported {run}/best (step {manifest['best_step']}) to {out}")
 
 
+@app.command("fit-scope")
+def fit_scope(
+    editor: Path = typer.Option(Path("weights/smollm2"), help="editor folder; the scope is saved beside it"),
+    model: str = "smollm2",
+    data: list[str] = typer.Option(["zsre:../shared/data/zsre/train.json",
+                                    "counterfact:../shared/data/counterfact/train.json"],
+                                   help="training records: their locality prompts fit the centre, their edits and "
+                                        "rephrases the radius (never a dev split)"),
+    n: int = typer.Option(500, help="records per file (one per subject)"),
+    key_block: int = typer.Option(14, help="block whose output, mean-pooled over the prompt, is the key"),
+    window: int = typer.Option(8, help="pool over the prompt's last N tokens (0: all)"),
+    loc_weight: float = typer.Option(3.0, help="radius maximises rephrase hits - loc_weight x locality hits"),
+    radius: Optional[float] = typer.Option(None, help="use this radius instead (the table shows the trade-off)"),
+) -> None:
+    """Fit the scoped-edit keys (editor_core.scope): centre on generic prompts, radius on training edits."""
+    import torch
+
+    from .data import load_records
+    from .mend import MENDEditor
+    from .model import load_base_model
+    from .scope import Scope, ScopeConfig
+
+    m, tok = load_base_model(model)
+    ed = MENDEditor.load(editor, m)
+    import random
+
+    recs = [r for spec in data for r in load_records(spec, n, one_per_subject=True) if r.rephrases]
+    random.Random(0).shuffle(recs)  # both data sets in both halves
+    half = len(recs) // 2  # the centre and the radius from different records
+    scope = Scope.fit(m, tok, ed.layers, [q.prompt for r in recs[:half] for q in r.loc[:2]],
+                      ScopeConfig(key_block=key_block, window=window))
+    cal = recs[half:]
+    edits = scope.prompt_keys(m, tok, [r.edit.prompt for r in cal])
+    reph = scope.prompt_keys(m, tok, [r.rephrases[0] for r in cal])
+    loc = scope.prompt_keys(m, tok, [q.prompt for r in cal for q in r.loc[:3]])
+    sim = reph @ edits.T
+    own, nearest = sim.diag(), sim.argmax(1) == torch.arange(len(cal))
+    loc_best = (loc @ edits.T).max(1).values
+    best = max((float(((own >= t) & nearest).float().mean() - loc_weight * (loc_best >= t).float().mean()), t)
+               for t in [x / 100 for x in range(20, 100)])
+    scope.cfg.radius = radius if radius is not None else best[1]
+    hits = float(((own >= best[1]) & nearest).float().mean())
+    loc_hits = float((loc_best >= best[1]).float().mean())
+    scope.save(editor)
+    typer.echo("| radius | " + " | ".join(f"{k} rephrase hits | {k} loc hits" for k in sorted({r.kind for r in cal})) + " |")
+    for t in [scope.cfg.radius] + [x / 100 for x in range(40, 95, 5)]:
+        cells = []
+        for kind in sorted({r.kind for r in cal}):
+            i = torch.tensor([r.kind == kind for r in cal])
+            j = torch.tensor([r.kind == kind for r in cal for _ in r.loc[:3]])
+            cells += [f"{float(((own >= t) & nearest)[i].float().mean()):.3f}", f"{float((loc_best >= t)[j].float().mean()):.3f}"]
+        typer.echo(f"| {t:.2f} | " + " | ".join(cells) + " |")
+    typer.echo(f"radius {scope.cfg.radius:.2f} saved to {editor} (the objective's choice: {best[1]:.2f}, where "
+               f"{hits:.3f} of {len(cal)} training rephrases select their own edit and {loc_hits:.3f} of {len(loc)} "
+               f"locality prompts select any edit)")
+
+
 def _wall_time(steps: list[dict]) -> float:
     """Training seconds over every segment of a resumed run (each segment's clock restarts at 0)."""
     total, last = 0.0, 0.0
@@ -116,7 +173,7 @@ def evaluate_cmd(
     model: str = "smollm2",
     n: int = 100, batch_size: int = 1,
     sequential: Optional[int] = typer.Option(None, help="apply K edits without reverting, then re-check all"),
-    method: list[str] = typer.Option(["mend", "ft", "ft-kl"], help="mend, ft, ft-kl (repeatable)"),
+    method: list[str] = typer.Option(["mend", "ft", "ft-kl"], help="mend, mend-scoped, ft, ft-kl (repeatable)"),
     loc_pool: str = typer.Option("zsre:../shared/data/zsre/train.json",
                                  help="FT+KL's locality prompts (never the evaluated records' own)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the results here"),
@@ -130,6 +187,7 @@ def evaluate_cmd(
     from .layers import select_layers
     from .mend import MENDEditor
     from .model import DTYPES, load_base_model, model_fingerprint
+    from .scope import Scope
 
     m, tok = load_base_model(model, dtype, device)
     ed = MENDEditor.load(editor, m).to(device) if editor else None
@@ -141,14 +199,17 @@ def evaluate_cmd(
     curve = tuple(k for k in (10, 25, 50, 100, 300, 1000, 3000, 10000) if sequential and k < sequential)
     results = {}
     for name in method:
-        if name == "mend" and ed is None:
-            raise typer.BadParameter("--method mend needs --editor")
+        if name.startswith("mend") and ed is None:
+            raise typer.BadParameter(f"--method {name} needs --editor")
         store = DTYPES[delta_dtype] if delta_dtype else None
         fn = {"mend": lambda: mend_method(m, tok, ed, delta_rel_tol, store), "ft": lambda: ft_method(m, tok, layers),
+              "mend-scoped": lambda: mend_method(m, tok, ed, delta_rel_tol, store),
               "ft-kl": lambda: ft_method(m, tok, layers, loc_pool=pool)}.get(name)
         if fn is None:
             raise typer.BadParameter(f"unknown method {name!r}")
-        results[name] = evaluate(m, tok, records, fn(), [l.name for l in layers], batch_size, sequential, curve)
+        scope = Scope.load(editor, ed.layers) if name == "mend-scoped" else None
+        results[name] = evaluate(m, tok, records, fn(), [l.name for l in layers], batch_size, sequential, curve,
+                                 scope)
     typer.echo(_table(results))
     if json_out:
         json_out.write_text(json.dumps({"data": data, "n": n, "batch_size": batch_size, "sequential": sequential,

@@ -11,6 +11,7 @@ from torch import nn
 
 FORMAT = "mend-lowrank-delta"
 FORMAT_VERSION = "1"
+KEY = "__scope_key__"
 
 
 class NonFiniteDeltaError(ValueError):
@@ -28,6 +29,7 @@ class LowRankDelta:
 
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
     meta: dict[str, str] = field(default_factory=dict)
+    key: torch.Tensor | None = None  # (n, d) prompt keys of a scoped edit (editor_core.scope); None: in place
 
     @property
     def rank(self) -> int:
@@ -87,7 +89,7 @@ class LowRankDelta:
 
     def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> "LowRankDelta":
         return LowRankDelta({n: (l.to(device=device, dtype=dtype), r.to(device=device, dtype=dtype))
-                             for n, (l, r) in self.factors.items()}, dict(self.meta))
+                             for n, (l, r) in self.factors.items()}, dict(self.meta), self.key)
 
     def compressed(self, rel_tol: float = 0.0, dtype: torch.dtype | None = None) -> "LowRankDelta":
         """Re-factor each ΔW to its numerical rank via a thin SVD, dropping singular values below rel_tol·σ_max."""
@@ -103,7 +105,7 @@ class LowRankDelta:
             new_l = (ql @ u[:, :keep]) * root
             new_r = root[:, None] * (vh[:keep] @ qr.T)
             out[name] = (new_l.to(dtype or left.dtype), new_r.to(dtype or right.dtype))
-        return LowRankDelta(out, dict(self.meta))
+        return LowRankDelta(out, dict(self.meta), self.key)
 
     @staticmethod
     def stack(deltas: list["LowRankDelta"]) -> "LowRankDelta":
@@ -119,6 +121,8 @@ class LowRankDelta:
         for name, (left, right) in self.factors.items():
             tensors[f"{name}::left"] = left.detach().contiguous().cpu()
             tensors[f"{name}::right"] = right.detach().contiguous().cpu()
+        if self.key is not None:
+            tensors[KEY] = self.key.detach().float().contiguous().cpu()
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "meta": json.dumps(self.meta, sort_keys=True)}
         return st_save(tensors, metadata=meta)
 
@@ -130,8 +134,10 @@ class LowRankDelta:
         if meta.get("format") != FORMAT:
             raise ValueError("not a LowRankDelta: missing format stamp")
         tensors = st_load(data)
+        key = tensors.pop(KEY, None)
         names = sorted({k.rsplit("::", 1)[0] for k in tensors})
-        return cls({n: (tensors[f"{n}::left"], tensors[f"{n}::right"]) for n in names}, json.loads(meta.get("meta", "{}")))
+        return cls({n: (tensors[f"{n}::left"], tensors[f"{n}::right"]) for n in names},
+                   json.loads(meta.get("meta", "{}")), key)
 
 
 def snapshot(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:

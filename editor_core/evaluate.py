@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,6 +21,7 @@ from .baselines import finetune_delta
 from .data import EditRecord, EditRequest, target_nll, tokenize_edits
 from .delta import LowRankDelta, restore, snapshot
 from .layers import EditedLayer
+from .scope import Scope
 
 FLOOR_SAMPLES = 20  # batches whose plain forward+backward is timed for the latency ratio
 Method = Callable[[list[EditRecord]], LowRankDelta]  # computes a delta on the current model, leaves it unchanged
@@ -35,11 +37,12 @@ class Scored:
 
 @torch.no_grad()
 def score(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reqs: list[EditRequest], keep_logp: bool = False,
-          chunk: int = 32) -> list[Scored]:
+          chunk: int = 32, scope: Scope | None = None) -> list[Scored]:
     out = []
     for i in range(0, len(reqs), chunk):
         b = {k: v.to(model.device) for k, v in tokenize_edits(tok, reqs[i : i + chunk]).items()}
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+        with scope.applying_to(model, tok, [r.prompt for r in reqs[i : i + chunk]]) if scope else nullcontext():
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
         labels = b["labels"][:, 1:]
         logp = torch.log_softmax(logits, -1)
         for row in range(len(labels)):
@@ -68,9 +71,11 @@ def forward_backward_ms(model: PreTrainedModel, tok, reqs: list[EditRequest], ma
     return (time.perf_counter() - t0) * 1000
 
 
-def _score_loc(model, tok, loc: list[EditRequest]) -> list[Scored]:
+def _score_loc(model, tok, loc: list[EditRequest], scope: Scope | None = None) -> list[Scored]:
     """Answers on locality prompts; log-probs (a vocabulary row per token) only for the first, which the KL uses."""
-    return score(model, tok, loc[:1], keep_logp=True) + score(model, tok, loc[1:]) if loc else []
+    if not loc:
+        return []
+    return score(model, tok, loc[:1], keep_logp=True, scope=scope) + score(model, tok, loc[1:], scope=scope)
 
 
 def _loc_reference(model, tok, records: list[EditRecord]) -> list[list[Scored]]:
@@ -78,10 +83,10 @@ def _loc_reference(model, tok, records: list[EditRecord]) -> list[list[Scored]]:
     return [_score_loc(model, tok, r.loc) for r in records]
 
 
-def record_metrics(model, tok, rec: EditRecord, ref: list[Scored]) -> dict[str, float]:
+def record_metrics(model, tok, rec: EditRecord, ref: list[Scored], scope: Scope | None = None) -> dict[str, float]:
     new = [rec.edit] + [EditRequest(p, rec.edit.target) for p in rec.rephrases]
-    scored = score(model, tok, new)
-    loc = _score_loc(model, tok, rec.loc)
+    scored = score(model, tok, new, scope=scope)
+    loc = _score_loc(model, tok, rec.loc, scope)
     m = {"edit": float(scored[0].exact)}
     if rec.rephrases:
         m["rephrase"] = statistics.mean(float(s.exact) for s in scored[1:])
@@ -92,11 +97,11 @@ def record_metrics(model, tok, rec: EditRecord, ref: list[Scored]) -> dict[str, 
         p, q = ref[0].answer_logp.float(), loc[0].answer_logp.float()
         m["loc_kl"] = float((p.exp() * (p - q)).sum(-1).mean())
     if rec.true_target is not None:
-        true = score(model, tok, [EditRequest(x.prompt, rec.true_target) for x in new])
+        true = score(model, tok, [EditRequest(x.prompt, rec.true_target) for x in new], scope=scope)
         m["efficacy"] = float(scored[0].mean_nll < true[0].mean_nll)
         if rec.rephrases:
             m["paraphrase"] = statistics.mean(float(a.mean_nll < b.mean_nll) for a, b in zip(scored[1:], true[1:]))
-        nb_new = score(model, tok, [EditRequest(x.prompt, rec.edit.target) for x in rec.loc])
+        nb_new = score(model, tok, [EditRequest(x.prompt, rec.edit.target) for x in rec.loc], scope=scope)
         if loc:
             m["neighborhood"] = statistics.mean(float(t.mean_nll < n.mean_nll) for t, n in zip(loc, nb_new))
     return m
@@ -108,31 +113,41 @@ def _mean(rows: list[dict]) -> dict[str, float]:
 
 
 def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Method, names: list[str],
-             batch_size: int = 1, sequential: int | None = None, curve: tuple[int, ...] = ()) -> dict:
+             batch_size: int = 1, sequential: int | None = None, curve: tuple[int, ...] = (),
+             scope: Scope | None = None) -> dict:
     """Single/batched: each batch's delta is applied, scored, and the base restored exactly.
-    Sequential: deltas accumulate without reverting; every edit so far is re-checked at each curve point."""
+    Sequential: deltas accumulate without reverting; every edit so far is re-checked at each curve point.
+    With a scope, deltas are stored as scoped edits (keyed by their prompts) instead of added to the weights."""
     refs = _loc_reference(model, tok, records)
     base = snapshot(model, names)
     rows, latencies, floors, points = [], [], [], []
     recs = records[: sequential] if sequential else records
+    if scope:
+        scope.clear()
+        scope.attach(model)
     try:
         for i in range(0, len(recs), batch_size):
             chunk = recs[i : i + batch_size]
             t0 = time.perf_counter()
             delta = method(chunk)
+            if scope:
+                delta = scope.scoped(model, tok, delta, [r.edit.prompt for r in chunk])
             latencies.append((time.perf_counter() - t0) * 1000)
             if len(floors) < FLOOR_SAMPLES:  # a full backward per record would double the evaluation's cost
                 floors.append(forward_backward_ms(model, tok, [r.edit for r in chunk]))
-            delta.apply(model)
+            scope.add(str(i), delta) if scope else delta.apply(model)
             done = i + len(chunk)
             if not sequential:
-                rows += [record_metrics(model, tok, r, ref) for r, ref in zip(chunk, refs[i:done])]
-                restore(model, base)
+                rows += [record_metrics(model, tok, r, ref, scope) for r, ref in zip(chunk, refs[i:done])]
+                scope.clear() if scope else restore(model, base)
             elif done in curve or done == len(recs):
-                so_far = _mean([record_metrics(model, tok, r, ref) for r, ref in zip(recs[:done], refs[:done])])
+                so_far = _mean([record_metrics(model, tok, r, ref, scope) for r, ref in zip(recs[:done], refs[:done])])
                 points.append({"edits": done, **so_far})
     finally:
         restore(model, base)
+        if scope:
+            scope.clear()
+            scope.detach()
     summary = points[-1].copy() if sequential else _mean(rows)
     summary.pop("edits", None)
     summary["latency_ms_p50"] = statistics.median(latencies)

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core.model import DTYPES
+from editor_core.scope import Scope
 from editor_core import (EditRequest, LowRankDelta, MENDEditor, TargetScore, join, load_base_model,
                          model_fingerprint, restore, score_targets, snapshot)
 
@@ -31,7 +33,7 @@ from .errors import (AlreadyRolledBack, BadRequest, FingerprintMismatch, LogUnav
                      NotReady, UnknownEdit)
 from .generation import Completion, complete
 from .canary import CanarySet, load_canaries
-from .guard import check_edit
+from .guard import check_edit, check_scoped_edit
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,16 +125,30 @@ def load_editor(path: Path, model: PreTrainedModel, model_fp: str) -> MENDEditor
     return editor
 
 
+def load_scope(path: Path, editor: MENDEditor) -> Scope:
+    if not (path / "scope.json").is_file():
+        raise FileNotFoundError(f"MEND_METHOD=scoped needs {path}/scope.json: fit it with `mend fit-scope`")
+    return Scope.load(path, editor.layers)
+
+
 class Runtime:
     def __init__(self, settings: Settings, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  editor: MENDEditor, model_fp: str, log_url: str) -> None:
         self.settings, self.model, self.tokenizer, self.editor = settings, model, tokenizer, editor
         self.model_fp, self.editor_fp = model_fp, editor.fingerprint()
+        # Scoped edits (editor_core.scope) never touch the weights; their log is a different log: the scope's
+        # fingerprint joins the editor's, so in-place and scoped events can never be replayed into each other.
+        self.scope = load_scope(settings.editor, editor) if settings.method == "scoped" else None
+        if self.scope is not None:
+            self.editor_fp = f"{self.editor_fp}+scope-{self.scope.fingerprint()}"
+            self.scope.attach(model)
         self.log_fp = log_fingerprint(self.model_fp, self.editor_fp)
         self.log = EditLog(log_url, self.log_fp)
         self.layer_names = [l.name for l in editor.layers]
         self.base = snapshot(model, self.layer_names)  # what "no active edit" restores, bit for bit
         self.canaries = self._canary_set()  # on the base weights: the log is replayed after this
+        self.canary_keys = (self.scope.prompt_keys(model, tokenizer, self.canaries.prompts)
+                            if self.scope is not None and self.canaries is not None else None)
         self.rw, self.edit_mutex, self.sync_lock = RWLock(), threading.Lock(), threading.Lock()
         self.version, self.last_id = 0, "0"
         self.checkpoint_version = 0  # the log position of the newest checkpoint this process knows of
@@ -224,7 +240,7 @@ class Runtime:
     def maybe_checkpoint(self) -> None:
         """Store the exact edited weights every `checkpoint_every` events, so a restart replays only the tail."""
         every = self.settings.checkpoint_every
-        if not every or self.version - self.checkpoint_version < every:
+        if not every or self.scope is not None or self.version - self.checkpoint_version < every:
             return
         with self.rw.read():
             ckpt = Checkpoint(self.last_id, self.version, snapshot(self.model, self.layer_names))
@@ -263,7 +279,9 @@ class Runtime:
             raise ValueError(f"log event {event.id} edits parameters the editor does not: {sorted(delta.factors)}")
         with self.rw.write():  # weights, version and the edit table change together
             if delta is not None:
-                if write_weights:
+                if self.scope is not None:
+                    self.scope.add(event.body["edit_id"], delta)
+                elif write_weights:
                     delta.apply(self.model)
                 self.active[event.body["edit_id"]] = delta
                 self.edits[event.body["edit_id"]] = EditEntry(event.body["edit_id"], self.version + 1, event.body)
@@ -280,7 +298,9 @@ class Runtime:
                 log.warning("log event %s rolls back %s, which is not active: skipped", event.id, edit_id)
                 continue
             delta = self.active.pop(edit_id)
-            if write_weights:
+            if self.scope is not None:
+                self.scope.remove(edit_id)
+            elif write_weights:
                 delta.revert(self.model)
             entry = self.edits[edit_id]
             entry.status = "rolled_back"
@@ -338,10 +358,16 @@ class Runtime:
         with self.edit_mutex:
             self.sync()  # compute against the newest weights, including other replicas' edits
             with self.rw.read():
-                pre = score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length)
+                pre = self._scores(requests)
+                # Scoped edits are computed on the base weights (the hooks act only inside _scores/generate).
                 delta = self.editor.compute_delta(self.model, self.tokenizer, requests).compressed(
                     self.settings.delta_rel_tol, DTYPES[self.settings.delta_dtype])  # what is logged is what applies
-                guard = check_edit(self.model, delta, force, self.canaries, self.settings.guard_max_changed)
+                if self.scope is None:
+                    guard = check_edit(self.model, delta, force, self.canaries, self.settings.guard_max_changed)
+                else:
+                    delta = self.scope.scoped(self.model, self.tokenizer, delta, [r.prompt for r in requests])
+                    guard = check_scoped_edit(self.model, delta, force, self.canary_keys, self.canaries,
+                                              self.scope.cfg.radius, self.settings.guard_max_captured)
             edit_id = uuid.uuid4().hex
             body = {"edit_id": edit_id, "requests": [{"prompt": r.prompt, "target": r.target} for r in requests],
                     "author": author, "note": note, "force": force, "time": now(), "pre": score_dicts(pre),
@@ -349,7 +375,7 @@ class Runtime:
             self.log.append(Event(EDIT, self.model_fp, self.editor_fp, self.log_fp, body, delta.to_bytes()))
             self._catch_up_after_write(edit_id)
             with self.rw.read():
-                post = score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length)
+                post = self._scores(requests)
             self.maybe_checkpoint()
         return EditOutcome(edit_id, self.edits[edit_id].version, pre, post, delta.rank, delta.nbytes,
                            (time.perf_counter() - t0) * 1000)
@@ -409,27 +435,44 @@ class Runtime:
         if max_new_tokens > self.settings.max_new_tokens:
             raise BadRequest(f"max_new_tokens is over the limit of {self.settings.max_new_tokens}")
         ids = self.prompt_ids(prompt, messages)
-        with self.rw.read():
+        with self.rw.read(), self._scoped_for(ids):
             out = complete(self.model, self.tokenizer, ids, max_new_tokens, temperature, top_p, seed, stop)
             return out, len(ids), self.version
+
+    def _scoped_for(self, ids: list[int]):
+        """The scoped edit selected by this prompt, for every forward of its generation (prefill and decode)."""
+        if self.scope is None or not self.scope.owner:
+            return contextlib.nullcontext()
+        t = torch.tensor([ids])
+        return self.scope.applying(self.scope.keys_for(self.model, t, torch.ones_like(t)))
 
     def score(self, requests: list[EditRequest]) -> tuple[list[TargetScore], int]:
         """Teacher-forced scores on one version of the weights (what /edit reports as pre/post)."""
         self._pin_threads()
         self._check_edit_lengths(requests)
         with self.rw.read():
-            return score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length), self.version
+            return self._scores(requests), self.version
+
+    def _scores(self, requests: list[EditRequest]) -> list[TargetScore]:
+        """Teacher-forced scores on the live model, scoped edits selected by each request's prompt; under a lock."""
+        if self.scope is None:
+            return score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length)
+        with self.scope.applying_to(self.model, self.tokenizer, [r.prompt for r in requests]):
+            return score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length)
 
     # ---- state for the read endpoints ---------------------------------------------------------------------
 
     def weights_hash(self) -> str:
-        """sha256 of the edited matrices: equal on every replica that has applied the same log prefix."""
+        """sha256 of the edited matrices (and, when scoped, of the stored edits' ids): equal on every replica that
+        has applied the same log prefix."""
         with self.rw.read():
             if self._hash[0] != self.version:
                 h, params = hashlib.sha256(), dict(self.model.named_parameters())
                 for name in self.layer_names:
                     h.update(name.encode())
                     h.update(params[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                if self.scope is not None:  # the weights never change: the state is the set of stored edits
+                    h.update(" ".join(self.active).encode())
                 self._hash = (self.version, h.hexdigest()[:16])
             return self._hash[1]
 
@@ -449,7 +492,12 @@ class Runtime:
         if self.canaries is None:
             return None
         with self.rw.read():
-            if self._agreement[0] != self.version:
+            if self._agreement[0] != self.version and self.scope is not None:
+                # A canary outside every radius is answered by the base weights: the share outside is a lower
+                # bound on agreement (a captured canary may still keep its answer).
+                captured = self.scope.select(self.canary_keys)
+                self._agreement = (self.version, sum(c is None for c in captured) / len(captured))
+            elif self._agreement[0] != self.version:
                 self._agreement = (self.version, self.canaries.agreement())
             return self._agreement[1]
 

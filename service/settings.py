@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     checkpoint_every: int = Field(100, ge=0, description="store the exact edited weights in Redis every N log "
                                                          "events, so a restart re-applies at most N (0 = no "
                                                          "checkpoints: every restart replays the whole log)")
+    method: str = Field("inplace", pattern="^(inplace|scoped)$", description=(
+        "inplace: each delta is added to the weights (MEND as published); scoped: each delta applies only to "
+        "prompts within the scope radius of the edit's own (editor_core.scope), weights never change"))
+    guard_max_captured: float = Field(0.05, ge=0.0, le=1.0, description="scoped edits: largest share of canary "
+                                                                         "prompts an edit's scope may cover")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 

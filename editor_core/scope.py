@@ -1,0 +1,218 @@
+"""Scoped edits: each edit's low-rank delta acts only on prompts whose key lies within a radius of the edit's own.
+
+In-place MEND edits interfere: every delta moves the output of every input that is not orthogonal to its
+u-factors, and after a few dozen sequential edits the model collapses (weights/README.md, "Sequential"). A
+scoped edit is a GRACE-style codebook entry whose value is MEND's delta: the key of a prompt is the mean of one
+middle block's hidden states over the prompt's tokens, centred on generic prompts and normalised; at inference a
+prompt gets the delta of the nearest edit key with cosine >= radius (ties: the newest edit), and the weights
+never change. Locality then holds by construction outside the radius, and 1,000 edits cost what one does.
+
+Keys come from block `key_block` of the unedited model, so they do not drift as edits pile up; new deltas are
+computed on the unedited weights, so an edit never depends on which others happen to be stored.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .delta import LowRankDelta
+from .hooks import CaptureBlockInput
+from .layers import EditedLayer, find_blocks
+
+CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
+
+
+@dataclass
+class ScopeConfig:
+    key_block: int = 14  # keys are the output of this block (the input of the next), mean-pooled over the prompt
+    window: int = 8  # ... over its last `window` tokens (0: all): a preamble before the question then matters less
+    radius: float = 0.7  # cosine similarity from which an edit applies
+    # Outside its radius a scoped delta does nothing, so its step can be larger than the in-place one, whose size
+    # the editor learned to trade against locality.
+    scale: float = 1.0
+
+
+class _Stop(Exception):
+    pass
+
+
+class Scope:
+    """Keys of prompts and the edits they select. Thread-scoped like the capture hooks: a forward in another
+    thread sees no scoped edit unless that thread selected one."""
+
+    def __init__(self, cfg: ScopeConfig, layers: list[EditedLayer], center: torch.Tensor) -> None:
+        self.cfg, self.layers, self.center = cfg, layers, center
+        self.keys = torch.zeros(0, center.numel())  # (n_keys, d), unit rows
+        self.owner: list[str] = []  # edit id of each key row
+        self.deltas: dict[str, LowRankDelta] = {}  # insertion order = age
+        self._local = threading.local()
+        self._handles: list = []
+
+    # ---- keys ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _pooled(self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, d) mean hidden state after block `key_block` over each right-padded prompt's last `window` tokens;
+        the forward stops there (about half of a whole forward)."""
+        _, blocks = find_blocks(model)
+        nxt = blocks[self.cfg.key_block + 1]
+
+        def stop(*_a, **_k):
+            raise _Stop
+
+        with CaptureBlockInput(nxt) as cap, self.off():
+            handle = nxt.register_forward_pre_hook(stop)  # after the capture's hook, which must run first
+            try:
+                model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device))
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
+        mask = attention_mask.to(cap.hidden.device).float()
+        lengths = mask.sum(1, keepdim=True)
+        if self.cfg.window:
+            pos = torch.arange(mask.shape[1], device=mask.device)[None, :]
+            mask = mask * (pos >= lengths - self.cfg.window)
+        # The first token is an attention sink whose hidden state is orders of magnitude larger than the rest:
+        # left in, it dominates every mean and all keys look alike. Kept only for one-token prompts.
+        mask[:, 0] = mask[:, 0] * (lengths[:, 0] <= 1)
+        return ((cap.hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).cpu()
+
+    def keys_for(self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, d) unit keys, centred."""
+        k = self._pooled(model, input_ids, attention_mask) - self.center
+        return k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def prompt_keys(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
+                    batch_size: int = 32) -> torch.Tensor:
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+            out.append(self.keys_for(model, enc["input_ids"], enc["attention_mask"]))
+        return torch.cat(out)
+
+    @classmethod
+    def fit(cls, model: PreTrainedModel, tok: PreTrainedTokenizerBase, layers: list[EditedLayer], prompts: list[str],
+            cfg: ScopeConfig | None = None, batch_size: int = 32) -> "Scope":
+        """The centre is the mean over generic prompts: without it every prompt's mean hidden state shares one
+        large component and all cosines sit near 1."""
+        scope = cls(cfg or ScopeConfig(), layers, torch.zeros(model.config.hidden_size))
+        sums, count = torch.zeros(model.config.hidden_size, dtype=torch.float64), 0
+        for i in range(0, len(prompts), batch_size):
+            enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+            raw = scope._pooled(model, enc["input_ids"], enc["attention_mask"])
+            sums, count = sums + raw.double().sum(0), count + len(raw)
+        scope.center = (sums / count).float()
+        return scope
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({"center": self.center.contiguous()}, path / WEIGHTS_FILE, metadata={"format": "mend-scope"})
+        (path / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, layers: list[EditedLayer]) -> "Scope":
+        path = Path(path)
+        cfg = ScopeConfig(**json.loads((path / CONFIG_FILE).read_text()))
+        return cls(cfg, layers, load_file(path / WEIGHTS_FILE)["center"].float())
+
+    def scoped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, delta: LowRankDelta,
+               prompts: list[str]) -> LowRankDelta:
+        """The delta as a scoped edit: its step times `scale`, keyed by the prompts it was computed for."""
+        factors = {n: (left * self.cfg.scale, right) for n, (left, right) in delta.factors.items()}
+        return LowRankDelta(factors, dict(delta.meta), self.prompt_keys(model, tok, prompts))
+
+    # ---- the codebook --------------------------------------------------------------------------------------
+
+    def add(self, edit_id: str, delta: LowRankDelta) -> None:
+        if delta.key is None:
+            raise ValueError("a scoped edit needs its key (LowRankDelta.key)")
+        self.deltas[edit_id] = delta
+        self.keys = torch.cat([self.keys, delta.key.float()])
+        self.owner += [edit_id] * len(delta.key)
+
+    def remove(self, edit_id: str) -> None:
+        del self.deltas[edit_id]
+        keep = [i for i, o in enumerate(self.owner) if o != edit_id]
+        self.keys, self.owner = self.keys[keep], [self.owner[i] for i in keep]
+
+    def clear(self) -> None:
+        self.deltas.clear()
+        self.keys, self.owner = self.keys[:0], []
+
+    def select(self, keys: torch.Tensor) -> list[str | None]:
+        """Per prompt key: the edit of the most similar stored key at cosine >= radius (ties: the newest)."""
+        if not self.owner:  # also: no keys computed, as nothing could be selected
+            return [None] * len(keys)
+        sim = keys.float() @ self.keys.T  # (B, n_keys)
+        # Later rows are newer: flip so that argmax's first maximum is the newest.
+        best = sim.flip(1).argmax(1)
+        rows = len(self.owner) - 1 - best
+        return [self.owner[r] if sim[b, r] >= self.cfg.radius else None for b, r in enumerate(rows.tolist())]
+
+    # ---- applying ------------------------------------------------------------------------------------------
+
+    def attach(self, model: PreTrainedModel) -> None:
+        """Hooks on the edited modules that add each row's selected delta; they do nothing unless a thread
+        opened `applying`."""
+        for layer in self.layers:
+            mod = model.get_submodule(layer.module)
+            self._handles.append(mod.register_forward_hook(self._hook(layer)))
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, layer: EditedLayer):
+        def hook(_mod, args, out):
+            rows = getattr(self._local, "rows", None)
+            if not rows:
+                return None
+            x = args[0]
+            out = out.clone()
+            for b, delta in enumerate(rows):
+                if delta is None or layer.name not in delta.factors:
+                    continue
+                left, right = (f.to(device=x.device, dtype=x.dtype) for f in delta.factors[layer.name])
+                # ΔW = left @ right in the weight's storage orientation: (out, in) for Linear, (in, out) for Conv1D.
+                out[b] += (x[b] @ left) @ right if layer.transposed else (x[b] @ right.T) @ left.T
+            return out
+
+        return hook
+
+    @contextlib.contextmanager
+    def applying(self, keys: torch.Tensor):
+        """Within this context, this thread's forwards of a batch whose row b has key keys[b] add each row's
+        selected edit (see `select`). Yields the selected edit ids."""
+        chosen = self.select(keys)
+        self._local.rows = [self.deltas[c] if c else None for c in chosen]
+        try:
+            yield chosen
+        finally:
+            self._local.rows = None
+
+    def applying_to(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str]):
+        return self.applying(self.prompt_keys(model, tok, prompts) if self.owner else torch.zeros(len(prompts), 0))
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(json.dumps(asdict(self.cfg), sort_keys=True).encode())
+        h.update(self.center.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    @contextlib.contextmanager
+    def off(self):
+        saved, self._local.rows = getattr(self._local, "rows", None), None
+        try:
+            yield
+        finally:
+            self._local.rows = saved

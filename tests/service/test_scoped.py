@@ -1,0 +1,98 @@
+"""MEND_METHOD=scoped (editor_core/scope.py through runtime.py): edits act inside their scope only, weights
+never change, rollback and restart are exact, the scoped log is its own log, and the guard counts captured
+canaries. The tiny random model's keys are not meaningful, so the radius is 0.999: a prompt selects an edit
+only when it is (nearly) the edit's own prompt."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from service_support import EDIT, EDIT2, edited_weights, serving
+from transformers import LlamaForCausalLM
+
+from editor_core import MENDEditor, prepare_model
+from editor_core.scope import Scope, ScopeConfig
+
+OTHER = {"prompt": "Once upon a time there was", "target": "a dragon"}
+
+
+@pytest.fixture(scope="module")
+def scoped_editor_dir(tiny_model_dir: Path, tiny_editor_dir: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scoped-editor")
+    shutil.copytree(tiny_editor_dir, out, dirs_exist_ok=True)
+    model = prepare_model(LlamaForCausalLM.from_pretrained(tiny_model_dir))
+    from editor_core.model import load_tokenizer
+    tok = load_tokenizer(tiny_model_dir)
+    ed = MENDEditor.load(out, model)
+    prompts = ["Paris is a city in", "The sun rises in the", "My favourite food is", "Dogs like to"]
+    Scope.fit(model, tok, ed.layers, prompts, ScopeConfig(key_block=0, window=8, radius=0.999)).save(out)
+    return out
+
+
+@pytest.fixture()
+def scoped(settings, scoped_editor_dir: Path):
+    return settings.model_copy(update={"method": "scoped", "editor": scoped_editor_dir})
+
+
+def scores(client, *items) -> list[dict]:
+    r = client.post("/score", json={"items": list(items)})
+    assert r.status_code == 200, r.text
+    return r.json()["scores"]
+
+
+def test_a_scoped_edit_acts_on_its_prompt_only_and_never_touches_the_weights(scoped):
+    with serving(scoped) as client:
+        base_weights = edited_weights(client)
+        before = scores(client, EDIT, OTHER)
+        r = client.post("/edit", json=EDIT)
+        assert r.status_code == 201, r.text
+        after = scores(client, EDIT, OTHER)
+        assert after[0]["exact"] and not before[0]["exact"]
+        assert after[1] == before[1]  # outside the scope: bit-identical scores
+        assert client.post("/generate", json={"prompt": EDIT["prompt"], "max_new_tokens": 2}).json()["text"].startswith(" Rome")
+        assert all((w == base_weights[n]).all() for n, w in edited_weights(client).items())
+
+
+def test_rollback_and_restart_of_scoped_edits_are_exact(scoped):
+    with serving(scoped) as client:
+        before = scores(client, EDIT, EDIT2)
+        ids = [client.post("/edit", json=e).json()["edit_id"] for e in (EDIT, EDIT2)]
+        both = scores(client, EDIT, EDIT2)
+        client.post("/rollback", json={"edit_id": ids[0]})
+        one = scores(client, EDIT, EDIT2)
+        assert one[0] == before[0] and one[1] == both[1]
+    with serving(scoped) as client:
+        assert client.get("/ready").json()["active_edits"] == 1
+        assert scores(client, EDIT, EDIT2) == one
+
+
+def test_the_scoped_log_is_not_the_in_place_log(scoped, settings):
+    with serving(scoped) as client:
+        client.post("/edit", json=EDIT)
+        scoped_key = client.app.state.runtime.log.key
+    with serving(settings) as client:  # same Redis folder, in-place method: another log, nothing replayed
+        rt = client.app.state.runtime
+        assert rt.log.key != scoped_key and rt.version == 0 and scoped_key in rt.log.other_logs()
+
+
+def test_the_guard_refuses_a_scope_that_covers_canaries_unless_forced(scoped, tmp_path: Path):
+    canaries = tmp_path / "canaries.json"
+    canaries.write_text(json.dumps([EDIT["prompt"], "Dogs like to", "The sun rises in the"]))
+    cfg = scoped.model_copy(update={"canaries": canaries, "guard_canaries": 3, "guard_max_captured": 0.2})
+    with serving(cfg) as client:
+        r = client.post("/edit", json=EDIT)
+        assert r.status_code == 422 and "covers 1 of 3 canary prompts" in r.json()["detail"]
+        assert client.get("/ready").json()["version"] == 0
+        r = client.post("/edit", json={**EDIT, "force": True})
+        assert r.status_code == 201
+        guard = client.get(f"/edits/{r.json()['edit_id']}").json()["guard"]
+        assert guard == {"canaries": 3, "captured": 1, "max_captured": 0.2, "overridden": True}
+        assert client.post("/edit", json=EDIT2).status_code == 201  # covers none of them
+
+
+def test_scoped_needs_a_fitted_scope(settings, tiny_editor_dir: Path):
+    from service.runtime import Runtime
+    with pytest.raises(FileNotFoundError, match="mend fit-scope"):
+        Runtime.start(settings.model_copy(update={"method": "scoped", "editor": tiny_editor_dir}))
