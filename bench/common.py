@@ -250,8 +250,8 @@ def stop(s: Server) -> None:
 
 
 @contextmanager
-def serving(p: Profile, data_dir: Path, logfile: Path) -> Iterator[Server]:
-    s = launch(p, data_dir, logfile)
+def serving(p: Profile, data_dir: Path, logfile: Path, **settings: str) -> Iterator[Server]:
+    s = launch(p, data_dir, logfile, **settings)
     try:
         wait_ready(s)
         yield s

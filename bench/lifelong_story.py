@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -96,7 +97,8 @@ def run_story(url: str, records: list[EditRecord], force: bool) -> dict:
                 log.info("after %d edits: %s", n, {k: round(v, 3) for k, v in point.items()})
         metrics = http.get("/metrics").text
     return {"curve": points, "refused": refused, "wall_s": time.perf_counter() - t0,
-            "drift": [line for line in metrics.splitlines() if line.startswith("mend_weight_drift")]}
+            "metrics": [line for line in metrics.splitlines()
+                        if line.startswith(("mend_weight_drift", "mend_canary_agreement", "mend_active_edits"))]}
 
 
 def compare(points: list[dict], library: Path) -> list[dict]:
@@ -116,19 +118,21 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          k: int = typer.Option(1000, "-k", help="edits in the story"),
          library: Optional[Path] = typer.Option(None, help="`mend eval --sequential K --json` output to compare with"),
          force: bool = typer.Option(False, help="send force: true (the guard still measures and records)"),
+         method: str = typer.Option("scoped", help="MEND_METHOD of the server: scoped or inplace"),
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
          threads: Optional[int] = None, out: Optional[Path] = None) -> None:
     setup_logging()
     p = make_profile(smoke, model, editor, threads, out)
     # The same records, in the same order, as `mend eval --sequential K` (one per subject).
     records = load_records(data, k, one_per_subject=True)
-    work = p.out / "lifelong" / data.split(":")[0]
-    with serving(p, work / "data", work / "server.log") as s:
+    work = p.out / "lifelong" / f"{data.split(':')[0]}-{method}"
+    shutil.rmtree(work, ignore_errors=True)
+    with serving(p, work / "data", work / "server.log", MEND_METHOD=method) as s:
         result = run_story(s.url, records, force)
     if library:
         result["vs_library"] = compare(result["curve"], library)
-    name = f"lifelong_{data.split(':')[0]}_{k}"
-    save(p, name, {"data": data, "k": k, **result}, command_line())
+    name = f"lifelong_{data.split(':')[0]}_{method}_{k}"
+    save(p, name, {"data": data, "k": k, "method": method, **result}, command_line())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""Scoped edits (scope.py): keys, selection, the hooks that add a selected delta, and its storage in the delta."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from editor_support import REQS
+
+from editor_core import LowRankDelta, MENDEditor
+from editor_core.data import tokenize_edits
+from editor_core.scope import Scope, ScopeConfig
+
+PROMPTS = ["Paris is a city in", "The sun rises in the", "My favourite food is", "Dogs like to"]
+
+
+def logits(model, tok, reqs):
+    b = tokenize_edits(tok, reqs)
+    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+
+
+@pytest.fixture()
+def setup(model, tokenizer):
+    editor = MENDEditor.for_model(model, rank=8, init_alpha=1.0).eval()
+    scope = Scope.fit(model, tokenizer, editor.layers, PROMPTS, ScopeConfig(key_block=0, window=8, radius=0.999))
+    delta = scope.scoped(model, tokenizer, editor.compute_delta(model, tokenizer, REQS[:1]), [REQS[0].prompt])
+    scope.attach(model)
+    yield model, tokenizer, scope, delta
+    scope.detach()
+
+
+def test_keys_are_unit_and_independent_of_padding(setup):
+    model, tok, scope, _ = setup
+    alone = scope.prompt_keys(model, tok, [PROMPTS[0]])
+    padded = scope.prompt_keys(model, tok, [PROMPTS[0], "a much longer prompt than the first one, with padding"])
+    assert torch.allclose(alone.norm(dim=-1), torch.ones(1))
+    assert torch.allclose(alone[0], padded[0], atol=1e-5)
+
+
+def test_the_delta_adds_only_on_rows_that_select_it(setup):
+    model, tok, scope, delta = setup
+    reqs = [REQS[0], REQS[1]]  # the edit's own prompt, and another one
+    before = logits(model, tok, reqs)
+    scope.add("e1", delta)
+    with scope.applying_to(model, tok, [r.prompt for r in reqs]) as chosen:
+        after = logits(model, tok, reqs)
+    assert chosen == ["e1", None]
+    assert torch.equal(after[1], before[1]) and not torch.allclose(after[0], before[0])
+    # the same change as adding the (scaled) delta to the weights, for the row that selected it
+    delta.apply(model)
+    try:
+        alone = logits(model, tok, reqs[:1])[0]  # right padding: the batch's row 0 starts with the same tokens
+        assert torch.allclose(alone, after[0][: len(alone)], atol=1e-4)
+    finally:
+        delta.revert(model)
+
+
+def test_outside_the_context_and_in_other_threads_nothing_is_added(setup):
+    model, tok, scope, delta = setup
+    scope.add("e1", delta)
+    plain = logits(model, tok, REQS[:1])
+    seen = {}
+    with scope.applying_to(model, tok, [REQS[0].prompt]):
+        t = threading.Thread(target=lambda: seen.update(x=logits(model, tok, REQS[:1])))
+        t.start()
+        t.join()
+    assert torch.equal(seen["x"], plain)
+    assert torch.equal(logits(model, tok, REQS[:1]), plain)
+
+
+def test_select_takes_the_nearest_key_within_the_radius_and_the_newest_on_ties(setup):
+    model, tok, scope, delta = setup
+    scope.cfg.radius = 0.5
+    keys = scope.prompt_keys(model, tok, PROMPTS[:2])
+    older = LowRankDelta(delta.factors, key=keys[:1])
+    newer = LowRankDelta(delta.factors, key=keys[:1])
+    other = LowRankDelta(delta.factors, key=keys[1:2])
+    for i, d in (("old", older), ("new", newer), ("other", other)):
+        scope.add(i, d)
+    assert scope.select(keys) == ["new", "other"]
+    assert scope.select(-keys) == [None, None]  # cosine -1
+    scope.remove("new")
+    assert scope.select(keys) == ["old", "other"]
+    scope.clear()
+    assert scope.select(keys) == [None, None]
+
+
+def test_the_key_travels_with_the_delta_and_a_scope_survives_save_and_load(setup, tmp_path):
+    model, tok, scope, delta = setup
+    back = LowRankDelta.from_bytes(delta.compressed(0.03, torch.float16).to_bytes())
+    assert back.key is not None and torch.equal(back.key, delta.key)
+    assert LowRankDelta.from_bytes(LowRankDelta(delta.factors).to_bytes()).key is None
+    scope.save(tmp_path)
+    again = Scope.load(tmp_path, scope.layers)
+    assert again.fingerprint() == scope.fingerprint()
+    assert torch.equal(again.prompt_keys(model, tok, PROMPTS), scope.prompt_keys(model, tok, PROMPTS))
+
+
+def test_a_scoped_delta_without_a_key_is_refused(setup):
+    _, _, scope, delta = setup
+    with pytest.raises(ValueError, match="key"):
+        scope.add("e", LowRankDelta(delta.factors))
