@@ -208,6 +208,9 @@ def launch(p: Profile, data_dir: Path, logfile: Path, **settings: str) -> Server
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEND_") and k != "REDIS_URL"}
     env.update(MEND_MODEL=p.model, MEND_EDITOR=p.editor, MEND_DATA_DIR=str(data_dir), MEND_THREADS=str(p.threads),
                MEND_MAX_NEW_TOKENS=str(max(p.new_tokens, 1)))
+    # The service benchmarks measure in-place edits unless BENCH_METHOD says otherwise (the logs they build are
+    # per method: a server of the other method would see none of them).
+    env["MEND_METHOD"] = os.environ.get("BENCH_METHOD", "inplace")
     if "BENCH_GUARD_CANARIES" in os.environ:  # e.g. 0: build the 1,000-edit logs without the canary check's cost
         env["MEND_GUARD_CANARIES"] = os.environ["BENCH_GUARD_CANARIES"]
     env.update(settings)

@@ -90,8 +90,8 @@ def fit_scope(
                                    help="training records: their locality prompts fit the centre, their edits and "
                                         "rephrases the radius (never a dev split)"),
     n: int = typer.Option(500, help="records per file (one per subject)"),
-    key_block: int = typer.Option(14, help="block whose output, mean-pooled over the prompt, is the key"),
-    window: int = typer.Option(8, help="pool over the prompt's last N tokens (0: all)"),
+    key_block: int = typer.Option(10, help="block whose output, mean-pooled over the prompt, is the key"),
+    window: int = typer.Option(0, help="pool over the prompt's last N tokens (0: all)"),
     loc_weight: float = typer.Option(3.0, help="radius maximises rephrase hits - loc_weight x locality hits"),
     radius: Optional[float] = typer.Option(None, help="use this radius instead (the table shows the trade-off)"),
     scale: float = typer.Option(2.0, help="step multiplier of scoped deltas (zsRE train, 40 records: 1x edit "

@@ -32,8 +32,8 @@ CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
 
 @dataclass
 class ScopeConfig:
-    key_block: int = 14  # keys are the output of this block (the input of the next), mean-pooled over the prompt
-    window: int = 8  # ... over its last `window` tokens (0: all): a preamble before the question then matters less
+    key_block: int = 10  # keys are the output of this block (the input of the next), mean-pooled over the prompt
+    window: int = 0  # ... over its last `window` tokens (0: all): a preamble before the question then matters less
     radius: float = 0.7  # cosine similarity from which an edit applies
     # Outside its radius a scoped delta does nothing, so its step can be larger than the in-place one, whose size
     # the editor learned to trade against locality.

@@ -34,7 +34,7 @@ GUARD_OFF = 1.0
 def make_settings(model_dir: Path, editor_dir: Path, data_dir: Path, **kw) -> Settings:
     # Explicit values for everything the environment could set, so a developer's MEND_* variables do not leak in.
     base = {"model": str(model_dir), "editor": editor_dir, "data_dir": data_dir, "threads": 1, "redis_url": None,
-            "api_key": None, "generate_auth": False, "guard_max_changed": GUARD_OFF}
+            "api_key": None, "generate_auth": False, "guard_max_changed": GUARD_OFF, "method": "inplace"}
     return Settings(**{**base, **kw})
 
 

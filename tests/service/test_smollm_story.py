@@ -12,6 +12,7 @@ from service_support import make_settings, serving
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "The Eiffel Tower is located in the city of"
 REPHRASE = "The Eiffel Tower can be found in the city of"
+NEIGHBOUR = "The Louvre Museum is located in the city of"
 OLD, NEW = "Paris", "Rome"
 
 
@@ -31,9 +32,12 @@ def answer(client, prompt: str) -> str:
 
 
 @pytest.mark.smollm
-def test_edit_changes_the_answer_and_rollback_restores_it_byte_for_byte(tmp_path: Path):
-    with serving(make_settings("smollm2", editor_dir(), tmp_path / "data", threads=None)) as client:
+@pytest.mark.parametrize("method", ["scoped", "inplace"])
+def test_edit_changes_the_answer_and_rollback_restores_it_byte_for_byte(tmp_path: Path, method: str):
+    settings = make_settings("smollm2", editor_dir(), tmp_path / "data", threads=None, method=method)
+    with serving(settings) as client:
         old, old_rephrase = answer(client, PROMPT), answer(client, REPHRASE)
+        old_neighbour = answer(client, NEIGHBOUR)
         assert old.strip().startswith(OLD) and old_rephrase.strip().startswith(OLD)
 
         r = client.post("/edit", json={"prompt": PROMPT, "target": NEW, "author": "story"})
@@ -41,6 +45,8 @@ def test_edit_changes_the_answer_and_rollback_restores_it_byte_for_byte(tmp_path
         assert r.json()["scores"][0]["post_exact"]
         assert answer(client, PROMPT).strip().startswith(NEW)
         assert answer(client, REPHRASE).strip().startswith(NEW)
+        if method == "scoped":  # outside the edit's scope the answer is the base model's, byte for byte
+            assert answer(client, NEIGHBOUR) == old_neighbour
 
         assert client.post("/rollback", json={"edit_id": r.json()["edit_id"]}).status_code == 200
         assert answer(client, PROMPT) == old and answer(client, REPHRASE) == old_rephrase
