@@ -2,9 +2,9 @@
 
 The cost beyond model load is the difference to the same start with an empty log: it includes Redis loading
 its append-only file, reading the stream, restoring the weights checkpoint and re-applying the events after it.
-The prepared logs end on a checkpoint (their lengths are multiples of MEND_CHECKPOINT_EVERY=100), so the
-longest log is also started with checkpoints off (a full replay): the worst case, a tail of 99 events, costs
-at most 99/1000 of that replay beyond the checkpointed start. The runtime's own logged replay time
+The prepared logs end on a checkpoint (their lengths are multiples of MEND_CHECKPOINT_EVERY), so the longest
+log is also started with checkpoints off (a full replay): the worst case, a tail of EVERY-1 events, costs
+about (EVERY-1)/1000 of that replay beyond the checkpointed start. The runtime's own logged replay time
 is reported beside it. Each log is a fresh copy (made before the clock starts), so the file is in the page
 cache, as it is when a crashed server is restarted on the same machine.
 """

@@ -39,9 +39,10 @@ class Settings(BaseSettings):
     # 59%, at 10x 82-99%. 0.6 passes every ordinary edit seen and refuses the overdriven ones.
     guard_max_changed: float = Field(0.6, ge=0.0, le=1.0, description="largest share of canary answers an "
                                                                         "edit may change without force")
-    # Restart cost is model load + restoring this checkpoint + re-applying the events after it (each a few ms:
-    # nine fp32 addmm on SmolLM2). One checkpoint per log is kept in Redis (32 MB for SmolLM2's nine matrices).
-    checkpoint_every: int = Field(100, ge=0, description="store the exact edited weights in Redis every N log "
+    # Restart cost is model load + restoring this checkpoint + re-applying the events after it. A full replay of
+    # 1,000 SmolLM2 edits took 54 s on the shared 2-core CPU (~53 ms an event: bench/RESULTS.md), so at most 49
+    # events stay within the 3 s goal; a checkpoint is one SET of 32 MB (SmolLM2's nine matrices) every 50 edits.
+    checkpoint_every: int = Field(50, ge=0, description="store the exact edited weights in Redis every N log "
                                                          "events, so a restart re-applies at most N (0 = no "
                                                          "checkpoints: every restart replays the whole log)")
     method: str = Field("inplace", pattern="^(inplace|scoped)$", description=(
