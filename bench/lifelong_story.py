@@ -25,6 +25,7 @@ import httpx
 import typer
 
 from editor_core.data import EditRecord, EditRequest, load_records
+from service.canary import DEFAULT_CANARIES
 
 from .common import command_line, make_profile, save, serving, setup_logging
 
@@ -73,9 +74,14 @@ def recheck(http: httpx.Client, recs: list[EditRecord], refs: list[list[dict]]) 
     return {k: statistics.mean(r[k] for r in rows if k in r) for k in keys}
 
 
-def run_story(url: str, records: list[EditRecord], force: bool) -> dict:
+def greedy(http: httpx.Client, prompts: list[str], tokens: int = 4) -> list[str]:
+    return [http.post("/generate", json={"prompt": q, "max_new_tokens": tokens}).json()["text"] for q in prompts]
+
+
+def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[str]) -> dict:
     with httpx.Client(base_url=url, timeout=600.0) as http:
         refs = [score(http, r.loc) for r in records]  # the unedited model's answers
+        canary_before = greedy(http, canaries)
         done, refused, points, edit_ms = [], 0, [], []
         t0 = time.perf_counter()
         for rec in records:
@@ -96,7 +102,11 @@ def run_story(url: str, records: list[EditRecord], force: bool) -> dict:
                 points.append(point)
                 log.info("after %d edits: %s", n, {k: round(v, 3) for k, v in point.items()})
         metrics = http.get("/metrics").text
+        canary_after = greedy(http, canaries)
+    same = sum(a == b for a, b in zip(canary_before, canary_after))
     return {"curve": points, "refused": refused, "wall_s": time.perf_counter() - t0,
+            "canaries": {"prompts": len(canaries), "greedy_tokens": 4, "unchanged": same,
+                         "agreement": same / max(len(canaries), 1)},
             "metrics": [line for line in metrics.splitlines()
                         if line.startswith(("mend_weight_drift", "mend_canary_agreement", "mend_active_edits"))]}
 
@@ -119,6 +129,8 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          library: Optional[Path] = typer.Option(None, help="`mend eval --sequential K --json` output to compare with"),
          force: bool = typer.Option(False, help="send force: true (the guard still measures and records)"),
          method: str = typer.Option("scoped", help="MEND_METHOD of the server: scoped or inplace"),
+         canaries: int = typer.Option(500, help="greedy 4-token answers of this many of the service's default "
+                                                "canaries (never edited, never evaluated) before and after"),
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
          threads: Optional[int] = None, out: Optional[Path] = None) -> None:
     setup_logging()
@@ -128,7 +140,8 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     work = p.out / "lifelong" / f"{data.split(':')[0]}-{method}"
     shutil.rmtree(work, ignore_errors=True)
     with serving(p, work / "data", work / "server.log", MEND_METHOD=method) as s:
-        result = run_story(s.url, records, force)
+        prompts = json.loads(DEFAULT_CANARIES.read_text())[:canaries]
+        result = run_story(s.url, records, force, [c if isinstance(c, str) else c["prompt"] for c in prompts])
     if library:
         result["vs_library"] = compare(result["curve"], library)
     name = f"lifelong_{data.split(':')[0]}_{method}_{k}"
