@@ -103,3 +103,24 @@ class CaptureBlockInput(_ThreadHooks):
     def _keep(self, _mod, args, kwargs):
         if self._mine():
             self.hidden = (args[0] if args else kwargs["hidden_states"]).detach()
+
+
+class _Stop(Exception):
+    pass
+
+
+def input_of_block(model: nn.Module, block: nn.Module, **inputs) -> torch.Tensor:
+    """Run the model only up to `block` and return what that block receives; the rest of the forward is skipped."""
+
+    def stop(*_a, **_k):
+        raise _Stop
+
+    with CaptureBlockInput(block) as cap:
+        handle = block.register_forward_pre_hook(stop)  # after the capture's own hook, which must run first
+        try:
+            model(**inputs)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+    return cap.hidden

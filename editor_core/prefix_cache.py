@@ -10,12 +10,8 @@ import contextlib
 import torch
 from transformers import PreTrainedModel
 
-from .hooks import CaptureBlockInput, SkipPrefix
+from .hooks import SkipPrefix, input_of_block
 from .layers import find_blocks
-
-
-class _Stop(Exception):
-    pass
 
 
 class PrefixCache:
@@ -27,20 +23,7 @@ class PrefixCache:
 
     @torch.no_grad()
     def _compute(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        cap = CaptureBlockInput(self.blocks[self.first])
-
-        def stop(*_a, **_k):
-            raise _Stop  # everything above the prefix is not needed: abort the forward there
-
-        handle = self.blocks[self.first].register_forward_pre_hook(stop)
-        try:
-            with cap:
-                self.model(input_ids=input_ids, attention_mask=mask)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return cap.hidden
+        return input_of_block(self.model, self.blocks[self.first], input_ids=input_ids, attention_mask=mask)
 
     def hidden(self, batch: dict) -> torch.Tensor:
         """(B, T, H) input of the first edited block for a right-padded batch; pad rows are zeros."""

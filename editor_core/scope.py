@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .delta import LowRankDelta
-from .hooks import CaptureBlockInput
+from .hooks import input_of_block
 from .layers import EditedLayer, find_blocks
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
@@ -38,10 +38,6 @@ class ScopeConfig:
     # Outside its radius a scoped delta does nothing, so its step can be larger than the in-place one, whose size
     # the editor learned to trade against locality.
     scale: float = 1.0
-
-
-class _Stop(Exception):
-    pass
 
 
 class Scope:
@@ -63,20 +59,10 @@ class Scope:
         """(B, d) mean hidden state after block `key_block` over each right-padded prompt's last `window` tokens;
         the forward stops there (about half of a whole forward)."""
         _, blocks = find_blocks(model)
-        nxt = blocks[self.cfg.key_block + 1]
-
-        def stop(*_a, **_k):
-            raise _Stop
-
-        with CaptureBlockInput(nxt) as cap, self.off():
-            handle = nxt.register_forward_pre_hook(stop)  # after the capture's hook, which must run first
-            try:
-                model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device))
-            except _Stop:
-                pass
-            finally:
-                handle.remove()
-        mask = attention_mask.to(cap.hidden.device).float()
+        with self.off():
+            hidden = input_of_block(model, blocks[self.cfg.key_block + 1], input_ids=input_ids.to(model.device),
+                                    attention_mask=attention_mask.to(model.device))
+        mask = attention_mask.to(hidden.device).float()
         lengths = mask.sum(1, keepdim=True)
         if self.cfg.window:
             pos = torch.arange(mask.shape[1], device=mask.device)[None, :]
@@ -84,7 +70,7 @@ class Scope:
         # The first token is an attention sink whose hidden state is orders of magnitude larger than the rest:
         # left in, it dominates every mean and all keys look alike. Kept only for one-token prompts.
         mask[:, 0] = mask[:, 0] * (lengths[:, 0] <= 1)
-        return ((cap.hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).cpu()
+        return ((hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).cpu()
 
     def keys_for(self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, d) unit keys, centred."""
