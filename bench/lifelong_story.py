@@ -139,7 +139,8 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     records = load_records(data, k, one_per_subject=True)
     work = p.out / "lifelong" / f"{data.split(':')[0]}-{method}"
     shutil.rmtree(work, ignore_errors=True)
-    with serving(p, work / "data", work / "server.log", MEND_METHOD=method) as s:
+    # MEND_MAX_NEW_TOKENS bounds a scored target too: some zsRE locality answers are 140 tokens long.
+    with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256") as s:
         prompts = json.loads(DEFAULT_CANARIES.read_text())[:canaries]
         result = run_story(s.url, records, force, [c if isinstance(c, str) else c["prompt"] for c in prompts])
     if library:

@@ -23,6 +23,9 @@ from .delta import LowRankDelta, restore, snapshot
 from .layers import EditedLayer
 from .scope import Scope
 
+# Scoring is not bound by the editor's 64-token window: a long locality answer is scored after its whole prompt
+# (as POST /score does), not after a prompt cut to make room for it.
+SCORE_MAX_LENGTH = 1024
 FLOOR_SAMPLES = 20  # batches whose plain forward+backward is timed for the latency ratio
 Method = Callable[[list[EditRecord]], LowRankDelta]  # computes a delta on the current model, leaves it unchanged
 
@@ -40,7 +43,7 @@ def score(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reqs: list[EditR
           chunk: int = 32, scope: Scope | None = None) -> list[Scored]:
     out = []
     for i in range(0, len(reqs), chunk):
-        b = {k: v.to(model.device) for k, v in tokenize_edits(tok, reqs[i : i + chunk]).items()}
+        b = {k: v.to(model.device) for k, v in tokenize_edits(tok, reqs[i : i + chunk], SCORE_MAX_LENGTH).items()}
         with scope.applying_to(model, tok, [r.prompt for r in reqs[i : i + chunk]]) if scope else nullcontext():
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
         labels = b["labels"][:, 1:]

@@ -447,18 +447,29 @@ class Runtime:
         return self.scope.applying(self.scope.keys_for(self.model, t, torch.ones_like(t)))
 
     def score(self, requests: list[EditRequest]) -> tuple[list[TargetScore], int]:
-        """Teacher-forced scores on one version of the weights (what /edit reports as pre/post)."""
+        """Teacher-forced scores on one version of the weights (what /edit reports as pre/post). Not bound by the
+        editor's window: a prompt up to the prompt limit, a target up to the generation limit, never truncated."""
         self._pin_threads()
-        self._check_edit_lengths(requests)
+        longest = 0
+        for r in requests:
+            prompt, target = join(r.prompt, r.target)
+            n_prompt = len(self.tokenizer(prompt)["input_ids"])
+            n_target = len(self.tokenizer(target, add_special_tokens=False)["input_ids"])
+            if n_prompt > self.settings.max_prompt_tokens:
+                raise BadRequest(f"prompt is longer than the limit of {self.settings.max_prompt_tokens} tokens")
+            if n_target > self.settings.max_new_tokens:
+                raise BadRequest(f"target is longer than the limit of {self.settings.max_new_tokens} tokens")
+            longest = max(longest, n_prompt + n_target)
         with self.rw.read():
-            return self._scores(requests), self.version
+            return self._scores(requests, longest), self.version
 
-    def _scores(self, requests: list[EditRequest]) -> list[TargetScore]:
+    def _scores(self, requests: list[EditRequest], max_length: int | None = None) -> list[TargetScore]:
         """Teacher-forced scores on the live model, scoped edits selected by each request's prompt; under a lock."""
+        max_length = max_length or self.editor.cfg.max_length
         if self.scope is None:
-            return score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length)
+            return score_targets(self.model, self.tokenizer, requests, max_length)
         with self.scope.applying_to(self.model, self.tokenizer, [r.prompt for r in requests]):
-            return score_targets(self.model, self.tokenizer, requests, self.editor.cfg.max_length)
+            return score_targets(self.model, self.tokenizer, requests, max_length)
 
     # ---- state for the read endpoints ---------------------------------------------------------------------
 

@@ -107,6 +107,12 @@ def test_score_matches_what_edit_reports_and_changes_only_through_edits(client):
 def test_score_rejects_bad_input(client):
     assert client.post("/score", json={"items": []}).status_code == 422
     assert client.post("/score", json={"items": [{"prompt": " ", "target": "x"}]}).status_code == 422
-    too_long = {"items": [{"prompt": "word " * 200, "target": "x"}]}
+    limits = client.app.state.runtime.settings
+    too_long = {"items": [{"prompt": "word " * (limits.max_prompt_tokens + 1), "target": "x"}]}
     r = client.post("/score", json=too_long)
-    assert r.status_code == 422 and "limit" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["detail"] == f"prompt is longer than the limit of {limits.max_prompt_tokens} tokens"
+    long_target = {"items": [{"prompt": "x", "target": "word " * (limits.max_new_tokens + 1)}]}
+    r = client.post("/score", json=long_target)
+    assert r.status_code == 422 and r.json()["detail"] == f"target is longer than the limit of {limits.max_new_tokens} tokens"
+    # beyond the editor's 64-token window but within the limits: scored, not refused
+    assert client.post("/score", json={"items": [{"prompt": "word " * 70, "target": "x"}]}).status_code == 200
