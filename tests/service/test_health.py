@@ -26,7 +26,7 @@ def test_openapi_has_an_example_for_every_request(client):
     doc = client.get("/openapi.json").json()
     bodies = [op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
               for ops in doc["paths"].values() for op in ops.values() if "requestBody" in op]
-    assert sorted(bodies) == ["EditCreate", "GenerateRequest", "RollbackRequest"]
+    assert sorted(bodies) == ["EditCreate", "GenerateRequest", "RollbackRequest", "ScoreRequest"]
     assert all(doc["components"]["schemas"][b]["examples"] for b in bodies)
     assert "space" in doc["info"]["description"]  # how prompt and target are joined
     assert client.get("/docs").status_code == 200
@@ -36,6 +36,8 @@ def test_examples_are_valid_requests(client):
     doc = client.get("/openapi.json").json()["components"]["schemas"]
     for example in doc["GenerateRequest"]["examples"]:
         assert client.post("/generate", json={**example, "max_new_tokens": 2}).status_code == 200
+    for example in doc["ScoreRequest"]["examples"]:
+        assert client.post("/score", json=example).status_code == 200
     for example in doc["EditCreate"]["examples"]:
         assert client.post("/edit", json=example).status_code == 201
     assert client.post("/rollback", json=doc["RollbackRequest"]["examples"][1]).status_code == 200

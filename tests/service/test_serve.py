@@ -59,7 +59,7 @@ def test_mend_serve_edits_survive_kill_9_and_a_second_process_has_the_same_weigh
         tiny_model_dir: Path, tiny_editor_dir: Path, tmp_path: Path):
     env = {"MEND_MODEL": str(tiny_model_dir), "MEND_EDITOR": str(tiny_editor_dir), "MEND_DATA_DIR": str(tmp_path / "data"),
            "MEND_THREADS": "1", "MEND_API_KEY": "test-key", "REDIS_URL": "",
-           "MEND_GUARD_MAX_CHANGED": str(GUARD_OFF)}
+           "MEND_GUARD_MAX_CHANGED": str(GUARD_OFF), "MEND_METHOD": "inplace"}
     log = tmp_path / "serve.log"
     with mend_serve(env, log) as (proc, client):
         assert client.post("/edit", json=EDIT).status_code == 401
