@@ -127,10 +127,12 @@ def fit_scope(
     hits = float(((own >= best[1]) & nearest).float().mean())
     loc_hits = float((loc_best >= best[1]).float().mean())
     scope.save(editor)
-    typer.echo("| radius | " + " | ".join(f"{k} rephrase hits | {k} loc hits" for k in sorted({r.kind for r in cal})) + " |")
-    for t in [scope.cfg.radius] + [x / 100 for x in range(40, 95, 5)]:
+    kinds = sorted({r.kind for r in cal})
+    typer.echo("| radius | " + " | ".join(f"{k} rephrase hits | {k} loc hits" for k in kinds) + " |")
+    typer.echo("|---" * (1 + 2 * len(kinds)) + "|")
+    for t in sorted({scope.cfg.radius, *[x / 100 for x in range(40, 95, 5)]}):
         cells = []
-        for kind in sorted({r.kind for r in cal}):
+        for kind in kinds:
             i = torch.tensor([r.kind == kind for r in cal])
             j = torch.tensor([r.kind == kind for r in cal for _ in r.loc[:3]])
             cells += [f"{float(((own >= t) & nearest)[i].float().mean()):.3f}", f"{float((loc_best >= t)[j].float().mean()):.3f}"]

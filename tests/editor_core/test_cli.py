@@ -66,3 +66,22 @@ def test_eval_mend_only_does_not_need_the_ft_kl_pool(llama_dir, editor_dir, data
     monkeypatch.chdir(tmp_path)
     res = _eval(service.cli.app, llama_dir, editor_dir, data_files, "--method", "mend")
     assert res.exit_code == 0, repr(res.exception)
+
+
+def test_fit_scope_then_eval_with_scoped_edits(llama_dir, editor_dir, data_files, tmp_path):
+    import shutil
+    ed = tmp_path / "editor"
+    shutil.copytree(editor_dir, ed)
+    res = CliRunner().invoke(editor_core.cli.app, [
+        "fit-scope", "--editor", str(ed), "--model", str(llama_dir), "--data", f"zsre:{data_files['zsre']}",
+        "--data", f"counterfact:{data_files['counterfact']}", "--key-block", "1", "--radius", "0.9", "--scale", "3"])
+    assert res.exit_code == 0, res.output
+    assert "| radius |" in res.stdout and "radius 0.90 saved" in res.stdout
+    assert json.loads((ed / "scope.json").read_text()) == {"key_block": 1, "radius": 0.9, "scale": 3.0, "window": 0}
+    out = tmp_path / "scoped.json"
+    res = _eval(editor_core.cli.app, llama_dir, ed, data_files, "--method", "mend-scoped", "--sequential", "2",
+                "--json", str(out))
+    assert res.exit_code == 0, res.output
+    assert "| mend-scoped | 2 |" in res.stdout
+    summary = json.loads(out.read_text())["results"]["mend-scoped"]["summary"]
+    assert summary["n"] == 2 and {"edit", "rephrase", "loc"} <= set(summary)
