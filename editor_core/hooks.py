@@ -110,10 +110,13 @@ class _Stop(Exception):
 
 
 def input_of_block(model: nn.Module, block: nn.Module, **inputs) -> torch.Tensor:
-    """Run the model only up to `block` and return what that block receives; the rest of the forward is skipped."""
+    """Run the model only up to `block` and return what that block receives; the rest of the forward is skipped.
+    Other threads' forwards through the same modules meanwhile run whole."""
+    me = threading.get_ident()
 
     def stop(*_a, **_k):
-        raise _Stop
+        if threading.get_ident() == me:
+            raise _Stop
 
     with CaptureBlockInput(block) as cap:
         handle = block.register_forward_pre_hook(stop)  # after the capture's own hook, which must run first

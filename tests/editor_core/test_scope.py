@@ -100,3 +100,29 @@ def test_a_scoped_delta_without_a_key_is_refused(setup):
     _, _, scope, delta = setup
     with pytest.raises(ValueError, match="key"):
         scope.add("e", LowRankDelta(delta.factors))
+
+
+def test_keys_computed_in_one_thread_leave_other_threads_forwards_whole(setup):
+    model, tok, scope, _ = setup
+    full = logits(model, tok, REQS[:1])
+    main, seen = threading.get_ident(), {}
+
+    def other_thread():
+        try:
+            seen["logits"] = logits(model, tok, REQS[:1])
+        except BaseException as e:  # noqa: BLE001 - the key computation's stop would land here
+            seen["error"] = e
+
+    def interleave(*_a, **_k):  # while the main thread computes keys, another runs a whole forward
+        if threading.get_ident() == main and not seen:
+            t = threading.Thread(target=other_thread)
+            t.start()
+            t.join()
+
+    from editor_core.layers import find_blocks
+    handle = find_blocks(model)[1][0].register_forward_pre_hook(interleave)
+    try:
+        scope.prompt_keys(model, tok, PROMPTS[:1])
+    finally:
+        handle.remove()
+    assert "error" not in seen and torch.equal(seen["logits"], full)
