@@ -202,10 +202,10 @@ def evaluate_cmd(
     pool = [q for r in load_records(loc_pool, 2000) for q in r.loc] if "ft-kl" in method else []
     curve = tuple(k for k in (10, 25, 50, 100, 300, 1000, 3000, 10000) if sequential and k < sequential)
     results = {}
+    store = DTYPES[delta_dtype] if delta_dtype else None
     for name in method:
         if name.startswith("mend") and ed is None:
             raise typer.BadParameter(f"--method {name} needs --editor")
-        store = DTYPES[delta_dtype] if delta_dtype else None
         fn = {"mend": lambda: mend_method(m, tok, ed, delta_rel_tol, store), "ft": lambda: ft_method(m, tok, layers),
               "mend-scoped": lambda: mend_method(m, tok, ed, delta_rel_tol, store),
               "ft-kl": lambda: ft_method(m, tok, layers, loc_pool=pool)}.get(name)
