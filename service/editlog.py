@@ -15,6 +15,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from editor_core import LowRankDelta
+from editor_core.delta import safetensors_metadata
 
 from .errors import LogUnavailable
 
@@ -120,8 +121,7 @@ class EditLog:
             raise LogUnavailable() from e
         if not data:
             return None
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-        meta = header.get("__metadata__", {})
+        meta = safetensors_metadata(data)
         if meta.get("log") != self.key:
             return None
         return Checkpoint(meta["event_id"], int(meta["version"]), st_load(data))

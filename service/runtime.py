@@ -146,9 +146,11 @@ class Runtime:
         self.log = EditLog(log_url, self.log_fp)
         self.layer_names = [l.name for l in editor.layers]
         self.base = snapshot(model, self.layer_names)  # what "no active edit" restores, bit for bit
-        self.canaries = self._canary_set()  # on the base weights: the log is replayed after this
-        self.canary_keys = (self.scope.prompt_keys(model, tokenizer, self.canaries.prompts)
-                            if self.scope is not None and self.canaries is not None else None)
+        # Built on the base weights: the log is replayed after this. A scoped guard needs only the prompts' keys.
+        self.canaries: CanarySet | None = None
+        self.canary_prompts: list[str] | None = None
+        self.canary_keys: torch.Tensor | None = None
+        self._load_canaries()
         self.rw, self.edit_mutex, self.sync_lock = RWLock(), threading.Lock(), threading.Lock()
         self.version, self.last_id = 0, "0"
         self.checkpoint_version = 0  # the log position of the newest checkpoint this process knows of
@@ -162,17 +164,22 @@ class Runtime:
         self._drift: tuple[int, dict[str, float]] = (-1, {})
         self._agreement: tuple[int, float] = (-1, 1.0)
 
-    def _canary_set(self) -> CanarySet | None:
+    def _load_canaries(self) -> None:
         n = self.settings.guard_canaries
         if n == 0:
             log.warning("MEND_GUARD_CANARIES=0: edits are not checked against canaries")
-            return None
+            return
         t0 = time.perf_counter()
-        canaries = CanarySet(self.model, self.tokenizer, load_canaries(self.settings.canaries, n),
-                             min(l.block for l in self.editor.layers))
-        log.info("edit guard: %d canaries from %s answered by the base model in %.2f s", n,
-                 self.settings.canaries, time.perf_counter() - t0)
-        return canaries
+        canaries = load_canaries(self.settings.canaries, n)
+        if self.scope is not None:
+            self.canary_prompts = [c.prompt for c in canaries]
+            self.canary_keys = self.scope.prompt_keys(self.model, self.tokenizer, self.canary_prompts)
+            what = "keyed"
+        else:
+            self.canaries = CanarySet(self.model, self.tokenizer, canaries, min(l.block for l in self.editor.layers))
+            what = "answered by the base model"
+        log.info("edit guard: %d canaries from %s %s in %.2f s", n, self.settings.canaries, what,
+                 time.perf_counter() - t0)
 
     def _pin_threads(self) -> None:
         # Under OpenMP, torch.set_num_threads binds only the calling thread: every request thread and the
@@ -338,22 +345,29 @@ class Runtime:
         if self.error:
             raise NotReady(f"service is not ready: {self.error}")
 
-    def _check_edit_lengths(self, requests: list[EditRequest]) -> None:
-        limit, max_len = self.settings.max_prompt_tokens, self.editor.cfg.max_length
+    def _check_lengths(self, requests: list[EditRequest], max_total: int | None = None,
+                       max_target: int | None = None) -> list[tuple[int, int]]:
+        """(prompt, target) token counts of each request; refuses, request by request, a prompt over the prompt
+        limit, prompt + target over `max_total` (the editor's window) or a target over `max_target`."""
+        limit, counts = self.settings.max_prompt_tokens, []
         for r in requests:
             prompt, target = join(r.prompt, r.target)
             n_prompt = len(self.tokenizer(prompt)["input_ids"])
             n_target = len(self.tokenizer(target, add_special_tokens=False)["input_ids"])
             if n_prompt > limit:
                 raise BadRequest(f"prompt is longer than the limit of {limit} tokens")
-            if n_prompt + n_target > max_len:
-                raise BadRequest(f"prompt and target together are longer than the editor's limit of {max_len} tokens")
+            if max_total is not None and n_prompt + n_target > max_total:
+                raise BadRequest(f"prompt and target together are longer than the editor's limit of {max_total} tokens")
+            if max_target is not None and n_target > max_target:
+                raise BadRequest(f"target is longer than the limit of {max_target} tokens")
+            counts.append((n_prompt, n_target))
+        return counts
 
     def edit(self, requests: list[EditRequest], author: str, note: str, force: bool) -> EditOutcome:
         """Compute one delta for the batch, write it to the log, then apply it by catching up with the log."""
         self._pin_threads()
         self._check_usable()
-        self._check_edit_lengths(requests)
+        self._check_lengths(requests, max_total=self.editor.cfg.max_length)
         t0 = time.perf_counter()
         with self.edit_mutex:
             self.sync()  # compute against the newest weights, including other replicas' edits
@@ -366,7 +380,7 @@ class Runtime:
                     guard = check_edit(self.model, delta, force, self.canaries, self.settings.guard_max_changed)
                 else:
                     delta = self.scope.scoped(self.model, self.tokenizer, delta, [r.prompt for r in requests])
-                    guard = check_scoped_edit(self.model, delta, force, self.canary_keys, self.canaries,
+                    guard = check_scoped_edit(self.model, delta, force, self.canary_keys, self.canary_prompts,
                                               self.scope.cfg.radius, self.settings.guard_max_captured)
             edit_id = uuid.uuid4().hex
             body = {"edit_id": edit_id, "requests": [{"prompt": r.prompt, "target": r.target} for r in requests],
@@ -450,26 +464,16 @@ class Runtime:
         """Teacher-forced scores on one version of the weights (what /edit reports as pre/post). Not bound by the
         editor's window: a prompt up to the prompt limit, a target up to the generation limit, never truncated."""
         self._pin_threads()
-        longest = 0
-        for r in requests:
-            prompt, target = join(r.prompt, r.target)
-            n_prompt = len(self.tokenizer(prompt)["input_ids"])
-            n_target = len(self.tokenizer(target, add_special_tokens=False)["input_ids"])
-            if n_prompt > self.settings.max_prompt_tokens:
-                raise BadRequest(f"prompt is longer than the limit of {self.settings.max_prompt_tokens} tokens")
-            if n_target > self.settings.max_new_tokens:
-                raise BadRequest(f"target is longer than the limit of {self.settings.max_new_tokens} tokens")
-            longest = max(longest, n_prompt + n_target)
+        counts = self._check_lengths(requests, max_target=self.settings.max_new_tokens)
         with self.rw.read():
-            return self._scores(requests, longest), self.version
+            return self._scores(requests, max(a + b for a, b in counts)), self.version
 
     def _scores(self, requests: list[EditRequest], max_length: int | None = None) -> list[TargetScore]:
         """Teacher-forced scores on the live model, scoped edits selected by each request's prompt; under a lock."""
-        max_length = max_length or self.editor.cfg.max_length
-        if self.scope is None:
-            return score_targets(self.model, self.tokenizer, requests, max_length)
-        with self.scope.applying_to(self.model, self.tokenizer, [r.prompt for r in requests]):
-            return score_targets(self.model, self.tokenizer, requests, max_length)
+        scoped = (self.scope.applying_to(self.model, self.tokenizer, [r.prompt for r in requests])
+                  if self.scope is not None else contextlib.nullcontext())
+        with scoped:
+            return score_targets(self.model, self.tokenizer, requests, max_length or self.editor.cfg.max_length)
 
     # ---- state for the read endpoints ---------------------------------------------------------------------
 
@@ -500,10 +504,10 @@ class Runtime:
     def canary_agreement(self) -> float | None:
         """Share of canaries the live model answers as the base did; one canary pass per new version, on demand."""
         self._pin_threads()
-        if self.canaries is None:
+        if self.canaries is None and self.canary_keys is None:
             return None
         with self.rw.read():
-            if self._agreement[0] != self.version and self.scope is not None:
+            if self._agreement[0] != self.version and self.canary_keys is not None:
                 # A canary outside every radius is answered by the base weights: the share outside is a lower
                 # bound on agreement (a captured canary may still keep its answer).
                 captured = self.scope.select(self.canary_keys)
