@@ -3,13 +3,12 @@ back, and re-check every edit so far at 10, 100, 300, 1000 ... over HTTP (POST /
 `mend eval --sequential K` on the same records, so the two can be compared line by line.
 
     python -m bench.lifelong_story --data zsre:../shared/data/zsre/dev.json -k 1000 \
-        --library weights/results/zsre_seq1000.json
+        --library weights/results/zsre_seq1000_mend-scoped.json
 
-Teacher-forced like the library: `edit`/`rephrase` = every target token is the argmax; `loc` = a locality
-prompt's argmax answer tokens equal those of the unedited model (read before the first edit); CounterFact adds
-efficacy/paraphrase/neighborhood from mean per-token log-probabilities. The library's `loc_kl` needs the full
-distribution and is not served. The guard runs as configured (BENCH_GUARD_CANARIES, see common.launch);
-an edit it refuses is counted and left out of the story.
+The metrics are the library's own: `editor_core.evaluate.record_metrics` on scores from POST /score instead of
+the model (teacher-forced; `loc` compares argmax answer tokens with those of the unedited model, read before the
+first edit). `loc_kl` needs full distributions, which /score does not serve. The guard runs as configured
+(BENCH_GUARD_CANARIES, see common.launch); an edit it refuses is counted and left out of the story.
 """
 from __future__ import annotations
 
@@ -25,6 +24,13 @@ import httpx
 import typer
 
 from editor_core.data import EditRecord, EditRequest, load_records
+from editor_core.evaluate import (
+    Scored,
+    Scorer,
+    loc_reference,
+    mean_metrics,
+    record_metrics,
+)
 from service.canary import DEFAULT_CANARIES
 
 from .common import command_line, make_profile, save, serving, setup_logging
@@ -43,35 +49,19 @@ def score(http: httpx.Client, reqs: list[EditRequest]) -> list[dict]:
     return out
 
 
-def _mean_lp(s: dict) -> float:
-    return s["logprob"] / max(len(s["argmax_ids"]), 1)
+def http_scorer(http: httpx.Client) -> Scorer:
+    """editor_core.evaluate's Scorer over POST /score, so `record_metrics` itself computes the story's metrics.
+    /score serves no full distributions: no log-probs, hence no `loc_kl`."""
+    def run(reqs: list[EditRequest], keep_logp: bool = False) -> list[Scored]:
+        return [Scored(-s["logprob"] / max(len(s["argmax_ids"]), 1), s["exact"], s["argmax_ids"], None)
+                for s in score(http, reqs)]
+
+    return run
 
 
-def recheck(http: httpx.Client, recs: list[EditRecord], refs: list[list[dict]]) -> dict[str, float]:
-    """The library's record_metrics (editor_core.evaluate), over HTTP, averaged over `recs`."""
-    rows = []
-    for rec, ref in zip(recs, refs):
-        new = [rec.edit] + [EditRequest(p, rec.edit.target) for p in rec.rephrases]
-        got = score(http, new + rec.loc)
-        scored, loc = got[:len(new)], got[len(new):]
-        m = {"edit": float(scored[0]["exact"])}
-        if rec.rephrases:
-            m["rephrase"] = statistics.mean(float(s["exact"]) for s in scored[1:])
-        if loc:
-            m["loc"] = statistics.mean(float(a["argmax_ids"] == b["argmax_ids"]) for a, b in zip(loc, ref))
-            same = [x == y for a, b in zip(loc, ref) for x, y in zip(a["argmax_ids"], b["argmax_ids"])]
-            m["loc_token"] = sum(same) / max(len(same), 1)
-        if rec.true_target is not None:
-            true = score(http, [EditRequest(x.prompt, rec.true_target) for x in new])
-            m["efficacy"] = float(_mean_lp(scored[0]) > _mean_lp(true[0]))
-            if rec.rephrases:
-                m["paraphrase"] = statistics.mean(float(_mean_lp(a) > _mean_lp(b)) for a, b in zip(scored[1:], true[1:]))
-            nb_new = score(http, [EditRequest(x.prompt, rec.edit.target) for x in rec.loc])
-            if loc:
-                m["neighborhood"] = statistics.mean(float(_mean_lp(t) > _mean_lp(n)) for t, n in zip(loc, nb_new))
-        rows.append(m)
-    keys = sorted({k for r in rows for k in r})
-    return {k: statistics.mean(r[k] for r in rows if k in r) for k in keys}
+def recheck(http: httpx.Client, recs: list[EditRecord], refs: list[list[Scored]]) -> dict[str, float]:
+    score_fn = http_scorer(http)
+    return mean_metrics([record_metrics(score_fn, rec, ref) for rec, ref in zip(recs, refs)])
 
 
 def greedy(http: httpx.Client, prompts: list[str], tokens: int = 4) -> list[str]:
@@ -80,7 +70,7 @@ def greedy(http: httpx.Client, prompts: list[str], tokens: int = 4) -> list[str]
 
 def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[str]) -> dict:
     with httpx.Client(base_url=url, timeout=600.0) as http:
-        refs = [score(http, r.loc) for r in records]  # the unedited model's answers
+        refs = loc_reference(http_scorer(http), records)  # the unedited model's answers
         canary_before = greedy(http, canaries)
         done, refused, points, edit_ms = [], 0, [], []
         t0 = time.perf_counter()

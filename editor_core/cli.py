@@ -98,6 +98,8 @@ def fit_scope(
                                           "0.60 / rephrase 0.43, 2x 0.83 / 0.70, 3x 0.78 / 0.73)"),
 ) -> None:
     """Fit the scoped-edit keys (editor_core.scope): centre on generic prompts, radius on training edits."""
+    import random
+
     import torch
 
     from .data import load_records
@@ -107,8 +109,6 @@ def fit_scope(
 
     m, tok = load_base_model(model)
     ed = MENDEditor.load(editor, m)
-    import random
-
     recs = [r for spec in data for r in load_records(spec, n, one_per_subject=True) if r.rephrases]
     random.Random(0).shuffle(recs)  # both data sets in both halves
     half = len(recs) // 2  # the centre and the radius from different records
@@ -121,22 +121,22 @@ def fit_scope(
     sim = reph @ edits.T
     own, nearest = sim.diag(), sim.argmax(1) == torch.arange(len(cal))
     loc_best = (loc @ edits.T).max(1).values
-    best = max((float(((own >= t) & nearest).float().mean() - loc_weight * (loc_best >= t).float().mean()), t)
-               for t in [x / 100 for x in range(20, 100)])
+
+    def rates(t: float, kind: str | None = None) -> tuple[float, float]:
+        """Shares of rephrases that select their own edit, and of locality prompts that select any, at radius t."""
+        i = torch.tensor([kind in (None, r.kind) for r in cal])
+        j = torch.tensor([kind in (None, r.kind) for r in cal for _ in r.loc[:3]])
+        return float(((own >= t) & nearest)[i].float().mean()), float((loc_best >= t)[j].float().mean())
+
+    best = max((rates(t)[0] - loc_weight * rates(t)[1], t) for t in [x / 100 for x in range(20, 100)])
     scope.cfg.radius = radius if radius is not None else best[1]
-    hits = float(((own >= best[1]) & nearest).float().mean())
-    loc_hits = float((loc_best >= best[1]).float().mean())
+    hits, loc_hits = rates(best[1])
     scope.save(editor)
     kinds = sorted({r.kind for r in cal})
     typer.echo("| radius | " + " | ".join(f"{k} rephrase hits | {k} loc hits" for k in kinds) + " |")
     typer.echo("|---" * (1 + 2 * len(kinds)) + "|")
     for t in sorted({scope.cfg.radius, *[x / 100 for x in range(40, 95, 5)]}):
-        cells = []
-        for kind in kinds:
-            i = torch.tensor([r.kind == kind for r in cal])
-            j = torch.tensor([r.kind == kind for r in cal for _ in r.loc[:3]])
-            cells += [f"{float(((own >= t) & nearest)[i].float().mean()):.3f}", f"{float((loc_best >= t)[j].float().mean()):.3f}"]
-        typer.echo(f"| {t:.2f} | " + " | ".join(cells) + " |")
+        typer.echo(f"| {t:.2f} | " + " | ".join(f"{v:.3f}" for k in kinds for v in rates(t, k)) + " |")
     typer.echo(f"radius {scope.cfg.radius:.2f} saved to {editor} (the objective's choice: {best[1]:.2f}, where "
                f"{hits:.3f} of {len(cal)} training rephrases select their own edit and {loc_hits:.3f} of {len(loc)} "
                f"locality prompts select any edit)")
@@ -206,8 +206,8 @@ def evaluate_cmd(
     for name in method:
         if name.startswith("mend") and ed is None:
             raise typer.BadParameter(f"--method {name} needs --editor")
-        fn = {"mend": lambda: mend_method(m, tok, ed, delta_rel_tol, store), "ft": lambda: ft_method(m, tok, layers),
-              "mend-scoped": lambda: mend_method(m, tok, ed, delta_rel_tol, store),
+        mend = lambda: mend_method(m, tok, ed, delta_rel_tol, store)  # scoped or not, the same delta
+        fn = {"mend": mend, "mend-scoped": mend, "ft": lambda: ft_method(m, tok, layers),
               "ft-kl": lambda: ft_method(m, tok, layers, loc_pool=pool)}.get(name)
         if fn is None:
             raise typer.BadParameter(f"unknown method {name!r}")

@@ -128,9 +128,7 @@ class LowRankDelta:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "LowRankDelta":
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + header_len])
-        meta = header.get("__metadata__", {})
+        meta = safetensors_metadata(data)
         if meta.get("format") != FORMAT:
             raise ValueError("not a LowRankDelta: missing format stamp")
         tensors = st_load(data)
@@ -138,6 +136,11 @@ class LowRankDelta:
         names = sorted({k.rsplit("::", 1)[0] for k in tensors})
         return cls({n: (tensors[f"{n}::left"], tensors[f"{n}::right"]) for n in names},
                    json.loads(meta.get("meta", "{}")), key)
+
+
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of safetensors bytes, read from the JSON header without decoding any tensor."""
+    return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__", {})
 
 
 def snapshot(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:

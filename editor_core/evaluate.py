@@ -74,22 +74,28 @@ def forward_backward_ms(model: PreTrainedModel, tok, reqs: list[EditRequest], ma
     return (time.perf_counter() - t0) * 1000
 
 
-def _score_loc(model, tok, loc: list[EditRequest], scope: Scope | None = None) -> list[Scored]:
+Scorer = Callable[..., list[Scored]]  # (requests, keep_logp=False) -> one Scored per request
+
+
+def scorer(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: Scope | None = None) -> Scorer:
+    """`score` on this model (and scope); POST /score answers the same questions over HTTP (bench.lifelong_story)."""
+    return lambda reqs, keep_logp=False: score(model, tok, reqs, keep_logp, scope=scope)
+
+
+def _score_loc(score_fn: Scorer, loc: list[EditRequest]) -> list[Scored]:
     """Answers on locality prompts; log-probs (a vocabulary row per token) only for the first, which the KL uses."""
-    if not loc:
-        return []
-    return score(model, tok, loc[:1], keep_logp=True, scope=scope) + score(model, tok, loc[1:], scope=scope)
+    return score_fn(loc[:1], keep_logp=True) + score_fn(loc[1:]) if loc else []
 
 
-def _loc_reference(model, tok, records: list[EditRecord]) -> list[list[Scored]]:
+def loc_reference(score_fn: Scorer, records: list[EditRecord]) -> list[list[Scored]]:
     """Pre-edit answers on every record's locality prompts."""
-    return [_score_loc(model, tok, r.loc) for r in records]
+    return [_score_loc(score_fn, r.loc) for r in records]
 
 
-def record_metrics(model, tok, rec: EditRecord, ref: list[Scored], scope: Scope | None = None) -> dict[str, float]:
+def record_metrics(score_fn: Scorer, rec: EditRecord, ref: list[Scored]) -> dict[str, float]:
     new = [rec.edit] + [EditRequest(p, rec.edit.target) for p in rec.rephrases]
-    scored = score(model, tok, new, scope=scope)
-    loc = _score_loc(model, tok, rec.loc, scope)
+    scored = score_fn(new)
+    loc = _score_loc(score_fn, rec.loc)
     m = {"edit": float(scored[0].exact)}
     if rec.rephrases:
         m["rephrase"] = statistics.mean(float(s.exact) for s in scored[1:])
@@ -97,20 +103,21 @@ def record_metrics(model, tok, rec: EditRecord, ref: list[Scored], scope: Scope 
         m["loc"] = statistics.mean(float(a.answer_ids == b.answer_ids) for a, b in zip(loc, ref))
         same = [x == y for a, b in zip(loc, ref) for x, y in zip(a.answer_ids, b.answer_ids)]
         m["loc_token"] = sum(same) / max(len(same), 1)
-        p, q = ref[0].answer_logp.float(), loc[0].answer_logp.float()
-        m["loc_kl"] = float((p.exp() * (p - q)).sum(-1).mean())
+        if ref[0].answer_logp is not None and loc[0].answer_logp is not None:  # not served over HTTP
+            p, q = ref[0].answer_logp.float(), loc[0].answer_logp.float()
+            m["loc_kl"] = float((p.exp() * (p - q)).sum(-1).mean())
     if rec.true_target is not None:
-        true = score(model, tok, [EditRequest(x.prompt, rec.true_target) for x in new], scope=scope)
+        true = score_fn([EditRequest(x.prompt, rec.true_target) for x in new])
         m["efficacy"] = float(scored[0].mean_nll < true[0].mean_nll)
         if rec.rephrases:
             m["paraphrase"] = statistics.mean(float(a.mean_nll < b.mean_nll) for a, b in zip(scored[1:], true[1:]))
-        nb_new = score(model, tok, [EditRequest(x.prompt, rec.edit.target) for x in rec.loc], scope=scope)
+        nb_new = score_fn([EditRequest(x.prompt, rec.edit.target) for x in rec.loc])
         if loc:
             m["neighborhood"] = statistics.mean(float(t.mean_nll < n.mean_nll) for t, n in zip(loc, nb_new))
     return m
 
 
-def _mean(rows: list[dict]) -> dict[str, float]:
+def mean_metrics(rows: list[dict]) -> dict[str, float]:
     keys = sorted({k for r in rows for k in r})
     return {k: statistics.mean(r[k] for r in rows if k in r) for k in keys}
 
@@ -121,7 +128,8 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
     """Single/batched: each batch's delta is applied, scored, and the base restored exactly.
     Sequential: deltas accumulate without reverting; every edit so far is re-checked at each curve point.
     With a scope, deltas are stored as scoped edits (keyed by their prompts) instead of added to the weights."""
-    refs = _loc_reference(model, tok, records)
+    refs = loc_reference(scorer(model, tok), records)
+    score_fn = scorer(model, tok, scope)
     base = snapshot(model, names)
     rows, latencies, floors, points = [], [], [], []
     recs = records[: sequential] if sequential else records
@@ -141,17 +149,17 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
             scope.add(str(i), delta) if scope else delta.apply(model)
             done = i + len(chunk)
             if not sequential:
-                rows += [record_metrics(model, tok, r, ref, scope) for r, ref in zip(chunk, refs[i:done])]
+                rows += [record_metrics(score_fn, r, ref) for r, ref in zip(chunk, refs[i:done])]
                 scope.clear() if scope else restore(model, base)
             elif done in curve or done == len(recs):
-                so_far = _mean([record_metrics(model, tok, r, ref, scope) for r, ref in zip(recs[:done], refs[:done])])
+                so_far = mean_metrics([record_metrics(score_fn, r, ref) for r, ref in zip(recs[:done], refs[:done])])
                 points.append({"edits": done, **so_far})
     finally:
         restore(model, base)
         if scope:
             scope.clear()
             scope.detach()
-    summary = points[-1].copy() if sequential else _mean(rows)
+    summary = points[-1].copy() if sequential else mean_metrics(rows)
     summary.pop("edits", None)
     summary["latency_ms_p50"] = statistics.median(latencies)
     summary["latency_ms_p95"] = sorted(latencies)[int(0.95 * (len(latencies) - 1))]

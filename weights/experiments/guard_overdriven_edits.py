@@ -5,7 +5,6 @@ torch.set_num_threads(1)
 from editor_core import *
 from service.canary import CanarySet, load_canaries
 from service.settings import Settings
-from editor_core.evaluate import record_metrics, _loc_reference
 m,t=load_base_model(); ed=MENDEditor.load(sys.argv[1], m)
 cs=CanarySet(m,t,load_canaries(Settings().canaries, 100), min(l.block for l in ed.layers))
 recs=load_records("zsre:../shared/data/zsre/dev.json", 12)
