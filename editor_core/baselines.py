@@ -4,9 +4,10 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import EditRequest, masked_kl, target_nll, tokenize_edits
+from .data import EditRequest, answer_kl, target_nll, target_scores, tokenize_edits
 from .delta import LowRankDelta, restore, snapshot
 from .layers import EditedLayer
+from .scoring import answer_logits
 
 
 def _as_delta(diff: dict[str, torch.Tensor]) -> LowRankDelta:
@@ -23,7 +24,7 @@ def finetune_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, l
                    lr: float = 5e-4, c_kl: float = 1.0, max_length: int = 64) -> LowRankDelta:
     """Adam on the edited matrices until every target is the teacher-forced argmax, or `steps` run out.
 
-    With `loc`, adds c_kl · KL(pre ‖ post) on those prompts (FT+KL). The model is left as it was.
+    With `loc`, adds c_kl · KL(pre ‖ post) at those prompts' answers (FT+KL), as MEND's training does. The model is left as it was.
     """
     names = [l.name for l in layers]
     params = dict(model.named_parameters())
@@ -32,21 +33,19 @@ def finetune_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, l
     eb = {k: v.to(dev) for k, v in tokenize_edits(tokenizer, requests, max_length).items()}
     lb = {k: v.to(dev) for k, v in tokenize_edits(tokenizer, loc, max_length).items()} if loc else None
     with torch.no_grad():
-        pre_loc = model(input_ids=lb["input_ids"], attention_mask=lb["attention_mask"]).logits if lb else None
+        pre_loc = answer_logits(model, lb) if lb else None
     trainable = [params[n] for n in names]
     opt = torch.optim.Adam(trainable, lr=lr)
     try:
         for p in trainable:
             p.requires_grad_(True)
         for _ in range(steps):
-            logits = model(input_ids=eb["input_ids"], attention_mask=eb["attention_mask"]).logits
-            lab = eb["labels"][:, 1:]
-            if ((logits[:, :-1].argmax(-1) == lab) | (lab == -100)).all():
+            logits = answer_logits(model, eb)
+            if target_scores(logits.detach(), eb["labels"])[1].all():
                 break
             loss = target_nll(logits, eb["labels"]).mean()
             if lb is not None:
-                post = model(input_ids=lb["input_ids"], attention_mask=lb["attention_mask"]).logits
-                loss = loss + c_kl * masked_kl(pre_loc, post, lb["attention_mask"])
+                loss = loss + c_kl * answer_kl(pre_loc, answer_logits(model, lb))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -24,12 +23,12 @@ def train(
     model: str = typer.Option("smollm2", help="'smollm2', a HF folder or hub id, or a .gguf file"),
     data: list[str] = typer.Option(["zsre:../shared/data/zsre/train.json"], help="zsre:FILE or counterfact:FILE"),
     dev: list[str] = typer.Option(["zsre:../shared/data/zsre/dev.json"], help="validation sets, same syntax"),
-    layers: Optional[list[str]] = typer.Option(None, help="parameter names or globs (default: last 3 MLPs)"),
+    layers: list[str] | None = typer.Option(None, help="parameter names or globs (default: last 3 MLPs)"),
     steps: int = 300, batch_size: int = 4, n_loc: int = 4, rank: int = 256, init_alpha: float = 1e-4,
     lr: float = 1e-4, lr_alpha: float = 1e-2, c_edit: float = 1.0, c_loc: float = 10.0,
     val_every: int = 100, val_n: int = 50, patience: int = 5, seed: int = 0,
-    max_records: Optional[int] = typer.Option(None, help="use the first N records of each training file"),
-    threads: Optional[int] = typer.Option(None, help="torch threads"),
+    max_records: int | None = typer.Option(None, help="use the first N records of each training file"),
+    threads: int | None = typer.Option(None, help="torch threads"),
     precond_lambda: float = typer.Option(0.01, help="ridge of the input preconditioner; <= 0 trains plain MEND"),
     precond_prompts: int = typer.Option(1000, help="training records whose prompts fit the preconditioner"),
     prefix_cache: bool = typer.Option(True, help="cache the frozen blocks' outputs per sequence"),
@@ -93,7 +92,7 @@ def fit_scope(
     key_block: int = typer.Option(10, help="block whose output, mean-pooled over the prompt, is the key"),
     window: int = typer.Option(0, help="pool over the prompt's last N tokens (0: all)"),
     loc_weight: float = typer.Option(3.0, help="radius maximises rephrase hits - loc_weight x locality hits"),
-    radius: Optional[float] = typer.Option(None, help="use this radius instead (the table shows the trade-off)"),
+    radius: float | None = typer.Option(None, help="use this radius instead (the table shows the trade-off)"),
     scale: float = typer.Option(2.0, help="step multiplier of scoped deltas (zsRE train, 40 records: 1x edit "
                                           "0.60 / rephrase 0.43, 2x 0.83 / 0.70, 3x 0.78 / 0.73)"),
 ) -> None:
@@ -172,18 +171,18 @@ def _table(results: dict[str, dict]) -> str:
 
 @app.command("eval")
 def evaluate_cmd(
-    editor: Optional[Path] = typer.Option(None, help="trained editor folder (needed for --method mend)"),
+    editor: Path | None = typer.Option(None, help="trained editor folder (needed for --method mend)"),
     data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsre:FILE or counterfact:FILE"),
     model: str = "smollm2",
     n: int = 100, batch_size: int = 1,
-    sequential: Optional[int] = typer.Option(None, help="apply K edits without reverting, then re-check all"),
+    sequential: int | None = typer.Option(None, help="apply K edits without reverting, then re-check all"),
     method: list[str] = typer.Option(["mend", "ft", "ft-kl"], help="mend, mend-scoped, ft, ft-kl (repeatable)"),
     loc_pool: str = typer.Option("zsre:../shared/data/zsre/train.json",
                                  help="FT+KL's locality prompts (never the evaluated records' own)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the results here"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the results here"),
     device: str = "cpu", dtype: str = "float32",
     delta_rel_tol: float = typer.Option(0.0, help="compress MEND's deltas as the service does (it uses 0.03)"),
-    delta_dtype: Optional[str] = typer.Option(None, help="store MEND's deltas in this dtype (the service: float16)"),
+    delta_dtype: str | None = typer.Option(None, help="store MEND's deltas in this dtype (the service: float16)"),
 ) -> None:
     """Edit N dev records with each method, on the same records, and print a side-by-side table."""
     from .data import load_records

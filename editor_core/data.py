@@ -92,26 +92,32 @@ def tokenize_edits(tokenizer: PreTrainedTokenizerBase, requests: list[EditReques
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T-1) mask of the positions whose logits predict an answer token (logits at t score token t+1)."""
+    return labels[:, 1:] != -100
+
+
 def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sequence mean NLL of the labelled tokens, shape (B,). Logits at t predict token t+1."""
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    mask = labels != -100
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
-    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+    """Per-sequence mean NLL of the labelled tokens, shape (B,), from `answer_logits` (N, V) in row-major order."""
+    mask = answer_positions(labels)
+    nll = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][mask], reduction="none")
+    rows = mask.nonzero()[:, 0]
+    return torch.zeros(len(labels), device=nll.device).index_add(0, rows, nll) / mask.sum(1).clamp(min=1)
 
 
-def masked_kl(pre: torch.Tensor, post: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens of KL(p_pre ‖ p_post)."""
+def answer_kl(pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+    """Mean over answer positions of KL(p_pre ‖ p_post), both (N, V)."""
     lp, lq = torch.log_softmax(pre.float(), -1), torch.log_softmax(post.float(), -1)
-    kl = (lp.exp() * (lp - lq)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return (lp.exp() * (lp - lq)).sum(-1).mean()
 
 
 def target_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sum log-prob of the target, whole-answer teacher-forced argmax match, argmax ids) per sequence."""
-    logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    mask = labels != -100
-    logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    """From `answer_logits` (N, V): per sequence the summed target log-prob and whether every answer token is the
+    teacher-forced argmax; and the argmax id at each answer position (N,)."""
+    mask = answer_positions(labels)
+    tokens, rows = labels[:, 1:][mask], mask.nonzero()[:, 0]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None])[:, 0]
     argmax = logits.argmax(-1)
-    exact = ((argmax == labels) | ~mask).all(1)
-    return (logp * mask).sum(1), exact, argmax
+    zeros = torch.zeros(len(labels), device=logits.device)
+    missed = zeros.index_add(0, rows, (argmax != tokens).float())
+    return zeros.index_add(0, rows, logp), missed == 0, argmax

@@ -87,11 +87,11 @@ class LowRankDelta:
     def revert(self, model: nn.Module) -> None:
         self._write(model, -1.0)
 
-    def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> "LowRankDelta":
+    def to(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> LowRankDelta:
         return LowRankDelta({n: (l.to(device=device, dtype=dtype), r.to(device=device, dtype=dtype))
                              for n, (l, r) in self.factors.items()}, dict(self.meta), self.key)
 
-    def compressed(self, rel_tol: float = 0.0, dtype: torch.dtype | None = None) -> "LowRankDelta":
+    def compressed(self, rel_tol: float = 0.0, dtype: torch.dtype | None = None) -> LowRankDelta:
         """Re-factor each ΔW to its numerical rank via a thin SVD, dropping singular values below rel_tol·σ_max."""
         if not all(torch.isfinite(f).all() for pair in self.factors.values() for f in pair):
             return self  # nothing to factor: apply and check refuse it with a clear error
@@ -108,7 +108,7 @@ class LowRankDelta:
         return LowRankDelta(out, dict(self.meta), self.key)
 
     @staticmethod
-    def stack(deltas: list["LowRankDelta"]) -> "LowRankDelta":
+    def stack(deltas: list[LowRankDelta]) -> LowRankDelta:
         """One delta whose ΔW is the sum of the given ones: factors concatenated along the rank axis."""
         names = list(deltas[0].factors)
         if any(set(d.factors) != set(names) for d in deltas):
@@ -127,7 +127,7 @@ class LowRankDelta:
         return st_save(tensors, metadata=meta)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "LowRankDelta":
+    def from_bytes(cls, data: bytes) -> LowRankDelta:
         meta = safetensors_metadata(data)
         if meta.get("format") != FORMAT:
             raise ValueError("not a LowRankDelta: missing format stamp")

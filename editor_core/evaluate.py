@@ -10,18 +10,19 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .baselines import finetune_delta
-from .data import EditRecord, EditRequest, target_nll, tokenize_edits
+from .data import EditRecord, EditRequest, answer_positions, target_nll, tokenize_edits
 from .delta import LowRankDelta, restore, snapshot
 from .layers import EditedLayer
 from .scope import Scope
+from .scoring import answer_logits
 
 # Scoring is not bound by the editor's 64-token window: a long locality answer is scored after its whole prompt
 # (as POST /score does), not after a prompt cut to make room for it.
@@ -45,12 +46,10 @@ def score(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reqs: list[EditR
     for i in range(0, len(reqs), chunk):
         b = {k: v.to(model.device) for k, v in tokenize_edits(tok, reqs[i : i + chunk], SCORE_MAX_LENGTH).items()}
         with scope.applying_to(model, tok, [r.prompt for r in reqs[i : i + chunk]]) if scope else nullcontext():
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
-        labels = b["labels"][:, 1:]
-        logp = torch.log_softmax(logits, -1)
-        for row in range(len(labels)):
-            m = labels[row] != -100
-            lp, lab = logp[row][m], labels[row][m]
+            logits = answer_logits(model, b).float()
+        mask = answer_positions(b["labels"])
+        counts = mask.sum(1).tolist()
+        for lp, lab in zip(torch.log_softmax(logits, -1).split(counts), b["labels"][:, 1:][mask].split(counts)):
             nll = -lp.gather(-1, lab[:, None]).mean().item()
             ids = lp.argmax(-1)
             out.append(Scored(nll, bool((ids == lab).all()), ids.tolist(), lp.half().cpu() if keep_logp else None))
@@ -58,7 +57,8 @@ def score(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reqs: list[EditR
 
 
 def forward_backward_ms(model: PreTrainedModel, tok, reqs: list[EditRequest], max_length: int = 64) -> float:
-    """One plain forward + backward of the same prompts with every weight's gradient: the floor for MEND."""
+    """One plain forward + backward of the same prompts with every weight's gradient: the floor for MEND.
+    It projects the answer positions alone, as MEND's own gradient does, so the ratio compares like with like."""
     b = {k: v.to(model.device) for k, v in tokenize_edits(tok, reqs, max_length).items()}
     params = [p for p in model.parameters()]
     t0 = time.perf_counter()
@@ -66,8 +66,7 @@ def forward_backward_ms(model: PreTrainedModel, tok, reqs: list[EditRequest], ma
         for p in params:
             p.requires_grad_(True)
         try:
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            torch.autograd.grad(target_nll(logits, b["labels"]).sum(), params, allow_unused=True)
+            torch.autograd.grad(target_nll(answer_logits(model, b), b["labels"]).sum(), params, allow_unused=True)
         finally:
             for p in params:
                 p.requires_grad_(False)

@@ -7,6 +7,7 @@ from transformers import PreTrainedModel
 from .data import target_nll
 from .hooks import CaptureLayers
 from .layers import EditedLayer, find_blocks
+from .scoring import answer_logits
 
 
 def grad_from_block(model: PreTrainedModel, layers: list[EditedLayer]):
@@ -16,18 +17,17 @@ def grad_from_block(model: PreTrainedModel, layers: list[EditedLayer]):
 
 def token_factors(
     model: PreTrainedModel, layers: list[EditedLayer], batch: dict
-) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """One forward and one backward (through the edited blocks only) of the edit loss.
 
     The loss is the sum over sequences of each one's mean target NLL, so an edit's factors do not depend on
     which other edits share its batch. Returns {name: (u (N, in), δ (N, out))} over the N tokens that carry
-    gradient (real tokens before each sequence's last target), plus each row's sequence index and the logits.
+    gradient (real tokens before each sequence's last target), plus each row's sequence index.
     The model's weights are not changed and no parameter's .grad is touched.
     """
     modules = {l.name: model.get_submodule(l.module) for l in layers}
     with torch.enable_grad(), CaptureLayers(modules, grad_from_block(model, layers)) as cap:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        loss = target_nll(out.logits, batch["labels"]).sum()
+        loss = target_nll(answer_logits(model, batch), batch["labels"]).sum()
         grads = torch.autograd.grad(loss, [cap.outputs[l.name] for l in layers])
     # Logits at t score token t+1, so δ is exactly zero from a sequence's last target on (causal attention)
     # and on padding: drop those rows.
@@ -37,4 +37,4 @@ def token_factors(
     keep = (pos[None, :] < last[:, None]) & batch["attention_mask"].bool()
     seq = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep]
     factors = {l.name: (cap.inputs[l.name][keep].detach().float(), g[keep].float()) for l, g in zip(layers, grads)}
-    return factors, seq, out.logits.detach()
+    return factors, seq

@@ -154,7 +154,7 @@ class MENDEditor(nn.Module):
             getattr(self, f"precond_{i}").copy_(inv.to(torch.float16))
 
     @classmethod
-    def for_model(cls, model: PreTrainedModel, layers: list[str] | None = None, **kw) -> "MENDEditor":
+    def for_model(cls, model: PreTrainedModel, layers: list[str] | None = None, **kw) -> MENDEditor:
         resolved = select_layers(model, layers)
         return cls(MENDConfig(layers=[l.name for l in resolved], **kw), resolved)
 
@@ -177,7 +177,7 @@ class MENDEditor(nn.Module):
         if self.training:
             raise RuntimeError("call editor.eval() before computing deltas: training mode moves the statistics")
         batch = {k: v.to(model.device) for k, v in tokenize_edits(tokenizer, requests, self.cfg.max_length).items()}
-        factors, _, _ = token_factors(model, self.layers, batch)
+        factors, _ = token_factors(model, self.layers, batch)
         return self.transform(factors)  # float32: token_factors returns float32 rows whatever the model's dtype
 
     def save(self, path: str | Path, extra: dict | None = None, dtype: torch.dtype | None = None) -> None:
@@ -192,7 +192,7 @@ class MENDEditor(nn.Module):
         (path / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path, model: PreTrainedModel) -> "MENDEditor":
+    def load(cls, path: str | Path, model: PreTrainedModel) -> MENDEditor:
         path = Path(path)
         doc = json.loads((path / CONFIG_FILE).read_text())
         known = {k: v for k, v in doc["config"].items() if k in MENDConfig.__dataclass_fields__}

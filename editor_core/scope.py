@@ -93,7 +93,7 @@ class Scope:
 
     @classmethod
     def fit(cls, model: PreTrainedModel, tok: PreTrainedTokenizerBase, layers: list[EditedLayer], prompts: list[str],
-            cfg: ScopeConfig | None = None) -> "Scope":
+            cfg: ScopeConfig | None = None) -> Scope:
         """The centre is the mean over generic prompts: without it every prompt's mean hidden state shares one
         large component and all cosines sit near 1."""
         scope = cls(cfg or ScopeConfig(), layers, torch.zeros(model.config.hidden_size))
@@ -107,7 +107,7 @@ class Scope:
         (path / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path, layers: list[EditedLayer]) -> "Scope":
+    def load(cls, path: str | Path, layers: list[EditedLayer]) -> Scope:
         path = Path(path)
         cfg = ScopeConfig(**json.loads((path / CONFIG_FILE).read_text()))
         return cls(cfg, layers, load_file(path / WEIGHTS_FILE)["center"].float())

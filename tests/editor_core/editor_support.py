@@ -47,7 +47,7 @@ def trained_like_editor(model, tokenizer, seed: int = 1, **kw) -> MENDEditor:
                 block.u.normal_(0, 0.3)
                 block.bias.normal_(0, 0.1)
     reqs = [EditRequest("Lyon is a city in", "France"), EditRequest("Water boils at", "100 degrees"), *REQS]
-    factors, _, _ = token_factors(model, editor.layers, tokenize_edits(tokenizer, reqs))
+    factors, _ = token_factors(model, editor.layers, tokenize_edits(tokenizer, reqs))
     editor.train()
     editor.transform(factors)  # fills the running statistics
     return editor.eval()

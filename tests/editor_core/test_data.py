@@ -96,4 +96,5 @@ def test_target_nll_is_a_per_sequence_mean_over_target_tokens():
     logp = torch.log_softmax(logits, -1)
     expected = torch.stack([-(logp[0, 1, 3] + logp[0, 2, 4]) / 2,
                             -(logp[1, 0, 1] + logp[1, 1, 2] + logp[1, 2, 3] + logp[1, 3, 6]) / 4])
-    torch.testing.assert_close(target_nll(logits, labels), expected)
+    answer = logits[:, :-1][labels[:, 1:] != -100]  # what answer_logits returns: answer positions, row-major
+    torch.testing.assert_close(target_nll(answer, labels), expected)

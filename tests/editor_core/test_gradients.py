@@ -6,7 +6,7 @@ import pytest
 import torch
 from editor_support import REQS, identity_editor
 
-from editor_core.data import tokenize_edits, target_nll
+from editor_core.data import tokenize_edits
 from editor_core.gradients import token_factors
 from editor_core.layers import find_blocks
 from editor_core.model import model_fingerprint
@@ -24,7 +24,10 @@ def true_grads(model, tokenizer, reqs, names: list[str]) -> dict[str, torch.Tens
             w.requires_grad_(True)
         with torch.enable_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            grads = torch.autograd.grad(target_nll(logits, batch["labels"]).sum(), weights)
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:],
+                                                    reduction="none")  # -100 labels count zero
+            per_seq = nll.sum(1) / (batch["labels"][:, 1:] != -100).sum(1)
+            grads = torch.autograd.grad(per_seq.sum(), weights)
     finally:
         for w in weights:
             w.requires_grad_(False)
@@ -56,7 +59,7 @@ def test_delta_rank_at_most_token_count(model, tokenizer):
 def test_factor_rows_are_real_tokens_before_the_last_target(llama, tokenizer):
     editor = identity_editor(llama)
     batch = tokenize_edits(tokenizer, REQS)
-    factors, seq, _ = token_factors(llama, editor.layers, batch)
+    factors, seq = token_factors(llama, editor.layers, batch)
     lengths = batch["attention_mask"].sum(1)  # labels run to each sequence's end: rows = length - 1
     assert seq.tolist() == [0] * (int(lengths[0]) - 1) + [1] * (int(lengths[1]) - 1)
     assert all(u.shape[0] == d.shape[0] == len(seq) for u, d in factors.values())
