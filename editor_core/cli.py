@@ -95,6 +95,8 @@ def fit_scope(
     radius: float | None = typer.Option(None, help="use this radius instead (the table shows the trade-off)"),
     scale: float = typer.Option(2.0, help="step multiplier of scoped deltas (zsRE train, 40 records: 1x edit "
                                           "0.60 / rephrase 0.43, 2x 0.83 / 0.70, 3x 0.78 / 0.73)"),
+    max_scale: float = typer.Option(0.0, help="double the step of an edit that does not take, up to this "
+                                              "(weights/experiments/scoped_step.py; 0: never)"),
 ) -> None:
     """Fit the scoped-edit keys (editor_core.scope): centre on generic prompts, radius on training edits."""
     import random
@@ -112,7 +114,7 @@ def fit_scope(
     random.Random(0).shuffle(recs)  # both data sets in both halves
     half = len(recs) // 2  # the centre and the radius from different records
     scope = Scope.fit(m, tok, ed.layers, [q.prompt for r in recs[:half] for q in r.loc[:2]],
-                      ScopeConfig(key_block=key_block, window=window, scale=scale))
+                      ScopeConfig(key_block=key_block, window=window, scale=scale, max_scale=max_scale))
     cal = recs[half:]
     edits = scope.prompt_keys(m, tok, [r.edit.prompt for r in cal])
     reph = scope.prompt_keys(m, tok, [r.rephrases[0] for r in cal])
@@ -186,7 +188,7 @@ def evaluate_cmd(
 ) -> None:
     """Edit N dev records with each method, on the same records, and print a side-by-side table."""
     from .data import load_records
-    from .evaluate import evaluate, ft_method, mend_method
+    from .evaluate import evaluate, ft_method, mend_method, scoped_mend_method
     from .layers import select_layers
     from .mend import MENDEditor
     from .model import DTYPES, load_base_model, model_fingerprint
@@ -205,12 +207,13 @@ def evaluate_cmd(
     for name in method:
         if name.startswith("mend") and ed is None:
             raise typer.BadParameter(f"--method {name} needs --editor")
-        mend = lambda: mend_method(m, tok, ed, delta_rel_tol, store)  # scoped or not, the same delta
-        fn = {"mend": mend, "mend-scoped": mend, "ft": lambda: ft_method(m, tok, layers),
+        scope = Scope.load(editor, ed.layers) if name == "mend-scoped" else None
+        fn = {"mend": lambda: mend_method(m, tok, ed, delta_rel_tol, store),
+              "mend-scoped": lambda: scoped_mend_method(m, tok, ed, scope, delta_rel_tol, store),
+              "ft": lambda: ft_method(m, tok, layers),
               "ft-kl": lambda: ft_method(m, tok, layers, loc_pool=pool)}.get(name)
         if fn is None:
             raise typer.BadParameter(f"unknown method {name!r}")
-        scope = Scope.load(editor, ed.layers) if name == "mend-scoped" else None
         results[name] = evaluate(m, tok, records, fn(), [l.name for l in layers], batch_size, sequential, curve,
                                  scope)
     typer.echo(_table(results))

@@ -126,7 +126,8 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
              scope: Scope | None = None) -> dict:
     """Single/batched: each batch's delta is applied, scored, and the base restored exactly.
     Sequential: deltas accumulate without reverting; every edit so far is re-checked at each curve point.
-    With a scope, deltas are stored as scoped edits (keyed by their prompts) instead of added to the weights."""
+    With a scope, the method's deltas are scoped edits (`scoped_mend_method`), stored in it instead of added to
+    the weights."""
     refs = loc_reference(scorer(model, tok), records)
     score_fn = scorer(model, tok, scope)
     base = snapshot(model, names)
@@ -140,8 +141,6 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
             chunk = recs[i : i + batch_size]
             t0 = time.perf_counter()
             delta = method(chunk)
-            if scope:
-                delta = scope.scoped(model, tok, delta, [r.edit.prompt for r in chunk])
             latencies.append((time.perf_counter() - t0) * 1000)
             if len(floors) < FLOOR_SAMPLES:  # a full backward per record would double the evaluation's cost
                 floors.append(forward_backward_ms(model, tok, [r.edit for r in chunk]))
@@ -177,6 +176,17 @@ def mend_method(model, tok, editor, rel_tol: float = 0.0, dtype: torch.dtype | N
     def run(recs: list[EditRecord]) -> LowRankDelta:
         delta = editor.compute_delta(model, tok, [r.edit for r in recs])
         return delta.compressed(rel_tol, dtype) if rel_tol or dtype else delta
+
+    return run
+
+
+def scoped_mend_method(model, tok, editor, scope: Scope, rel_tol: float = 0.0,
+                       dtype: torch.dtype | None = None) -> Method:
+    """Each edit's own delta (compressed like mend_method's), scoped as the service does."""
+    def run(recs: list[EditRecord]) -> LowRankDelta:
+        pieces = editor.compute_deltas(model, tok, [r.edit for r in recs])
+        pieces = [p.compressed(rel_tol, dtype) for p in pieces] if rel_tol or dtype else pieces
+        return scope.scoped(model, tok, pieces, [r.edit for r in recs])
 
     return run
 

@@ -180,6 +180,19 @@ class MENDEditor(nn.Module):
         factors, _ = token_factors(model, self.layers, batch)
         return self.transform(factors)  # float32: token_factors returns float32 rows whatever the model's dtype
 
+    @torch.no_grad()
+    def compute_deltas(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                       requests: list[EditRequest]) -> list[LowRankDelta]:
+        """One delta per request, from one forward and backward: each is the update that request alone gets
+        (the loss is a sum over sequences and the networks act on each token), and their sum is `compute_delta`'s."""
+        if self.training:
+            raise RuntimeError("call editor.eval() before computing deltas: training mode moves the statistics")
+        batch = {k: v.to(model.device) for k, v in tokenize_edits(tokenizer, requests, self.cfg.max_length).items()}
+        factors, seq = token_factors(model, self.layers, batch)
+        delta = self.transform(factors)
+        return [LowRankDelta({n: (a[:, seq == i], b[seq == i]) for n, (a, b) in delta.factors.items()})
+                for i in range(len(requests))]
+
     def save(self, path: str | Path, extra: dict | None = None, dtype: torch.dtype | None = None) -> None:
         """Weights (optionally cast to `dtype`; the running statistics always stay float64) and a JSON config."""
         path = Path(path)

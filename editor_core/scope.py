@@ -23,9 +23,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .data import EditRequest
 from .delta import LowRankDelta
 from .hooks import input_of_block
 from .layers import EditedLayer, find_blocks
+from .scoring import score_targets
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
 
@@ -38,6 +40,9 @@ class ScopeConfig:
     # Outside its radius a scoped delta does nothing, so its step can be larger than the in-place one, whose size
     # the editor learned to trade against locality.
     scale: float = 1.0
+    # An edit whose own prompt does not yet give its target at `scale` is retried at 2x, 4x ... up to this step:
+    # the step it needs differs from fact to fact. 0 (or <= scale): always `scale`.
+    max_scale: float = 0.0
 
 
 class Scope:
@@ -48,6 +53,7 @@ class Scope:
         self.cfg, self.layers, self.center = cfg, layers, center
         self.keys = torch.zeros(0, center.numel())  # (n_keys, d), unit rows
         self.owner: list[str] = []  # edit id of each key row
+        self.row_deltas: list[LowRankDelta] = []  # what each key row applies (`pieces`)
         self.deltas: dict[str, LowRankDelta] = {}  # insertion order = age
         self._local = threading.local()
         self._handles: list = []
@@ -112,11 +118,55 @@ class Scope:
         cfg = ScopeConfig(**json.loads((path / CONFIG_FILE).read_text()))
         return cls(cfg, layers, load_file(path / WEIGHTS_FILE)["center"].float())
 
-    def scoped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, delta: LowRankDelta,
-               prompts: list[str]) -> LowRankDelta:
-        """The delta as a scoped edit: its step times `scale`, keyed by the prompts it was computed for."""
-        factors = {n: (left * self.cfg.scale, right) for n, (left, right) in delta.factors.items()}
-        return LowRankDelta(factors, dict(delta.meta), self.prompt_keys(model, tok, prompts))
+    def scoped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pieces: list[LowRankDelta],
+               requests: list[EditRequest]) -> LowRankDelta:
+        """One scoped edit from each request's own delta (`MENDEditor.compute_deltas`): piece i is keyed by prompt i
+        and applies to the prompts that select that key, so edits sent together do not add up on each other's
+        prompts. Each piece's step is `scale`, doubled while its own target is not the teacher-forced argmax and
+        the step stays <= `max_scale`. The pieces travel as one delta: factors concatenated along the rank axis,
+        their ranks per layer in meta["key_ranks"]."""
+        if len(pieces) != len(requests):
+            raise ValueError(f"{len(pieces)} deltas for {len(requests)} requests")
+        keys = self.prompt_keys(model, tok, [r.prompt for r in requests])
+        scaled = [self._stepped(model, tok, p, k[None], r) for p, k, r in zip(pieces, keys, requests)]
+        meta = {**pieces[0].meta, "scope_scale": json.dumps([step for _, step in scaled]),
+                "key_ranks": json.dumps({n: [d.factors[n][0].shape[1] for d, _ in scaled] for n in pieces[0].factors})}
+        return LowRankDelta(LowRankDelta.stack([d for d, _ in scaled]).factors, meta, keys)
+
+    def _stepped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, piece: LowRankDelta,
+                 key: torch.Tensor, request: EditRequest) -> tuple[LowRankDelta, float]:
+        step = self.cfg.scale
+        while True:
+            out = LowRankDelta({n: (left * step, right) for n, (left, right) in piece.factors.items()}, key=key)
+            if step * 2 > self.cfg.max_scale or self._takes(model, tok, out, [request]):
+                return out, step
+            step *= 2
+
+    @staticmethod
+    def pieces(delta: LowRankDelta) -> list[LowRankDelta]:
+        """The delta that each key row applies: its own piece, or the whole delta for every key when the delta
+        has no meta["key_ranks"] (logs written before pieces, and deltas scoped by hand)."""
+        if "key_ranks" not in delta.meta:
+            return [delta] * len(delta.key)
+        ranks = json.loads(delta.meta["key_ranks"])
+        out = [{} for _ in range(len(delta.key))]
+        for name, (left, right) in delta.factors.items():
+            for i, pair in enumerate(zip(left.split(ranks[name], 1), right.split(ranks[name], 0))):
+                out[i][name] = pair
+        return [LowRankDelta(f) for f in out]
+
+    def _takes(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, delta: LowRankDelta,
+               requests: list[EditRequest]) -> bool:
+        attached = bool(self._handles)
+        if not attached:
+            self.attach(model)
+        saved, self._local.rows = getattr(self._local, "rows", None), [delta] * len(requests)
+        try:
+            return all(s.exact for s in score_targets(model, tok, requests))
+        finally:
+            self._local.rows = saved
+            if not attached:
+                self.detach()
 
     # ---- the codebook --------------------------------------------------------------------------------------
 
@@ -126,25 +176,31 @@ class Scope:
         self.deltas[edit_id] = delta
         self.keys = torch.cat([self.keys, delta.key.float()])
         self.owner += [edit_id] * len(delta.key)
+        self.row_deltas += self.pieces(delta)
 
     def remove(self, edit_id: str) -> None:
         del self.deltas[edit_id]
         keep = [i for i, o in enumerate(self.owner) if o != edit_id]
         self.keys, self.owner = self.keys[keep], [self.owner[i] for i in keep]
+        self.row_deltas = [self.row_deltas[i] for i in keep]
 
     def clear(self) -> None:
         self.deltas.clear()
-        self.keys, self.owner = self.keys[:0], []
+        self.keys, self.owner, self.row_deltas = self.keys[:0], [], []
 
-    def select(self, keys: torch.Tensor) -> list[str | None]:
-        """Per prompt key: the edit of the most similar stored key at cosine >= radius (ties: the newest)."""
+    def _nearest(self, keys: torch.Tensor) -> list[int | None]:
+        """Per prompt key: the most similar stored key row at cosine >= radius (ties: the newest)."""
         if not self.owner:  # also: no keys computed, as nothing could be selected
             return [None] * len(keys)
         sim = keys.float() @ self.keys.T  # (B, n_keys)
         # Later rows are newer: flip so that argmax's first maximum is the newest.
         best = sim.flip(1).argmax(1)
         rows = len(self.owner) - 1 - best
-        return [self.owner[r] if sim[b, r] >= self.cfg.radius else None for b, r in enumerate(rows.tolist())]
+        return [r if sim[b, r] >= self.cfg.radius else None for b, r in enumerate(rows.tolist())]
+
+    def select(self, keys: torch.Tensor) -> list[str | None]:
+        """Per prompt key: the edit whose key it selects (see `_nearest`), or None."""
+        return [None if r is None else self.owner[r] for r in self._nearest(keys)]
 
     # ---- applying ------------------------------------------------------------------------------------------
 
@@ -181,10 +237,10 @@ class Scope:
     def applying(self, keys: torch.Tensor):
         """Within this context, this thread's forwards of a batch whose row b has key keys[b] add each row's
         selected edit (see `select`). Yields the selected edit ids."""
-        chosen = self.select(keys)
-        self._local.rows = [self.deltas[c] if c else None for c in chosen]
+        rows = self._nearest(keys)
+        self._local.rows = [None if r is None else self.row_deltas[r] for r in rows]
         try:
-            yield chosen
+            yield [None if r is None else self.owner[r] for r in rows]
         finally:
             self._local.rows = None
 
@@ -192,7 +248,10 @@ class Scope:
         return self.applying(self.prompt_keys(model, tok, prompts) if self.owner else torch.zeros(len(prompts), 0))
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(json.dumps(asdict(self.cfg), sort_keys=True).encode())
+        # max_scale only picks the step of new edits, and the log stores each delta with its step already in it,
+        # so a log replays the same under any max_scale.
+        cfg = {k: v for k, v in asdict(self.cfg).items() if k != "max_scale"}
+        h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         h.update(self.center.contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 

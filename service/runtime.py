@@ -374,12 +374,14 @@ class Runtime:
             with self.rw.read():
                 pre = self._scores(requests)
                 # Scoped edits are computed on the base weights (the hooks act only inside _scores/generate).
-                delta = self.editor.compute_delta(self.model, self.tokenizer, requests).compressed(
-                    self.settings.delta_rel_tol, DTYPES[self.settings.delta_dtype])  # what is logged is what applies
-                if self.scope is None:
+                compress = dict(rel_tol=self.settings.delta_rel_tol, dtype=DTYPES[self.settings.delta_dtype])
+                if self.scope is None:  # what is logged is what applies: compressed before either use
+                    delta = self.editor.compute_delta(self.model, self.tokenizer, requests).compressed(**compress)
                     guard = check_edit(self.model, delta, force, self.canaries, self.settings.guard_max_changed)
                 else:
-                    delta = self.scope.scoped(self.model, self.tokenizer, delta, [r.prompt for r in requests])
+                    pieces = self.editor.compute_deltas(self.model, self.tokenizer, requests)
+                    delta = self.scope.scoped(self.model, self.tokenizer, [p.compressed(**compress) for p in pieces],
+                                              requests)
                     guard = check_scoped_edit(self.model, delta, force, self.canary_keys, self.canary_prompts,
                                               self.scope.cfg.radius, self.settings.guard_max_captured)
             edit_id = uuid.uuid4().hex

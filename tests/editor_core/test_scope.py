@@ -1,6 +1,7 @@
 """Scoped edits (scope.py): keys, selection, the hooks that add a selected delta, and its storage in the delta."""
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -23,7 +24,7 @@ def logits(model, tok, reqs):
 def setup(model, tokenizer):
     editor = MENDEditor.for_model(model, rank=8, init_alpha=1.0).eval()
     scope = Scope.fit(model, tokenizer, editor.layers, PROMPTS, ScopeConfig(key_block=0, window=8, radius=0.999))
-    delta = scope.scoped(model, tokenizer, editor.compute_delta(model, tokenizer, REQS[:1]), [REQS[0].prompt])
+    delta = scope.scoped(model, tokenizer, editor.compute_deltas(model, tokenizer, REQS[:1]), REQS[:1])
     scope.attach(model)
     yield model, tokenizer, scope, delta
     scope.detach()
@@ -126,3 +127,69 @@ def test_keys_computed_in_one_thread_leave_other_threads_forwards_whole(setup):
     finally:
         handle.remove()
     assert "error" not in seen and torch.equal(seen["logits"], full)
+
+
+def test_the_step_doubles_until_the_edit_takes_up_to_max_scale(model, tokenizer):
+    from editor_core.scoring import score_targets
+
+    editor = MENDEditor.for_model(model, rank=8, init_alpha=1e-4).eval()  # far too small a step to take at 1x
+    base = editor.compute_deltas(model, tokenizer, REQS[:1])
+    fixed = Scope.fit(model, tokenizer, editor.layers, PROMPTS, ScopeConfig(key_block=0, radius=0.999))
+    assert json.loads(fixed.scoped(model, tokenizer, base, REQS[:1]).meta["scope_scale"]) == [1.0]
+    adaptive = Scope(ScopeConfig(key_block=0, radius=0.999, max_scale=2.0**30), fixed.layers, fixed.center)
+    assert adaptive.fingerprint() == fixed.fingerprint()  # logged deltas carry their step: replay is unaffected
+    delta = adaptive.scoped(model, tokenizer, base, REQS[:1])
+    (step,) = json.loads(delta.meta["scope_scale"])
+    assert 1 < step <= 2.0**30
+    adaptive.add("e1", delta)
+    adaptive.attach(model)
+    try:
+        with adaptive.applying_to(model, tokenizer, [REQS[0].prompt]):
+            took = score_targets(model, tokenizer, REQS[:1])[0].exact
+        assert took or step == 2.0**30
+        if step > 1:  # and half the step did not take: the smallest power of two that does
+            adaptive.remove("e1")
+            half = LowRankDelta({n: (l / 2, r) for n, (l, r) in delta.factors.items()}, {}, delta.key)
+            adaptive.add("e1", half)
+            with adaptive.applying_to(model, tokenizer, [REQS[0].prompt]):
+                assert not score_targets(model, tokenizer, REQS[:1])[0].exact
+    finally:
+        adaptive.detach()
+
+
+def test_edits_sent_together_each_apply_only_their_own_delta(model, tokenizer):
+    editor = MENDEditor.for_model(model, rank=8, init_alpha=1.0).eval()
+    reqs = REQS[:2]
+    pieces = editor.compute_deltas(model, tokenizer, reqs)
+    whole = editor.compute_delta(model, tokenizer, reqs)
+    for name in whole.factors:  # the pieces are the batch's update, split by request
+        torch.testing.assert_close(LowRankDelta.stack(pieces).dense(name), whole.dense(name))
+    alone = editor.compute_deltas(model, tokenizer, reqs[1:])[0]  # and each is what its request alone gets
+    for name in whole.factors:
+        torch.testing.assert_close(pieces[1].dense(name), alone.dense(name), rtol=1e-4, atol=1e-6)
+    scope = Scope.fit(model, tokenizer, editor.layers, PROMPTS, ScopeConfig(key_block=0, window=8, radius=0.999))
+    delta = scope.scoped(model, tokenizer, pieces, reqs)
+    restored = LowRankDelta.from_bytes(delta.to_bytes())  # as the log stores it
+    scope.add("batch", restored)
+    scope.attach(model)
+    try:
+        for i, req in enumerate(reqs):
+            with scope.applying_to(model, tokenizer, [req.prompt]) as chosen:
+                hooked = logits(model, tokenizer, [req])
+            assert chosen == ["batch"]
+            pieces[i].apply(model)
+            try:
+                torch.testing.assert_close(hooked, logits(model, tokenizer, [req]), rtol=1e-4, atol=1e-4)
+            finally:
+                pieces[i].revert(model)
+        scope.remove("batch")
+        assert scope.row_deltas == [] and scope.select(scope.prompt_keys(model, tokenizer, [reqs[0].prompt])) == [None]
+    finally:
+        scope.detach()
+
+
+def test_a_delta_without_key_ranks_applies_whole_for_every_key(setup):
+    model, tok, scope, delta = setup
+    keys = scope.prompt_keys(model, tok, [REQS[0].prompt, REQS[1].prompt])
+    old = LowRankDelta(delta.factors, {}, keys)  # a scoped log entry written before per-request pieces
+    assert Scope.pieces(old) == [old, old]
