@@ -208,14 +208,15 @@ def evaluate_cmd(
         if name.startswith("mend") and ed is None:
             raise typer.BadParameter(f"--method {name} needs --editor")
         scope = Scope.load(editor, ed.layers) if name == "mend-scoped" else None
-        fn = {"mend": lambda: mend_method(m, tok, ed, delta_rel_tol, store),
-              "mend-scoped": lambda: scoped_mend_method(m, tok, ed, scope, delta_rel_tol, store),
-              "ft": lambda: ft_method(m, tok, layers),
-              "ft-kl": lambda: ft_method(m, tok, layers, loc_pool=pool)}.get(name)
-        if fn is None:
+        if name == "mend":
+            fn = mend_method(m, tok, ed, delta_rel_tol, store)
+        elif name == "mend-scoped":
+            fn = scoped_mend_method(m, tok, ed, scope, delta_rel_tol, store)
+        elif name in ("ft", "ft-kl"):
+            fn = ft_method(m, tok, layers, loc_pool=pool if name == "ft-kl" else None)
+        else:
             raise typer.BadParameter(f"unknown method {name!r}")
-        results[name] = evaluate(m, tok, records, fn(), [l.name for l in layers], batch_size, sequential, curve,
-                                 scope)
+        results[name] = evaluate(m, tok, records, fn, [l.name for l in layers], batch_size, sequential, curve, scope)
     typer.echo(_table(results))
     if json_out:
         json_out.write_text(json.dumps({"data": data, "n": n, "batch_size": batch_size, "sequential": sequential,

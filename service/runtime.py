@@ -6,13 +6,13 @@ events other replicas write. Lock order: edit mutex -> sync lock -> write lock; 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,17 +22,34 @@ import redis
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from editor_core import (
+    EditRequest,
+    LowRankDelta,
+    MENDEditor,
+    TargetScore,
+    join,
+    load_base_model,
+    model_fingerprint,
+    restore,
+    score_targets,
+    snapshot,
+)
 from editor_core.model import DTYPES
 from editor_core.scope import Scope
-from editor_core import (EditRequest, LowRankDelta, MENDEditor, TargetScore, join, load_base_model,
-                         model_fingerprint, restore, score_targets, snapshot)
 
+from .canary import CanarySet, load_canaries
 from .editlog import EDIT, ROLLBACK, Checkpoint, EditLog, Event, log_fingerprint
 from .embedded_redis import EmbeddedRedis
-from .errors import (AlreadyRolledBack, BadRequest, FingerprintMismatch, LogUnavailable, NothingToRollBack,
-                     NotReady, UnknownEdit)
+from .errors import (
+    AlreadyRolledBack,
+    BadRequest,
+    FingerprintMismatch,
+    LogUnavailable,
+    NothingToRollBack,
+    NotReady,
+    UnknownEdit,
+)
 from .generation import Completion, complete
-from .canary import CanarySet, load_canaries
 from .guard import check_edit, check_scoped_edit
 from .settings import Settings
 
@@ -374,7 +391,7 @@ class Runtime:
             with self.rw.read():
                 pre = self._scores(requests)
                 # Scoped edits are computed on the base weights (the hooks act only inside _scores/generate).
-                compress = dict(rel_tol=self.settings.delta_rel_tol, dtype=DTYPES[self.settings.delta_dtype])
+                compress = {"rel_tol": self.settings.delta_rel_tol, "dtype": DTYPES[self.settings.delta_dtype]}
                 if self.scope is None:  # what is logged is what applies: compressed before either use
                     delta = self.editor.compute_delta(self.model, self.tokenizer, requests).compressed(**compress)
                     guard = check_edit(self.model, delta, force, self.canaries, self.settings.guard_max_changed)

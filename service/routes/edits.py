@@ -8,8 +8,16 @@ from editor_core import EditRequest
 
 from ..deps import MetricsDep, RuntimeDep, require_key
 from ..runtime import EditEntry
-from ..schemas import (EditCreate, EditItem, EditPublic, EditRecord, EditsPage, RollbackPublic, RollbackRequest,
-                       TargetScores)
+from ..schemas import (
+    EditCreate,
+    EditItem,
+    EditPublic,
+    EditRecord,
+    EditsPage,
+    RollbackPublic,
+    RollbackRequest,
+    TargetScores,
+)
 
 router = APIRouter(tags=["edits"])
 

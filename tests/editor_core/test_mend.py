@@ -8,8 +8,8 @@ import torch
 from editor_support import REQS, identity_editor, trained_like_editor
 from safetensors.torch import load_file, save_file
 
-from editor_core.mend import CONFIG_FILE, WEIGHTS_FILE, MENDEditor, RunningNorm
 from editor_core.layers import select_layers
+from editor_core.mend import CONFIG_FILE, WEIGHTS_FILE, MENDEditor, RunningNorm
 
 
 def _random_factors(editor, n: int = 5, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from editor_core import EditRequest, MENDEditor, load_base_model, model_fingerprint, restore, score_targets, snapshot
+from editor_core import (
+    EditRequest,
+    MENDEditor,
+    load_base_model,
+    model_fingerprint,
+    restore,
+    score_targets,
+    snapshot,
+)
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "smollm2"
 

@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from editor_core.model import load_tokenizer, resolve_model_path
 from service.settings import Settings
 
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread() -> None:
     # Two cores shared with whatever else runs here: OpenMP spinning across two threads makes tiny matmuls ~100x slower.

@@ -5,7 +5,15 @@ from pathlib import Path
 
 import redis
 import torch
-from service_support import EDIT, EDIT2, EDIT3, edited_weights, make_settings, serving, weights_hash
+from service_support import (
+    EDIT,
+    EDIT2,
+    EDIT3,
+    edited_weights,
+    make_settings,
+    serving,
+    weights_hash,
+)
 
 from service.embedded_redis import EmbeddedRedis
 

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 import redis
 import torch
-from service_support import EDIT, EDIT2, EDIT3, edited_weights, make_settings, save_editor, serving, weights_hash
+from service_support import (
+    EDIT,
+    EDIT2,
+    EDIT3,
+    edited_weights,
+    make_settings,
+    save_editor,
+    serving,
+    weights_hash,
+)
 
 from service.editlog import stream_key
 from service.embedded_redis import EmbeddedRedis
