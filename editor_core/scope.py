@@ -7,6 +7,9 @@ middle block's hidden states over the prompt's tokens, centred on generic prompt
 prompt gets the delta of the nearest edit key with cosine >= radius (ties: the newest edit), and the weights
 never change. Locality then holds by construction outside the radius, and 1,000 edits cost what one does.
 
+Edits sent together keep their own deltas: key row i of a scoped delta applies the i-th share of its rank
+(meta["key_ranks"]), so a batch of 25 is 25 scoped edits logged as one.
+
 Keys come from block `key_block` of the unedited model, so they do not drift as edits pile up; new deltas are
 computed on the unedited weights, so an edit never depends on which others happen to be stored.
 """

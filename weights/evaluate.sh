@@ -15,13 +15,13 @@ C=counterfact:../shared/data/counterfact/dev.json
 run() { name=$1; shift; mend eval --editor $ED "$@" --json $OUT/$name.json > $OUT/$name.md; }
 zsre() {
   run zsre_mend_500 --data $Z --n 500 --method mend --method mend-scoped                 # single edits
-  run zsre_vs_ft_50 --data $Z --n 50 --method mend --method ft --method ft-kl          # same records, 3 methods
+  run zsre_vs_ft_50 --data $Z --n 50 --method mend --method mend-scoped --method ft --method ft-kl  # same records
   run zsre_batch25 --data $Z --n 250 --batch-size 25 --method mend --method mend-scoped  # 25 edits per update
   run zsre_seq100 --data $Z --sequential 100 --method mend                               # 100 in a row, re-checked
 }
 counterfact() {
   run cf_mend_500 --data $C --n 500 --method mend --method mend-scoped
-  run cf_vs_ft_50 --data $C --n 50 --method mend --method ft --method ft-kl \
+  run cf_vs_ft_50 --data $C --n 50 --method mend --method mend-scoped --method ft --method ft-kl \
       --loc-pool counterfact:../shared/data/counterfact/train.json
   run cf_seq100 --data $C --sequential 100 --method mend
 }
