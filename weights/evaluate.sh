@@ -21,6 +21,8 @@ zsre() {
 }
 counterfact() {
   run cf_mend_500 --data $C --n 500 --method mend --method mend-scoped
+  # the committed cf_mend_500 scoped row predates max_scale; this one is the shipped scope's (weights/README.md)
+  run cf_scoped_500 --data $C --n 500 --method mend-scoped
   run cf_vs_ft_50 --data $C --n 50 --method mend --method mend-scoped --method ft --method ft-kl \
       --loc-pool counterfact:../shared/data/counterfact/train.json
   run cf_seq100 --data $C --sequential 100 --method mend
