@@ -97,6 +97,13 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != -100
 
 
+def all_per_row(ok: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) whether every answer position of each sequence is `ok` ((N,) over `answer_positions`, row-major)."""
+    mask = answer_positions(labels)
+    bad = torch.zeros(len(labels), device=ok.device).index_add(0, mask.nonzero()[:, 0], (~ok).float())
+    return bad == 0
+
+
 def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-sequence mean NLL of the labelled tokens, shape (B,), from `answer_logits` (N, V) in row-major order."""
     mask = answer_positions(labels)
@@ -118,6 +125,5 @@ def target_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     tokens, rows = labels[:, 1:][mask], mask.nonzero()[:, 0]
     logp = torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None])[:, 0]
     argmax = logits.argmax(-1)
-    zeros = torch.zeros(len(labels), device=logits.device)
-    missed = zeros.index_add(0, rows, (argmax != tokens).float())
-    return zeros.index_add(0, rows, logp), missed == 0, argmax
+    summed = torch.zeros(len(labels), device=logits.device).index_add(0, rows, logp)
+    return summed, all_per_row(argmax == tokens, labels), argmax

@@ -170,15 +170,11 @@ class MENDEditor(nn.Module):
             out[layer.name] = (right.T, left.T) if layer.transposed else (left, right)
         return LowRankDelta(out)
 
-    @torch.no_grad()
     def compute_delta(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                       requests: list[EditRequest]) -> LowRankDelta:
-        """One update for a batch of edits. Leaves the model unchanged: applying is the caller's step."""
-        if self.training:
-            raise RuntimeError("call editor.eval() before computing deltas: training mode moves the statistics")
-        batch = {k: v.to(model.device) for k, v in tokenize_edits(tokenizer, requests, self.cfg.max_length).items()}
-        factors, _ = token_factors(model, self.layers, batch)
-        return self.transform(factors)  # float32: token_factors returns float32 rows whatever the model's dtype
+        """One update for a batch of edits: the sum of `compute_deltas`' (the same rows, in the same order).
+        Leaves the model unchanged: applying is the caller's step."""
+        return LowRankDelta.stack(self.compute_deltas(model, tokenizer, requests))
 
     @torch.no_grad()
     def compute_deltas(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -189,7 +185,7 @@ class MENDEditor(nn.Module):
             raise RuntimeError("call editor.eval() before computing deltas: training mode moves the statistics")
         batch = {k: v.to(model.device) for k, v in tokenize_edits(tokenizer, requests, self.cfg.max_length).items()}
         factors, seq = token_factors(model, self.layers, batch)
-        delta = self.transform(factors)
+        delta = self.transform(factors)  # float32: token_factors returns float32 rows whatever the model's dtype
         return [LowRankDelta({n: (a[:, seq == i], b[seq == i]) for n, (a, b) in delta.factors.items()})
                 for i in range(len(requests))]
 

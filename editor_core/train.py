@@ -23,8 +23,8 @@ from transformers import PreTrainedModel
 from .data import (
     EditRecord,
     EditRequest,
+    all_per_row,
     answer_kl,
-    answer_positions,
     load_records,
     target_nll,
     target_scores,
@@ -115,15 +115,8 @@ def edit_losses(model: PreTrainedModel, tokenizer, editor: MENDEditor, edits, ou
     l_loc = answer_kl(pre_loc, post_loc)
     with torch.no_grad():
         hit = target_scores(post_outer, ob["labels"])[1].float().mean()
-        keep = _all_per_row(pre_loc.argmax(-1) == post_loc.argmax(-1), lb)  # strict: every answer token kept
+        keep = all_per_row(pre_loc.argmax(-1) == post_loc.argmax(-1), lb["labels"]).float().mean()  # strict
     return l_edit, l_loc, {"edit_acc": float(hit), "loc_keep": float(keep)}
-
-
-def _all_per_row(ok: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Share of sequences whose every answer position is `ok`."""
-    mask = answer_positions(batch["labels"])
-    bad = torch.zeros(len(mask), device=ok.device).index_add(0, mask.nonzero()[:, 0], (~ok).float())
-    return (bad == 0).float().mean()
 
 
 @torch.no_grad()

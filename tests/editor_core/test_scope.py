@@ -10,6 +10,7 @@ from editor_support import REQS
 
 from editor_core import LowRankDelta, MENDEditor
 from editor_core.data import tokenize_edits
+from editor_core.gradients import token_factors
 from editor_core.scope import Scope, ScopeConfig
 
 PROMPTS = ["Paris is a city in", "The sun rises in the", "My favourite food is", "Dogs like to"]
@@ -161,8 +162,9 @@ def test_edits_sent_together_each_apply_only_their_own_delta(model, tokenizer):
     editor = MENDEditor.for_model(model, rank=8, init_alpha=1.0).eval()
     reqs = REQS[:2]
     pieces = editor.compute_deltas(model, tokenizer, reqs)
-    whole = editor.compute_delta(model, tokenizer, reqs)
-    for name in whole.factors:  # the pieces are the batch's update, split by request
+    # the pieces are the batch's one update (the editor applied to all its token rows), split by request
+    whole = editor.transform(token_factors(model, editor.layers, tokenize_edits(tokenizer, reqs))[0])
+    for name in whole.factors:
         torch.testing.assert_close(LowRankDelta.stack(pieces).dense(name), whole.dense(name))
     alone = editor.compute_deltas(model, tokenizer, reqs[1:])[0]  # and each is what its request alone gets
     for name in whole.factors:
