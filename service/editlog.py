@@ -131,8 +131,11 @@ class EditLog:
         return bool(client.xread({self.key: last_id}, count=1, block=block_ms))
 
     def ping(self) -> bool:
+        """Whether the log can be read now: a real read of the stream on the request connection, not a cached
+        state, so /ready turns 503 the moment Redis stops answering."""
         try:
-            return bool(self.client.ping())
+            self.client.xlen(self.key)
+            return True
         except redis.RedisError:
             return False
 

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -122,16 +123,35 @@ def test_redis_down_gives_503_and_keeps_serving(settings, shared_redis):
         assert client.post("/edit", json=EDIT2).json()["version"] == 2
 
 
-def test_kill_9_of_the_embedded_redis_then_restart_keeps_every_event(settings):
+def test_kill_9_of_the_embedded_redis_edits_resume_by_themselves(settings):
     with serving(settings) as client:
         for e in (EDIT, EDIT2, EDIT3):
             assert client.post("/edit", json=e).status_code == 201
+        embedded = client.app.state.runtime.embedded
+        os.kill(embedded.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while (r := client.post("/edit", json={"prompt": "Grass is", "target": "blue"})).status_code == 503:
+            assert time.monotonic() < deadline, "edits did not resume after the embedded redis was killed"
+            time.sleep(0.2)
+        assert r.status_code == 201 and r.json()["version"] == 4 and embedded.restarts == 1
+        assert client.get("/ready").json()["ready"] is True
         h = weights_hash(client)
-        os.kill(client.app.state.runtime.embedded.proc.pid, signal.SIGKILL)
-        time.sleep(0.2)
-        assert client.post("/edit", json=EDIT).status_code == 503
     with serving(settings) as client:
-        assert client.get("/ready").json()["version"] == 3 and weights_hash(client) == h
+        assert client.get("/ready").json()["version"] == 4 and weights_hash(client) == h
+
+
+def test_the_log_survives_a_burst_then_an_idle_spell(settings):
+    # The product bug: the embedded redis was forked from the thread-pool worker that ran the startup, and died
+    # when the pool retired that worker (anyio retires workers idle for 10 s once a burst has grown the pool).
+    with serving(settings) as client:
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda _: client.post("/generate", json={"prompt": "hi", "max_new_tokens": 2}),
+                                    range(8)))
+        assert all(r.status_code == 200 for r in replies)
+        time.sleep(12)
+        assert client.get("/ready").json()["ready"] is True
+        assert client.post("/edit", json=EDIT).status_code == 201
+        assert client.app.state.runtime.embedded.restarts == 0
 
 
 def test_editor_for_another_model_is_refused(settings, tiny_model_dir, tmp_path: Path):
