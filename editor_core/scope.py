@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,37 @@ from .layers import EditedLayer, find_blocks
 from .scoring import score_targets
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
+
+
+def normalized(text: str) -> str:
+    """Lower case, words only: how a reply is compared with an answer (" Rome." says "Rome")."""
+    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+
+
+class Selection:
+    """The edits one request selected, and when they stop acting.
+
+    A scoped delta installs an answer: it is trained (and checked) to make the prompt's continuation start with
+    the target, with the delta on at every position. Left on for the rest of a reply, it keeps pushing the answer
+    at every later token ("mayor mayor mayor ..."). So a selection is released once the reply so far contains
+    every selected edit's target: the forwards after it are the unedited model's, which continues after the new
+    answer as it would after any other. Edits logged before targets were stored (no meta["targets"]) never release.
+    """
+
+    def __init__(self, scope: "Scope", edit_ids: list[str | None], targets: list[str | None]) -> None:
+        self.scope, self.edit_ids = scope, edit_ids
+        self._pending = {normalized(t) for e, t in zip(edit_ids, targets) if e is not None and t is not None}
+        self._release_never = any(e is not None and t is None for e, t in zip(edit_ids, targets))
+        self.released = False
+
+    def observe(self, reply: str) -> None:
+        """Called with the reply generated so far (one row's): releases the edits once every target is said."""
+        if self.released or self._release_never or not self._pending:
+            return
+        text = f" {normalized(reply)} "
+        if all(t and f" {t} " in text for t in self._pending):
+            self.scope._local.rows = None
+            self.released = True
 
 
 @dataclass
@@ -57,6 +89,7 @@ class Scope:
         self.keys = torch.zeros(0, center.numel())  # (n_keys, d), unit rows
         self.owner: list[str] = []  # edit id of each key row
         self.row_deltas: list[LowRankDelta] = []  # what each key row applies (`pieces`)
+        self.row_targets: list[str | None] = []  # the answer each key row installs (None: not stored)
         self.deltas: dict[str, LowRankDelta] = {}  # insertion order = age
         self._local = threading.local()
         self._handles: list = []
@@ -133,6 +166,7 @@ class Scope:
         keys = self.prompt_keys(model, tok, [r.prompt for r in requests])
         scaled = [self._stepped(model, tok, p, k[None], r) for p, k, r in zip(pieces, keys, requests)]
         meta = {**pieces[0].meta, "scope_scale": json.dumps([step for _, step in scaled]),
+                "targets": json.dumps([r.target for r in requests]),
                 "key_ranks": json.dumps({n: [d.factors[n][0].shape[1] for d, _ in scaled] for n in pieces[0].factors})}
         return LowRankDelta(LowRankDelta.stack([d for d, _ in scaled]).factors, meta, keys)
 
@@ -180,16 +214,19 @@ class Scope:
         self.keys = torch.cat([self.keys, delta.key.float()])
         self.owner += [edit_id] * len(delta.key)
         self.row_deltas += self.pieces(delta)
+        targets = json.loads(delta.meta["targets"]) if "targets" in delta.meta else []
+        self.row_targets += targets if len(targets) == len(delta.key) else [None] * len(delta.key)
 
     def remove(self, edit_id: str) -> None:
         del self.deltas[edit_id]
         keep = [i for i, o in enumerate(self.owner) if o != edit_id]
         self.keys, self.owner = self.keys[keep], [self.owner[i] for i in keep]
         self.row_deltas = [self.row_deltas[i] for i in keep]
+        self.row_targets = [self.row_targets[i] for i in keep]
 
     def clear(self) -> None:
         self.deltas.clear()
-        self.keys, self.owner, self.row_deltas = self.keys[:0], [], []
+        self.keys, self.owner, self.row_deltas, self.row_targets = self.keys[:0], [], [], []
 
     def _nearest(self, keys: torch.Tensor) -> list[int | None]:
         """Per prompt key: the most similar stored key row at cosine >= radius (ties: the newest)."""
@@ -239,11 +276,12 @@ class Scope:
     @contextlib.contextmanager
     def applying(self, keys: torch.Tensor):
         """Within this context, this thread's forwards of a batch whose row b has key keys[b] add each row's
-        selected edit (see `select`). Yields the selected edit ids."""
+        selected edit (see `select`). Yields the `Selection` (its edit ids; `observe` releases it)."""
         rows = self._nearest(keys)
         self._local.rows = [None if r is None else self.row_deltas[r] for r in rows]
         try:
-            yield [None if r is None else self.owner[r] for r in rows]
+            yield Selection(self, [None if r is None else self.owner[r] for r in rows],
+                            [None if r is None else self.row_targets[r] for r in rows])
         finally:
             self._local.rows = None
 

@@ -5,6 +5,7 @@ keeps its own torch.Generator and applies stop strings itself.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,9 @@ def cut_at_stop(text: str, stop: list[str]) -> str | None:
 @torch.no_grad()
 def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, input_ids: list[int], max_new_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-             stop: list[str] | None = None) -> Completion:
+             stop: list[str] | None = None, observe: Callable[[str], None] | None = None) -> Completion:
+    """`observe`, if given, sees the decoded reply after every token (a scoped edit releases itself there once
+    its answer is said); it never changes the text, only what the next forwards compute."""
     gen = torch.Generator()
     gen.manual_seed(seed) if seed is not None else gen.seed()
     ends, new, cache = end_token_ids(model, tokenizer), [], None
@@ -56,7 +59,10 @@ def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, input_i
         if tok in ends:
             return Completion(tokenizer.decode(new, skip_special_tokens=True), len(new), "stop")
         new.append(tok)
-        cut = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop or [])
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        if observe is not None:
+            observe(text)
+        cut = cut_at_stop(text, stop or [])
         if cut is not None:
             return Completion(cut, len(new), "stop")
         x = torch.tensor([[tok]], device=model.device)

@@ -468,12 +468,20 @@ class Runtime:
         if max_new_tokens > self.settings.max_new_tokens:
             raise BadRequest(f"max_new_tokens is over the limit of {self.settings.max_new_tokens}")
         ids = self.prompt_ids(prompt, messages)
-        with self.rw.read(), self._scoped_for(ids):
-            out = complete(self.model, self.tokenizer, ids, max_new_tokens, temperature, top_p, seed, stop)
+        with self.rw.read(), self._scoped_for(ids if messages is None else self._question_ids(messages)) as selection:
+            out = complete(self.model, self.tokenizer, ids, max_new_tokens, temperature, top_p, seed, stop,
+                           observe=selection.observe if selection is not None else None)
             return out, len(ids), self.version
 
+    def _question_ids(self, messages: list[dict]) -> list[int]:
+        """What a chat request is keyed by: its last user message as a plain prompt. The template around it (system
+        prompt, role markers) is the same for every request and would make every chat key alike; without it a
+        question asked in chat selects the edit made with the same question as a plain prompt, and back."""
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        return self.tokenizer(question)["input_ids"] if question.strip() else self.prompt_ids(None, messages)
+
     def _scoped_for(self, ids: list[int]):
-        """The scoped edit selected by this prompt, for every forward of its generation (prefill and decode)."""
+        """The scoped edit selected by this prompt, for the forwards of its generation until its answer is said."""
         if self.scope is None or not self.scope.owner:
             return contextlib.nullcontext()
         t = torch.tensor([ids])
@@ -553,6 +561,8 @@ class Runtime:
     def readiness(self) -> tuple[bool, str]:
         if self.error:
             return False, self.error
+        if self.embedded is not None and not self.embedded.alive():
+            return False, "edit log (Redis) unreachable: the embedded server is restarting"
         if not self.log.ping():
             return False, "edit log (Redis) unreachable"
         return True, "ready"

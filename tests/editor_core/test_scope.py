@@ -46,7 +46,7 @@ def test_the_delta_adds_only_on_rows_that_select_it(setup):
     scope.add("e1", delta)
     with scope.applying_to(model, tok, [r.prompt for r in reqs]) as chosen:
         after = logits(model, tok, reqs)
-    assert chosen == ["e1", None]
+    assert chosen.edit_ids == ["e1", None]
     assert torch.equal(after[1], before[1]) and not torch.allclose(after[0], before[0])
     # the same change as adding the (scaled) delta to the weights, for the row that selected it
     delta.apply(model)
@@ -178,7 +178,7 @@ def test_edits_sent_together_each_apply_only_their_own_delta(model, tokenizer):
         for i, req in enumerate(reqs):
             with scope.applying_to(model, tokenizer, [req.prompt]) as chosen:
                 hooked = logits(model, tokenizer, [req])
-            assert chosen == ["batch"]
+            assert chosen.edit_ids == ["batch"]
             pieces[i].apply(model)
             try:
                 torch.testing.assert_close(hooked, logits(model, tokenizer, [req]), rtol=1e-4, atol=1e-4)
@@ -195,3 +195,29 @@ def test_a_delta_without_key_ranks_applies_whole_for_every_key(setup):
     keys = scope.prompt_keys(model, tok, [REQS[0].prompt, REQS[1].prompt])
     old = LowRankDelta(delta.factors, {}, keys)  # a scoped log entry written before per-request pieces
     assert Scope.pieces(old) == [old, old]
+
+
+def test_a_selection_releases_once_its_answer_is_said(setup):
+    # A scoped delta left on after its answer keeps pushing that answer at every later token ("Rome Rome Rome").
+    model, tok, scope, delta = setup
+    restored = LowRankDelta.from_bytes(delta.to_bytes())  # the target travels in the logged delta
+    scope.add("e1", restored)
+    plain = logits(model, tok, REQS[:1])
+    target = REQS[0].target
+    with scope.applying_to(model, tok, [REQS[0].prompt]) as sel:
+        assert sel.edit_ids == ["e1"] and not torch.equal(logits(model, tok, REQS[:1]), plain)
+        sel.observe(" the answer is")  # not yet said: still on
+        assert not sel.released and not torch.equal(logits(model, tok, REQS[:1]), plain)
+        sel.observe(f"{target}, of course.")
+        assert sel.released and torch.equal(logits(model, tok, REQS[:1]), plain)
+    assert scope.row_targets == [target]
+
+
+def test_an_edit_logged_without_its_target_never_releases(setup):
+    model, tok, scope, delta = setup
+    old = LowRankDelta(delta.factors, {k: v for k, v in delta.meta.items() if k != "targets"}, delta.key)
+    scope.add("old", old)
+    plain = logits(model, tok, REQS[:1])
+    with scope.applying_to(model, tok, [REQS[0].prompt]) as sel:
+        sel.observe(REQS[0].target)
+        assert not sel.released and not torch.equal(logits(model, tok, REQS[:1]), plain)

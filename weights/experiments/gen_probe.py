@@ -1,0 +1,84 @@
+"""What greedy generation says after one scoped edit, through the service's Runtime in process (default settings).
+
+    python weights/experiments/gen_probe.py zsre 30
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from editor_core import EditRequest, load_records
+from service.runtime import Runtime
+from service.settings import Settings
+
+
+def norm(s: str) -> str:
+    return " ".join(re.sub(r"[^\w]+", " ", s.lower()).split())
+
+
+def repeats(text: str, target: str) -> bool:
+    words = norm(text).split()
+    grams = Counter(tuple(words[i:i + 4]) for i in range(len(words) - 3))
+    t = norm(target)
+    return (bool(t) and f" {norm(text)} ".count(f" {t} ") >= 3) or any(c >= 3 for c in grams.values())
+
+
+def entropy(text: str) -> float:
+    words = norm(text).split()
+    out = []
+    for n, w in ((2, 2 / 3), (3, 4 / 3)):
+        c = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        p = np.array(list(c.values()), dtype=float)
+        p = p / p.sum() if len(p) else p
+        out.append(w * float(-(p * np.log2(p)).sum()) if len(p) else 0.0)
+    return sum(out) / 2
+
+
+def main(kind: str, n: int) -> None:
+    path = {"zsre": "zsre:../shared/data/zsre/dev.json", "cf": "counterfact:../shared/data/counterfact/dev.json"}[kind]
+    recs = load_records(path, n, one_per_subject=True)
+    data = Path(tempfile.mkdtemp())
+    rt = Runtime.start(Settings(data_dir=data, threads=2))
+    gen = lambda p=None, m=None, k=32: rt.generate(p, m, k, 0.0, 1.0, None, [])[0].text
+    chat = lambda q: [{"role": "user", "content": q}]
+    rows, examples = [], []
+    t0 = time.time()
+    for rec in recs:
+        tgt = rec.edit.target
+        paras = rec.rephrases[:2]
+        locs = [l.prompt for l in rec.loc[:2]]
+        base_long = gen(rec.edit.prompt, k=64)
+        base_loc = [gen(p) for p in locs]
+        out = rt.edit([rec.edit], "probe", "", True)
+        r = {}
+        long = gen(rec.edit.prompt, k=64)
+        r["prompt"] = norm(long).startswith(norm(tgt))
+        r["para"] = np.mean([norm(gen(p)).startswith(norm(tgt)) for p in paras]) if paras else np.nan
+        c = gen(m=chat(rec.edit.prompt))
+        r["chat"] = norm(tgt) in norm(c)
+        r["chat_para"] = np.mean([norm(tgt) in norm(gen(m=chat(p))) for p in paras]) if paras else np.nan
+        r["loc"] = np.mean([gen(p) == b for p, b in zip(locs, base_loc)]) if locs else np.nan
+        r["rep"], r["rep0"] = repeats(long, tgt), repeats(base_long, tgt)
+        r["ent"], r["ent0"] = entropy(long), entropy(base_long)
+        rows.append(r)
+        if len(examples) < 6:
+            examples.append({"prompt": rec.edit.prompt, "target": tgt, "after": long, "before": base_long, "chat": c})
+        rt.rollback(out.edit_id, None, "probe", "")
+    rt.close()
+    shutil.rmtree(data)
+    mean = {k: round(float(np.nanmean([r[k] for r in rows])), 3) for k in rows[0]}
+    print(json.dumps({"kind": kind, "n": len(rows), "s_per_record": round((time.time() - t0) / len(rows), 1), **mean}))
+    for e in examples:
+        print(json.dumps(e))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
