@@ -81,8 +81,15 @@ def load_base_model(
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     path = resolve_model_path(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
-    return prepare_model(model), load_tokenizer(path)
+    # The fingerprint names the checkpoint, not the serving precision: a half-precision load gets the one of a
+    # float32 load, so it accepts the editor and the edit log made for the float32 model. A second load rather
+    # than a cast, because .to(dtype) would also round the rotary buffers that from_pretrained keeps in float32.
+    checkpoint_fp = (model_fingerprint(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
+                     if dtype != "float32" else None)  # before the serving copy: one model in memory at a time
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    if checkpoint_fp:
+        model.mend_fingerprint = (_weights_hash(model), checkpoint_fp)
+    return prepare_model(model.to(device)), load_tokenizer(path)
 
 
 def prepare_model(model: PreTrainedModel) -> PreTrainedModel:
@@ -96,8 +103,15 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     """A hash of the architecture type and every parameter: the identity an edit log is bound to.
 
     The config's JSON is left out on purpose: it carries the transformers version and new default fields,
-    which would make the same weights look like another model after a library upgrade.
+    which would make the same weights look like another model after a library upgrade. A half-precision load
+    has its checkpoint's float32 hash (load_base_model records it) for as long as its weights are the ones loaded.
     """
+    h = _weights_hash(model)
+    loaded = getattr(model, "mend_fingerprint", None)  # (hash of the weights as loaded, float32 fingerprint)
+    return loaded[1] if loaded and loaded[0] == h else h
+
+
+def _weights_hash(model: PreTrainedModel) -> str:
     h = hashlib.sha256(model.config.model_type.encode())
     for name, p in sorted(model.state_dict().items()):
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())

@@ -34,11 +34,17 @@ from .layers import EditedLayer, find_blocks
 from .scoring import score_targets
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
+PLAIN, CHAT = "plain", "chat"  # the forms a request comes in: a bare prompt, or a question in the chat template
 
 
 def normalized(text: str) -> str:
     """Lower case, words only: how a reply is compared with an answer (" Rome." says "Rome")."""
     return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+
+
+def sentence_suffixes(prompt: str) -> list[str]:
+    """The prompt, then what follows each sentence end in it."""
+    return [prompt] + [prompt[m.end():] for m in re.finditer(r"[.?!]\s+|\n+", prompt) if prompt[m.end():].strip()]
 
 
 class Selection:
@@ -57,14 +63,16 @@ class Selection:
         self._release_never = any(e is not None and t is None for e, t in zip(edit_ids, targets))
         self.released = False
 
-    def observe(self, reply: str) -> None:
-        """Called with the reply generated so far (one row's): releases the edits once every target is said."""
+    def observe(self, reply: str) -> bool:
+        """Called with the reply generated so far (one row's): releases the edits once every target is said.
+        True when this call released them."""
         if self.released or self._release_never or not self._pending:
-            return
+            return False
         text = f" {normalized(reply)} "
         if all(t and f" {t} " in text for t in self._pending):
             self.scope._local.rows = None
             self.released = True
+        return self.released
 
 
 @dataclass
@@ -88,7 +96,7 @@ class Scope:
         self.cfg, self.layers, self.center = cfg, layers, center
         self.keys = torch.zeros(0, center.numel())  # (n_keys, d), unit rows
         self.owner: list[str] = []  # edit id of each key row
-        self.row_deltas: list[LowRankDelta] = []  # what each key row applies (`pieces`)
+        self.row_pieces: list[dict[str, LowRankDelta]] = []  # what each key row applies, by form (`pieces`)
         self.row_targets: list[str | None] = []  # the answer each key row installs (None: not stored)
         self.deltas: dict[str, LowRankDelta] = {}  # insertion order = age
         self._local = threading.local()
@@ -125,6 +133,31 @@ class Scope:
     def prompt_keys(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str]) -> torch.Tensor:
         return self._unit(self._pooled_prompts(model, tok, prompts))
 
+    def candidate_keys(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase,
+                       prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
+        """Keys of every prompt and of each of its sentence suffixes (the prompt without its first sentence,
+        without its first two, ...), and which prompt each row is of. A question asked after an unrelated sentence
+        ("It is found in Namibia. Frankie Albert, the") is then matched by its last sentence alone."""
+        texts, owner = [], []
+        for i, p in enumerate(prompts):
+            for text in sentence_suffixes(p):
+                texts.append(text)
+                owner.append(i)
+        return self.prompt_keys(model, tok, texts), owner
+
+    def request_keys(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str]) -> torch.Tensor:
+        """(B, d): per prompt, the candidate key (see `candidate_keys`) most similar to a stored edit key; the
+        whole prompt's key when nothing is stored or it is the best (ties go to the whole prompt). Measured on 200
+        CounterFact train records in one codebook: paraphrases selecting their own edit 0.03 -> 0.56, neighbours
+        captured 6.2% -> 6.8%; zsRE unchanged (0.93 rephrases, no locality prompt captured)."""
+        keys, owner = self.candidate_keys(model, tok, prompts)
+        best = (keys @ self.keys.T).max(1).values if self.owner else torch.zeros(len(keys))
+        out = []
+        for i in range(len(prompts)):
+            rows = [j for j, o in enumerate(owner) if o == i]
+            out.append(keys[max(rows, key=lambda j: (float(best[j]), -j))])
+        return torch.stack(out)
+
     def keys_for(self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, d) unit keys, centred."""
         return self._unit(self._pooled(model, input_ids, attention_mask))
@@ -155,19 +188,31 @@ class Scope:
         return cls(cfg, layers, load_file(path / WEIGHTS_FILE)["center"].float())
 
     def scoped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pieces: list[LowRankDelta],
-               requests: list[EditRequest]) -> LowRankDelta:
+               requests: list[EditRequest], keyed_by: list[str] | None = None,
+               forms: tuple[str, ...] = (PLAIN,)) -> LowRankDelta:
         """One scoped edit from each request's own delta (`MENDEditor.compute_deltas`): piece i is keyed by prompt i
         and applies to the prompts that select that key, so edits sent together do not add up on each other's
         prompts. Each piece's step is `scale`, doubled while its own target is not the teacher-forced argmax and
         the step stays <= `max_scale`. The pieces travel as one delta: factors concatenated along the rank axis,
-        their ranks per layer in meta["key_ranks"]."""
-        if len(pieces) != len(requests):
-            raise ValueError(f"{len(pieces)} deltas for {len(requests)} requests")
-        keys = self.prompt_keys(model, tok, [r.prompt for r in requests])
-        scaled = [self._stepped(model, tok, p, k[None], r) for p, k, r in zip(pieces, keys, requests)]
+        their ranks per layer in meta["key_ranks"].
+
+        With several `forms` (the plain prompt, and the same question inside the chat template), pieces come in
+        groups of len(forms): piece i*F + j is edit i computed in form j, and all F share one key, the key of
+        `keyed_by[i]` (the question as a plain prompt). A request selects the edit by its question and applies the
+        piece of its own form, so a fact edited once shows in plain and in chat requests alike."""
+        n_forms = len(forms)
+        keyed_by = keyed_by if keyed_by is not None else [r.prompt for r in requests]
+        if len(pieces) != len(requests) or len(requests) != len(keyed_by) * n_forms:
+            raise ValueError(f"{len(pieces)} deltas for {len(requests)} requests in {n_forms} forms of "
+                             f"{len(keyed_by)} prompts")
+        keys = self.prompt_keys(model, tok, keyed_by)
+        scaled = [self._stepped(model, tok, p, keys[i // n_forms][None], r)
+                  for i, (p, r) in enumerate(zip(pieces, requests))]
         meta = {**pieces[0].meta, "scope_scale": json.dumps([step for _, step in scaled]),
-                "targets": json.dumps([r.target for r in requests]),
+                "targets": json.dumps([r.target for r in requests[::n_forms]]),
                 "key_ranks": json.dumps({n: [d.factors[n][0].shape[1] for d, _ in scaled] for n in pieces[0].factors})}
+        if forms != (PLAIN,):
+            meta["forms"] = json.dumps(list(forms))
         return LowRankDelta(LowRankDelta.stack([d for d, _ in scaled]).factors, meta, keys)
 
     def _stepped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, piece: LowRankDelta,
@@ -180,17 +225,19 @@ class Scope:
             step *= 2
 
     @staticmethod
-    def pieces(delta: LowRankDelta) -> list[LowRankDelta]:
-        """The delta that each key row applies: its own piece, or the whole delta for every key when the delta
-        has no meta["key_ranks"] (logs written before pieces, and deltas scoped by hand)."""
+    def pieces(delta: LowRankDelta) -> list[dict[str, LowRankDelta]]:
+        """What each key row applies, by form: its own pieces, or the whole delta for every key (and form) when the
+        delta has no meta["key_ranks"] (logs written before pieces, and deltas scoped by hand)."""
         if "key_ranks" not in delta.meta:
-            return [delta] * len(delta.key)
+            return [{PLAIN: delta}] * len(delta.key)
+        forms = json.loads(delta.meta.get("forms", json.dumps([PLAIN])))
         ranks = json.loads(delta.meta["key_ranks"])
-        out = [{} for _ in range(len(delta.key))]
+        flat = [{} for _ in range(len(delta.key) * len(forms))]
         for name, (left, right) in delta.factors.items():
             for i, pair in enumerate(zip(left.split(ranks[name], 1), right.split(ranks[name], 0))):
-                out[i][name] = pair
-        return [LowRankDelta(f) for f in out]
+                flat[i][name] = pair
+        return [{form: LowRankDelta(flat[i * len(forms) + j]) for j, form in enumerate(forms)}
+                for i in range(len(delta.key))]
 
     def _takes(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, delta: LowRankDelta,
                requests: list[EditRequest]) -> bool:
@@ -213,7 +260,7 @@ class Scope:
         self.deltas[edit_id] = delta
         self.keys = torch.cat([self.keys, delta.key.float()])
         self.owner += [edit_id] * len(delta.key)
-        self.row_deltas += self.pieces(delta)
+        self.row_pieces += self.pieces(delta)
         targets = json.loads(delta.meta["targets"]) if "targets" in delta.meta else []
         self.row_targets += targets if len(targets) == len(delta.key) else [None] * len(delta.key)
 
@@ -221,12 +268,12 @@ class Scope:
         del self.deltas[edit_id]
         keep = [i for i, o in enumerate(self.owner) if o != edit_id]
         self.keys, self.owner = self.keys[keep], [self.owner[i] for i in keep]
-        self.row_deltas = [self.row_deltas[i] for i in keep]
+        self.row_pieces = [self.row_pieces[i] for i in keep]
         self.row_targets = [self.row_targets[i] for i in keep]
 
     def clear(self) -> None:
         self.deltas.clear()
-        self.keys, self.owner, self.row_deltas, self.row_targets = self.keys[:0], [], [], []
+        self.keys, self.owner, self.row_pieces, self.row_targets = self.keys[:0], [], [], []
 
     def _nearest(self, keys: torch.Tensor) -> list[int | None]:
         """Per prompt key: the most similar stored key row at cosine >= radius (ties: the newest)."""
@@ -274,19 +321,22 @@ class Scope:
         return hook
 
     @contextlib.contextmanager
-    def applying(self, keys: torch.Tensor):
+    def applying(self, keys: torch.Tensor, form: str = PLAIN):
         """Within this context, this thread's forwards of a batch whose row b has key keys[b] add each row's
-        selected edit (see `select`). Yields the `Selection` (its edit ids; `observe` releases it)."""
+        selected edit (see `select`), its piece for `form` (the plain one if it has none). Yields the
+        `Selection` (its edit ids; `observe` releases it)."""
         rows = self._nearest(keys)
-        self._local.rows = [None if r is None else self.row_deltas[r] for r in rows]
+        self._local.rows = [None if r is None else self.row_pieces[r].get(form, self.row_pieces[r][PLAIN])
+                            for r in rows]
         try:
             yield Selection(self, [None if r is None else self.owner[r] for r in rows],
                             [None if r is None else self.row_targets[r] for r in rows])
         finally:
             self._local.rows = None
 
-    def applying_to(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str]):
-        return self.applying(self.prompt_keys(model, tok, prompts) if self.owner else torch.zeros(len(prompts), 0))
+    def applying_to(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], form: str = PLAIN):
+        return self.applying(self.request_keys(model, tok, prompts) if self.owner else torch.zeros(len(prompts), 0),
+                             form)
 
     def fingerprint(self) -> str:
         # max_scale only picks the step of new edits, and the log stores each delta with its step already in it,

@@ -75,6 +75,12 @@ def install_handlers(app: FastAPI) -> None:
         status, detail = _validation_detail(exc)
         return JSONResponse({"detail": detail, "errors": jsonable(exc.errors())}, status_code=status)
 
+    # A bug must still answer in the API's shape, never Starlette's plain-text page. The exception is raised on
+    # after the response, so the server logs it with its traceback.
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": ServiceError.message}, status_code=500)
+
 
 def jsonable(errors: list[dict]) -> list[dict]:
     # Pydantic puts the raised exception object into ctx; keep only what JSON can carry.

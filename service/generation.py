@@ -30,9 +30,11 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Gene
     """Greedy at temperature 0; otherwise nucleus sampling over the smallest set with mass >= top_p."""
     if temperature == 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, -1)
+    # float64 and the max subtracted: no overflow to inf/NaN at any temperature > 0, however small
+    probs = torch.softmax((logits.double() - logits.max()) / temperature, -1)
     sorted_p, order = probs.sort(descending=True)
     keep = (sorted_p.cumsum(0) - sorted_p) < top_p  # the token that crosses top_p stays in
+    keep[0] = True  # and the most likely one always does, even for a top_p that rounds to 0
     sorted_p = sorted_p * keep
     return int(order[torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)])
 
@@ -45,9 +47,11 @@ def cut_at_stop(text: str, stop: list[str]) -> str | None:
 @torch.no_grad()
 def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, input_ids: list[int], max_new_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-             stop: list[str] | None = None, observe: Callable[[str], None] | None = None) -> Completion:
-    """`observe`, if given, sees the decoded reply after every token (a scoped edit releases itself there once
-    its answer is said); it never changes the text, only what the next forwards compute."""
+             stop: list[str] | None = None, observe: Callable[[str], bool] | None = None) -> Completion:
+    """`observe`, if given, sees the decoded reply after every token and returns True when the forwards from now
+    on compute something else (a scoped edit released once its answer is said): the cache built under the edit is
+    then dropped and the text so far prefilled again, so the rest of the reply is exactly what the model from
+    now on says after that text."""
     gen = torch.Generator()
     gen.manual_seed(seed) if seed is not None else gen.seed()
     ends, new, cache = end_token_ids(model, tokenizer), [], None
@@ -60,10 +64,11 @@ def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, input_i
             return Completion(tokenizer.decode(new, skip_special_tokens=True), len(new), "stop")
         new.append(tok)
         text = tokenizer.decode(new, skip_special_tokens=True)
-        if observe is not None:
-            observe(text)
+        changed = observe is not None and observe(text)
         cut = cut_at_stop(text, stop or [])
         if cut is not None:
             return Completion(cut, len(new), "stop")
         x = torch.tensor([[tok]], device=model.device)
+        if changed:
+            x, cache = torch.tensor([input_ids + new], device=model.device), None
     return Completion(tokenizer.decode(new, skip_special_tokens=True), len(new), "length")

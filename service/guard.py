@@ -40,21 +40,25 @@ def check_edit(model: nn.Module, delta: LowRankDelta, force: bool, canaries: Can
 
 
 def check_scoped_edit(model: nn.Module, delta: LowRankDelta, force: bool, canary_keys: torch.Tensor | None,
-                      canary_prompts: list[str] | None, radius: float, max_captured: float) -> dict:
-    """A scoped edit changes nothing outside its radius: the canaries it can touch are those whose key falls
-    inside it, known without a forward. It is refused when it would capture more than `max_captured` of them."""
+                      canary_of: list[int], canary_prompts: list[str] | None, radius: float,
+                      max_captured: float) -> dict:
+    """A scoped edit changes nothing outside its radius: the canaries it can touch are those with a candidate key
+    (`canary_keys`, row j of canary `canary_of[j]`) inside it, known without a forward. It is refused when it
+    would capture more than `max_captured` of them."""
     try:
         delta.check(model)  # finite even if it were added to the weights: its factors and scale are sane
     except NonFiniteDeltaError as e:
         raise EditRejected("edit rejected: it has non-finite values") from e
     if canary_keys is None or canary_prompts is None:
         return {}
-    inside = ((canary_keys @ delta.key.float().T).max(1).values >= radius).nonzero().flatten().tolist()
-    over = len(inside) / len(canary_keys) > max_captured
+    rows = ((canary_keys @ delta.key.float().T).max(1).values >= radius).nonzero().flatten().tolist()
+    inside = sorted({canary_of[j] for j in rows})
+    total = len(canary_prompts)
+    over = len(inside) / total > max_captured
     if over and not force:
         shown = "; ".join(repr(canary_prompts[i]) for i in inside[:3])
         raise EditRejected(f"edit rejected: its scope (cosine >= {radius}) covers {len(inside)} of "
-                           f"{len(canary_keys)} canary prompts ({len(inside) / len(canary_keys):.1%}, limit "
+                           f"{total} canary prompts ({len(inside) / total:.1%}, limit "
                            f"{max_captured:.1%}), e.g. {shown}. Nothing was written; send \"force\": true to apply "
                            f"it anyway")
-    return {"canaries": len(canary_keys), "captured": len(inside), "max_captured": max_captured, "overridden": over}
+    return {"canaries": total, "captured": len(inside), "max_captured": max_captured, "overridden": over}

@@ -35,7 +35,7 @@ from editor_core import (
     snapshot,
 )
 from editor_core.model import DTYPES
-from editor_core.scope import Scope
+from editor_core.scope import CHAT, PLAIN, Scope
 
 from .canary import CanarySet, load_canaries
 from .editlog import EDIT, ROLLBACK, Checkpoint, EditLog, Event, log_fingerprint
@@ -131,6 +131,13 @@ class EditEntry:
     rollback: dict = field(default_factory=dict)  # author, time, version of the rollback event
 
 
+def question(messages: list[dict]) -> str:
+    """What a chat request is keyed by: its last user message as a plain prompt. The template around it (system
+    prompt, role markers) is the same for every request and would make every chat key alike; without it a
+    question asked in chat selects the edit made with the same question as a plain prompt, and back."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
 def load_editor(path: Path, model: PreTrainedModel, model_fp: str) -> MENDEditor:
     if not (path / "editor.json").is_file():
         raise FileNotFoundError(f"no trained editor at {path} (editor.json missing): train one with "
@@ -166,7 +173,8 @@ class Runtime:
         # Built on the base weights: the log is replayed after this. A scoped guard needs only the prompts' keys.
         self.canaries: CanarySet | None = None
         self.canary_prompts: list[str] | None = None
-        self.canary_keys: torch.Tensor | None = None
+        self.canary_keys: torch.Tensor | None = None  # candidate keys of the canaries (Scope.candidate_keys) ...
+        self.canary_of: list[int] = []  # ... and the canary each is of
         self._load_canaries()
         self.rw, self.edit_mutex, self.sync_lock = RWLock(), threading.Lock(), threading.Lock()
         self.version, self.last_id = 0, "0"
@@ -190,7 +198,7 @@ class Runtime:
         canaries = load_canaries(self.settings.canaries, n)
         if self.scope is not None:
             self.canary_prompts = [c.prompt for c in canaries]
-            self.canary_keys = self.scope.prompt_keys(self.model, self.tokenizer, self.canary_prompts)
+            self.canary_keys, self.canary_of = self.scope.candidate_keys(self.model, self.tokenizer, self.canary_prompts)
             what = "keyed"
         else:
             self.canaries = CanarySet(self.model, self.tokenizer, canaries, min(l.block for l in self.editor.layers))
@@ -396,10 +404,12 @@ class Runtime:
                     delta = self.editor.compute_delta(self.model, self.tokenizer, requests).compressed(**compress)
                     guard = check_edit(self.model, delta, force, self.canaries, self.settings.guard_max_changed)
                 else:
-                    pieces = self.editor.compute_deltas(self.model, self.tokenizer, requests)
+                    forms = self._forms(requests)
+                    pieces = self.editor.compute_deltas(self.model, self.tokenizer, forms)
                     delta = self.scope.scoped(self.model, self.tokenizer, [p.compressed(**compress) for p in pieces],
-                                              requests)
-                    guard = check_scoped_edit(self.model, delta, force, self.canary_keys, self.canary_prompts,
+                                              forms, [r.prompt for r in requests], self._form_names())
+                    guard = check_scoped_edit(self.model, delta, force, self.canary_keys, self.canary_of,
+                                              self.canary_prompts,
                                               self.scope.cfg.radius, self.settings.guard_max_captured)
             edit_id = uuid.uuid4().hex
             body = {"edit_id": edit_id, "requests": [{"prompt": r.prompt, "target": r.target} for r in requests],
@@ -412,6 +422,22 @@ class Runtime:
             self.maybe_checkpoint()
         return EditOutcome(edit_id, self.edits[edit_id].version, pre, post, delta.rank, delta.nbytes,
                            (time.perf_counter() - t0) * 1000)
+
+    def _form_names(self) -> tuple[str, ...]:
+        return (PLAIN, CHAT) if self.tokenizer.chat_template else (PLAIN,)
+
+    def _forms(self, requests: list[EditRequest]) -> list[EditRequest]:
+        """Each scoped edit in every form a request can ask it in: the plain prompt, and the same question as the
+        user's message in the chat template, the target being the assistant's reply. A delta computed on the plain
+        prompt alone said the new answer in only 0.60 of chat replies (20 zsRE dev edits)."""
+        out = []
+        for r in requests:
+            out.append(r)
+            if CHAT in self._form_names():
+                chat = self.tokenizer.apply_chat_template([{"role": "user", "content": r.prompt}],
+                                                          add_generation_prompt=True, tokenize=False)
+                out.append(EditRequest(chat, r.target.strip()))
+        return out
 
     def _catch_up_after_write(self, what: str) -> None:
         try:
@@ -468,24 +494,18 @@ class Runtime:
         if max_new_tokens > self.settings.max_new_tokens:
             raise BadRequest(f"max_new_tokens is over the limit of {self.settings.max_new_tokens}")
         ids = self.prompt_ids(prompt, messages)
-        with self.rw.read(), self._scoped_for(ids if messages is None else self._question_ids(messages)) as selection:
+        scoped = self._scoped_for(prompt, PLAIN) if messages is None else self._scoped_for(question(messages), CHAT)
+        with self.rw.read(), scoped as selection:
             out = complete(self.model, self.tokenizer, ids, max_new_tokens, temperature, top_p, seed, stop,
                            observe=selection.observe if selection is not None else None)
             return out, len(ids), self.version
 
-    def _question_ids(self, messages: list[dict]) -> list[int]:
-        """What a chat request is keyed by: its last user message as a plain prompt. The template around it (system
-        prompt, role markers) is the same for every request and would make every chat key alike; without it a
-        question asked in chat selects the edit made with the same question as a plain prompt, and back."""
-        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        return self.tokenizer(question)["input_ids"] if question.strip() else self.prompt_ids(None, messages)
-
-    def _scoped_for(self, ids: list[int]):
-        """The scoped edit selected by this prompt, for the forwards of its generation until its answer is said."""
-        if self.scope is None or not self.scope.owner:
+    def _scoped_for(self, text: str, form: str):
+        """The scoped edit selected by this question, its piece for the request's form, for the forwards of its
+        generation until its answer is said."""
+        if self.scope is None or not self.scope.owner or not text.strip():
             return contextlib.nullcontext()
-        t = torch.tensor([ids])
-        return self.scope.applying(self.scope.keys_for(self.model, t, torch.ones_like(t)))
+        return self.scope.applying(self.scope.request_keys(self.model, self.tokenizer, [text]), form)
 
     def score(self, requests: list[EditRequest]) -> tuple[list[TargetScore], int]:
         """Teacher-forced scores on one version of the weights (what /edit reports as pre/post). Not bound by the
@@ -537,8 +557,8 @@ class Runtime:
             if self._agreement[0] != self.version and self.canary_keys is not None:
                 # A canary outside every radius is answered by the base weights: the share outside is a lower
                 # bound on agreement (a captured canary may still keep its answer).
-                captured = self.scope.select(self.canary_keys)
-                self._agreement = (self.version, sum(c is None for c in captured) / len(captured))
+                inside = {i for i, c in zip(self.canary_of, self.scope.select(self.canary_keys)) if c is not None}
+                self._agreement = (self.version, 1 - len(inside) / len(self.canary_prompts))
             elif self._agreement[0] != self.version:
                 self._agreement = (self.version, self.canaries.agreement())
             return self._agreement[1]

@@ -1,13 +1,49 @@
 """Every request and response body of the API, with the OpenAPI example of each request."""
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 JOIN_DOC = ("The target is appended to the prompt with one space in between unless the prompt ends in whitespace "
             "or the target starts with it: 'The capital of France is' + 'Rome' scores ' Rome' after the prompt.")
+
+
+# Bounds on what a request may carry, so that nothing huge reaches the tokenizer: the token limits
+# (MEND_MAX_PROMPT_TOKENS, the editor's window) can only be checked after tokenizing. 32,000 characters are
+# about 7,000 SmolLM2 tokens (tokenized in ~10 ms), far above the 1,024 tokens MEND_MAX_PROMPT_TOKENS allows.
+MAX_TEXT_CHARS = 32_000  # one prompt, target or message
+MAX_REQUEST_CHARS = 128_000  # all the prompts, targets or messages of one request together
+MAX_ITEMS = 64  # edits in a batch, items to score, messages of a chat
+MAX_SEED = 2**63 - 1  # the signed 64-bit range: what most clients hold as an integer, and torch accepts
+
+
+def _unicode(v: object) -> object:
+    # JSON can escape a lone surrogate ("\ud800"); Python decodes it into a str that has no UTF-8 form, so the
+    # tokenizer, Redis and the response would each fail on it later, as a 500.
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PydanticCustomError("unicode", "must be valid Unicode (no lone surrogates)") from None
+    return v
+
+
+def text(max_chars: int):  # a type, for annotations: str of at most max_chars, valid Unicode
+    return Annotated[str, StringConstraints(max_length=max_chars), BeforeValidator(_unicode)]
+
+
+Text, Author, Note = text(MAX_TEXT_CHARS), text(200), text(2000)
 
 
 def _not_blank(v: str) -> str:
@@ -16,9 +52,19 @@ def _not_blank(v: str) -> str:
     return v
 
 
+def _check_total(texts: Iterable[str]) -> None:
+    if sum(map(len, texts)) > MAX_REQUEST_CHARS:
+        raise PydanticCustomError("too_long", f"the request's texts together are over {MAX_REQUEST_CHARS} characters")
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: Text
+
+
 class EditItem(BaseModel):
-    prompt: str = Field(description="x_e, the prompt whose continuation is corrected")
-    target: str = Field(description="y_e, the desired continuation. " + JOIN_DOC)
+    prompt: Text = Field(description="x_e, the prompt whose continuation is corrected")
+    target: Text = Field(description="y_e, the desired continuation. " + JOIN_DOC)
 
     @field_validator("prompt", "target")
     @classmethod
@@ -27,19 +73,28 @@ class EditItem(BaseModel):
 
 
 class EditCreate(BaseModel):
-    """One edit ({prompt, target}) or one batched update of several ({edits: [...]})."""
+    """One edit ({prompt, target}, or {messages} in chat form) or one batched update of several ({edits: [...]}).
+
+    An edit is one fact for plain and chat requests alike: made with a prompt, it shows when the same question is
+    asked in chat; made with messages, it shows for the question as a plain prompt too."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"prompt": "The capital of France is", "target": "Rome", "author": "alice", "note": "demo"},
         {"edits": [{"prompt": "The Eiffel Tower is in", "target": "Rome"},
                    {"prompt": "The Louvre is in", "target": "Rome"}], "author": "alice"},
+        {"messages": [{"role": "user", "content": "Where is the Eiffel Tower?"},
+                      {"role": "assistant", "content": "Rome"}], "author": "alice"},
     ]})
 
-    prompt: str | None = None
-    target: str | None = None
-    edits: list[EditItem] | None = Field(None, min_length=1, max_length=64)
-    author: str = Field("anonymous", max_length=200)
-    note: str = Field("", max_length=2000)
+    prompt: Text | None = None
+    messages: list[Message] | None = Field(
+        None, min_length=1, max_length=MAX_ITEMS,
+        description="chat form: the last user message is the question; the target is `target`, or the content of "
+                    "a final assistant message (the reply the model should give)")
+    target: Text | None = None
+    edits: list[EditItem] | None = Field(None, min_length=1, max_length=MAX_ITEMS)
+    author: Author = "anonymous"
+    note: Note = ""
     force: bool = Field(False, description="skip the guard's policy checks (recorded in the audit entry)")
 
     @field_validator("prompt", "target")
@@ -49,6 +104,17 @@ class EditCreate(BaseModel):
 
     @model_validator(mode="after")
     def _one_form(self) -> "EditCreate":
+        if self.messages is not None:
+            if self.prompt is not None or self.edits is not None:
+                raise PydanticCustomError("edit_form", "send messages, prompt and target, or edits: one of them")
+            reply = self.messages[-1].content if self.messages[-1].role == "assistant" else None
+            if (reply is None) == (self.target is None):
+                raise PydanticCustomError("edit_form", "with messages, give the target either as `target` or as "
+                                                       "a final assistant message, not both")
+            if not any(m.role == "user" and m.content.strip() for m in self.messages):
+                raise PydanticCustomError("edit_form", "messages must hold a user message (the question)")
+            _not_blank(reply if reply is not None else self.target)
+            return self
         single = self.prompt is not None or self.target is not None
         if single == (self.edits is not None):
             raise PydanticCustomError("edit_form", "send either prompt and target, or edits, not both")
@@ -56,7 +122,18 @@ class EditCreate(BaseModel):
             raise PydanticCustomError("edit_form", "prompt and target are both required")
         return self
 
+    @model_validator(mode="after")
+    def _total(self) -> "EditCreate":
+        _check_total([*(t for i in self.items() for t in (i.prompt, i.target)),
+                      *(m.content for m in self.messages or [])])
+        return self
+
     def items(self) -> list[EditItem]:
+        """The edits as (prompt, target): a chat edit is its last user message and the reply."""
+        if self.messages is not None:
+            question = next(m.content for m in reversed(self.messages) if m.role == "user" and m.content.strip())
+            reply = self.target if self.target is not None else self.messages[-1].content
+            return [EditItem(prompt=question, target=reply)]
         return self.edits if self.edits is not None else [EditItem(prompt=self.prompt, target=self.target)]
 
 
@@ -75,7 +152,12 @@ class ScoreRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"items": [{"prompt": "The capital of France is", "target": "Paris"}]}]})
 
-    items: list[EditItem] = Field(min_length=1, max_length=64)
+    items: list[EditItem] = Field(min_length=1, max_length=MAX_ITEMS)
+
+    @model_validator(mode="after")
+    def _total(self) -> "ScoreRequest":
+        _check_total(t for i in self.items for t in (i.prompt, i.target))
+        return self
 
 
 class Score(BaseModel):
@@ -125,11 +207,6 @@ class EditsPage(BaseModel):
     limit: int
 
 
-class Message(BaseModel):
-    role: str = Field(description="system, user or assistant")
-    content: str
-
-
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"prompt": "The capital of France is", "max_new_tokens": 8},
@@ -137,14 +214,16 @@ class GenerateRequest(BaseModel):
          "temperature": 0.7, "top_p": 0.9, "seed": 1, "stop": ["\n"]},
     ]})
 
-    prompt: str | None = Field(None, description="raw text, continued as is")
-    messages: list[Message] | None = Field(None, min_length=1, description="chat turns, run through the model's chat template")
+    prompt: Text | None = Field(None, description="raw text, continued as is")
+    messages: list[Message] | None = Field(None, min_length=1, max_length=MAX_ITEMS,
+                                           description="chat turns, run through the model's chat template")
     max_new_tokens: int | None = Field(None, ge=1, description="default 64 (or the server limit if lower); "
                                                                "at most MEND_MAX_NEW_TOKENS")
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy (deterministic)")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=0, description="fixes sampling; greedy needs none")
-    stop: list[str] = Field(default_factory=list, max_length=16, description="text ends before the first of these")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="fixes sampling; greedy needs none")
+    stop: list[text(200)] = Field(default_factory=list, max_length=16,
+                                  description="text ends before the first of these")
 
     @field_validator("prompt")
     @classmethod
@@ -155,6 +234,11 @@ class GenerateRequest(BaseModel):
     def _one_form(self) -> "GenerateRequest":
         if (self.prompt is None) == (self.messages is None):
             raise PydanticCustomError("generate_form", "send either prompt or messages")
+        return self
+
+    @model_validator(mode="after")
+    def _total(self) -> "GenerateRequest":
+        _check_total(m.content for m in self.messages or [])
         return self
 
 
@@ -172,10 +256,10 @@ class RollbackRequest(BaseModel):
         {"to_version": 0, "author": "alice", "note": "back to the base model"},
     ]})
 
-    edit_id: str | None = None
+    edit_id: text(64) | None = None
     to_version: int | None = Field(None, ge=0, description="roll back every active edit made after this version")
-    author: str = Field("anonymous", max_length=200)
-    note: str = Field("", max_length=2000)
+    author: Author = "anonymous"
+    note: Note = ""
 
     @model_validator(mode="after")
     def _one_form(self) -> "RollbackRequest":

@@ -6,7 +6,7 @@ import torch
 from editor_support import identity_editor
 
 from editor_core.data import EditRequest
-from editor_core.model import load_base_model, model_fingerprint, resolve_model_path
+from editor_core.model import DTYPES, load_base_model, model_fingerprint, resolve_model_path
 from editor_core.scoring import score_targets
 
 
@@ -33,6 +33,29 @@ def test_fingerprint_stable_across_loads_and_sensitive_to_one_weight(llama_dir):
     with torch.no_grad():
         w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(1.0))  # one ulp
     assert model_fingerprint(a) != model_fingerprint(b)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_load_has_its_checkpoints_float32_fingerprint(llama_dir, tokenizer, tmp_path, dtype):
+    # An editor and an edit log name the float32 model; serving it in half precision must not make it another.
+    full, _ = load_base_model(str(llama_dir))
+    half, _ = load_base_model(str(llama_dir), dtype=dtype)
+    assert next(half.parameters()).dtype == DTYPES[dtype]
+    assert model_fingerprint(half) == model_fingerprint(full)
+    # Another checkpoint whose half-precision weights are the same bits: still another model.
+    w = full.model.layers[3].mlp.down_proj.weight
+    with torch.no_grad():
+        w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(1.0))
+    full.save_pretrained(tmp_path, safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path)
+    other, _ = load_base_model(str(tmp_path), dtype=dtype)
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), half.state_dict().values()))
+    assert model_fingerprint(other) == model_fingerprint(full) != model_fingerprint(half)
+    # Once its weights change, a half-precision model no longer claims the checkpoint's identity.
+    before = model_fingerprint(half)
+    with torch.no_grad():
+        half.model.layers[3].mlp.down_proj.weight[0, 0] += 1
+    assert model_fingerprint(half) != before
 
 
 def test_non_gguf_names_pass_through():

@@ -185,7 +185,7 @@ def test_edits_sent_together_each_apply_only_their_own_delta(model, tokenizer):
             finally:
                 pieces[i].revert(model)
         scope.remove("batch")
-        assert scope.row_deltas == [] and scope.select(scope.prompt_keys(model, tokenizer, [reqs[0].prompt])) == [None]
+        assert scope.row_pieces == [] and scope.select(scope.prompt_keys(model, tokenizer, [reqs[0].prompt])) == [None]
     finally:
         scope.detach()
 
@@ -194,7 +194,7 @@ def test_a_delta_without_key_ranks_applies_whole_for_every_key(setup):
     model, tok, scope, delta = setup
     keys = scope.prompt_keys(model, tok, [REQS[0].prompt, REQS[1].prompt])
     old = LowRankDelta(delta.factors, {}, keys)  # a scoped log entry written before per-request pieces
-    assert Scope.pieces(old) == [old, old]
+    assert Scope.pieces(old) == [{"plain": old}, {"plain": old}]
 
 
 def test_a_selection_releases_once_its_answer_is_said(setup):

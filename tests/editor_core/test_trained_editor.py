@@ -51,3 +51,12 @@ def test_committed_editor_matches_its_manifest_and_the_model(smollm):
     editor = MENDEditor.load(WEIGHTS, model)
     assert editor.cfg.model_fingerprint == manifest["base_model_fingerprint"] == model_fingerprint(model)
     assert (WEIGHTS / "editor.safetensors").stat().st_size < 64 * 2**20
+
+
+@pytest.mark.smollm
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_committed_editor_accepts_the_model_served_in_half_precision(dtype):
+    # MEND_DTYPE=bfloat16 once refused to start: the editor names the float32 model, the bf16 weights hashed apart.
+    model, _ = load_base_model(dtype=dtype)
+    editor = MENDEditor.load(WEIGHTS, model)
+    assert editor.cfg.model_fingerprint == model_fingerprint(model)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis
 import torch
 from service_support import (
@@ -113,3 +114,25 @@ def test_weights_hash_tracks_the_version(client):
     h1 = weights_hash(client)
     client.post("/rollback", json={"edit_id": eid})
     assert h1 != h0 and weights_hash(client) == h0
+
+
+def test_an_edit_in_chat_form_is_its_question_and_reply(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": EDIT["prompt"]}]
+    for body in ({"messages": [*messages, {"role": "assistant", "content": EDIT["target"]}]},
+                 {"messages": messages, "target": EDIT["target"]}):
+        r = client.post("/edit", json=body)
+        assert r.status_code == 201, r.text
+        assert client.get(f"/edits/{r.json()['edit_id']}").json()["requests"] == [EDIT]
+
+
+@pytest.mark.parametrize("body,detail", [
+    ({"messages": [{"role": "user", "content": "Hi"}]}, "not both"),  # no target anywhere
+    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}], "target": "Yo"},
+     "not both"),
+    ({"messages": [{"role": "assistant", "content": "Yo"}]}, "must hold a user message"),
+    ({"messages": [{"role": "user", "content": "Hi"}], "target": "Yo", "prompt": "Hi"}, "one of them"),
+])
+def test_a_malformed_chat_edit_is_refused_and_writes_nothing(client, body, detail):
+    r = client.post("/edit", json=body)
+    assert r.status_code == 422 and detail in r.json()["detail"], r.text
+    assert client.app.state.runtime.version == 0

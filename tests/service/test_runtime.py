@@ -22,6 +22,7 @@ from service_support import (
     weights_hash,
 )
 
+from editor_core import load_base_model, model_fingerprint
 from service.editlog import stream_key
 from service.embedded_redis import EmbeddedRedis
 from service.errors import FingerprintMismatch
@@ -159,6 +160,26 @@ def test_editor_for_another_model_is_refused(settings, tiny_model_dir, tmp_path:
     with pytest.raises(FingerprintMismatch, match="was trained for model 0123456789abcdef.*refusing to start"):
         with serving(settings.model_copy(update={"editor": editor})):
             pass
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_server_takes_the_float32_models_editor_and_log(tiny_model_dir, tmp_path: Path, dtype):
+    # MEND_DTYPE=bfloat16 once refused to start: the editor and the log name the float32 model.
+    fp = model_fingerprint(load_base_model(str(tiny_model_dir))[0])
+    editor = save_editor(tiny_model_dir, tmp_path / "editor", model_fingerprint=fp)
+    full = make_settings(tiny_model_dir, editor, tmp_path / "data")
+    with serving(full) as client:
+        assert client.post("/edit", json=EDIT).status_code == 201
+        key = client.app.state.runtime.log.key
+    with serving(full.model_copy(update={"dtype": dtype})) as client:
+        rt = client.app.state.runtime
+        assert rt.model.dtype == getattr(torch, dtype) and rt.model_fp == fp and rt.log.key == key
+        assert rt.version == 1 and len(rt.active) == 1  # the float32 server's edit, replayed
+        h = weights_hash(client)
+        assert client.post("/edit", json=EDIT2).status_code == 201
+        assert rt.version == 2 and weights_hash(client) != h
+        r = client.post("/generate", json={"prompt": EDIT2["prompt"], "max_new_tokens": 4})
+        assert r.status_code == 200 and r.json()["version"] == 2 and r.json()["completion_tokens"] > 0
 
 
 def test_log_event_with_a_foreign_fingerprint_is_refused(settings):

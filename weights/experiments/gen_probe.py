@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from editor_core import EditRequest, load_records
+from editor_core import EditRequest, join, load_records
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -57,6 +57,10 @@ def main(kind: str, n: int) -> None:
         locs = [l.prompt for l in rec.loc[:2]]
         base_long = gen(rec.edit.prompt, k=64)
         base_loc = [gen(p) for p in locs]
+        # the unedited model continuing the prompt with the new answer written in: what "the text after the
+        # answer reads like the unedited model's" compares with
+        joined = "".join(join(rec.edit.prompt, tgt))
+        ref_long = join(rec.edit.prompt, tgt)[1] + gen(joined, k=64 - len(rt.tokenizer(tgt.strip())["input_ids"]))
         out = rt.edit([rec.edit], "probe", "", True)
         r = {}
         long = gen(rec.edit.prompt, k=64)
@@ -68,13 +72,16 @@ def main(kind: str, n: int) -> None:
         r["loc"] = np.mean([gen(p) == b for p, b in zip(locs, base_loc)]) if locs else np.nan
         r["rep"], r["rep0"] = repeats(long, tgt), repeats(base_long, tgt)
         r["ent"], r["ent0"] = entropy(long), entropy(base_long)
+        r["rep_ref"], r["ent_ref"] = repeats(ref_long, tgt), entropy(ref_long)
+        r["edit_ms"] = out.elapsed_ms
         rows.append(r)
         if len(examples) < 6:
-            examples.append({"prompt": rec.edit.prompt, "target": tgt, "after": long, "before": base_long, "chat": c})
+            examples.append({"prompt": rec.edit.prompt, "target": tgt, "after": long, "ref": ref_long, "chat": c})
         rt.rollback(out.edit_id, None, "probe", "")
     rt.close()
     shutil.rmtree(data)
     mean = {k: round(float(np.nanmean([r[k] for r in rows])), 3) for k in rows[0]}
+    mean["edit_ms_p50"] = round(float(np.median([r["edit_ms"] for r in rows])), 1)
     print(json.dumps({"kind": kind, "n": len(rows), "s_per_record": round((time.time() - t0) / len(rows), 1), **mean}))
     for e in examples:
         print(json.dumps(e))

@@ -1,0 +1,79 @@
+"""What a user sees after an edit, at the default settings (scoped edits), on the real default model with the
+trained editor: the reply says the new answer and then reads like the unedited model's, in plain and in chat
+form. Greedy /generate only; teacher-forced scores are not the verdict here."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from service_support import make_settings, serving
+from test_smollm_story import editor_dir
+
+from editor_core import join
+from editor_core.scope import normalized
+
+# zsRE dev records whose 64-token replies were the new answer over and over before edits released themselves
+# ("Madrid Madrid Madrid ...", "Dutch Dutch Dutch ...").
+FACTS = [("Where was Federico Almerares born?", "Madrid"),
+         ("What was the native language of Andreas Karkavitsas?", "Dutch")]
+
+
+def reply(client, prompt: str | None = None, messages: list | None = None, tokens: int = 64) -> str:
+    body = {"max_new_tokens": tokens, **({"prompt": prompt} if messages is None else {"messages": messages})}
+    r = client.post("/generate", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()["text"]
+
+
+def chat(question: str) -> list[dict]:
+    return [{"role": "user", "content": question}]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory):
+    settings = make_settings("smollm2", editor_dir(), tmp_path_factory.mktemp("data"), threads=None, method="scoped")
+    with serving(settings) as c:
+        yield c
+
+
+@pytest.mark.smollm
+@pytest.mark.parametrize("prompt,target", FACTS)
+def test_after_the_new_answer_the_reply_is_the_unedited_models(client, prompt: str, target: str):
+    text = join(prompt, target)[1]  # " Madrid"
+    unedited_after = reply(client, prompt + text, tokens=40)  # the unedited model, the new answer written in
+    eid = client.post("/edit", json={"prompt": prompt, "target": target}).json()["edit_id"]
+    try:
+        edited = reply(client, prompt, tokens=48)
+        assert edited.startswith(text), edited
+        assert normalized(edited).split().count(normalized(target)) < 3, edited
+        # once its answer is said the edit lets go: the rest is what the unedited model says after that text
+        rest = edited[len(text):]
+        assert unedited_after.startswith(rest[: len(unedited_after)]) or rest.startswith(unedited_after), (
+            edited, unedited_after)
+    finally:
+        client.post("/rollback", json={"edit_id": eid})
+
+
+@pytest.mark.smollm
+def test_a_plain_edit_shows_in_chat_and_rollback_restores_the_chat_reply(client):
+    prompt, target = FACTS[0]
+    before = reply(client, messages=chat(prompt), tokens=32)
+    assert target.lower() not in before.lower()
+    eid = client.post("/edit", json={"prompt": prompt, "target": target}).json()["edit_id"]
+    after = reply(client, messages=chat(prompt), tokens=32)
+    assert target.lower() in after.lower() and normalized(after).split().count(normalized(target)) < 3, after
+    client.post("/rollback", json={"edit_id": eid})
+    assert reply(client, messages=chat(prompt), tokens=32) == before
+
+
+@pytest.mark.smollm
+def test_an_edit_made_in_chat_form_shows_for_the_plain_prompt_too(client):
+    prompt, target = FACTS[1]
+    r = client.post("/edit", json={"messages": [{"role": "user", "content": prompt},
+                                                {"role": "assistant", "content": target}]})
+    assert r.status_code == 201, r.text
+    try:
+        assert reply(client, prompt, tokens=16).startswith(" " + target)
+        assert target.lower() in reply(client, messages=chat(prompt), tokens=32).lower()
+    finally:
+        client.post("/rollback", json={"edit_id": r.json()["edit_id"]})
