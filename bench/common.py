@@ -97,7 +97,12 @@ def tiny_model_and_editor(folder: Path) -> tuple[Path, Path]:
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(model_dir, safe_serialization=True)
     tok.save_pretrained(model_dir)
-    MENDEditor.for_model(prepare_model(model), rank=8).save(editor_dir)
+    editor = MENDEditor.for_model(prepare_model(model), rank=8)
+    editor.save(editor_dir)
+    # A scope too, so that the service's default method (scoped) runs on it.
+    from editor_core.scope import Scope, ScopeConfig
+    generic = ["The weather today is", "My favourite food is", "The capital of France is", "Dogs like to"]
+    Scope.fit(model, tok, editor.layers, generic, ScopeConfig(key_block=2, radius=0.9)).save(editor_dir)
     return model_dir, editor_dir
 
 

@@ -29,17 +29,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import EditRequest
 from .delta import LowRankDelta
+from .fluency import normalized
 from .hooks import input_of_block
 from .layers import EditedLayer, find_blocks
 from .scoring import score_targets
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
 PLAIN, CHAT = "plain", "chat"  # the forms a request comes in: a bare prompt, or a question in the chat template
-
-
-def normalized(text: str) -> str:
-    """Lower case, words only: how a reply is compared with an answer (" Rome." says "Rome")."""
-    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
 
 
 def sentence_suffixes(prompt: str) -> list[str]:

@@ -10,7 +10,7 @@ from service_support import make_settings, serving
 from test_smollm_story import editor_dir
 
 from editor_core import join
-from editor_core.scope import normalized
+from editor_core.fluency import normalized
 
 # zsRE dev records whose 64-token replies were the new answer over and over before edits released themselves
 # ("Madrid Madrid Madrid ...", "Dutch Dutch Dutch ...").
