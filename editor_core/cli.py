@@ -33,8 +33,11 @@ def train(
     precond_prompts: int = typer.Option(1000, help="training records whose prompts fit the preconditioner"),
     prefix_cache: bool = typer.Option(True, help="cache the frozen blocks' outputs per sequence"),
     device: str = "cpu", dtype: str = "float32",
+    scope: bool = typer.Option(True, help="fit the scope of scoped edits (`mend fit-scope`) into OUT/best after "
+                                          "training, so that `mend serve` runs the editor at its default method"),
+    scope_records: int = typer.Option(500, help="training records per file the scope is fitted on"),
 ) -> None:
-    """Train a MEND editor; the best checkpoint (by validation) lands in OUT/best."""
+    """Train a MEND editor; the best checkpoint (by validation) lands in OUT/best, with its fitted scope."""
     from .train import TrainConfig
     from .train import train as run
 
@@ -45,7 +48,12 @@ def train(
                       max_records=max_records, threads=threads,
                       precond_lambda=precond_lambda if precond_lambda > 0 else None,
                       precond_prompts=precond_prompts)
-    typer.echo(f"best editor: {run(cfg)}")
+    best = run(cfg)
+    if scope:  # what `mend serve` needs for its default method, fitted on the same training files
+        from .scope import ScopeConfig
+
+        _fit_and_save_scope(model, best, data, scope_records, ScopeConfig(scale=2.0, max_scale=8.0))
+    typer.echo(f"best editor: {best}")
 
 
 @app.command()
@@ -87,60 +95,56 @@ def fit_scope(
     data: list[str] = typer.Option(["zsre:../shared/data/zsre/train.json",
                                     "counterfact:../shared/data/counterfact/train.json"],
                                    help="training records: their locality prompts fit the centre, their edits and "
-                                        "rephrases the radius (never a dev split)"),
+                                        "rephrases the key block and radius (never a dev split)"),
     n: int = typer.Option(500, help="records per file (one per subject)"),
-    key_block: int = typer.Option(10, help="block whose output, mean-pooled over the prompt, is the key"),
+    key_block: list[int] | None = typer.Option(None, help="block(s) whose output, mean-pooled over the prompt, may "
+                                                           "be the key (default: a sixth to two thirds of the depth; "
+                                                           "the best on the objective is kept)"),
     window: int = typer.Option(0, help="pool over the prompt's last N tokens (0: all)"),
-    loc_weight: float = typer.Option(3.0, help="radius maximises rephrase hits - loc_weight x locality hits"),
+    loc_weight: float = typer.Option(3.0, help="maximised: rephrase hits - loc_weight x locality hits"),
     radius: float | None = typer.Option(None, help="use this radius instead (the table shows the trade-off)"),
     scale: float = typer.Option(2.0, help="step multiplier of scoped deltas (zsRE train, 40 records: 1x edit "
                                           "0.60 / rephrase 0.43, 2x 0.83 / 0.70, 3x 0.78 / 0.73)"),
-    max_scale: float = typer.Option(0.0, help="double the step of an edit that does not take, up to this "
+    max_scale: float = typer.Option(8.0, help="double the step of an edit that does not take, up to this "
                                               "(weights/experiments/scoped_step.py; 0: never)"),
 ) -> None:
-    """Fit the scoped-edit keys (editor_core.scope): centre on generic prompts, radius on training edits."""
-    import random
+    """Fit the scoped-edit keys (editor_core.scope) for this model: centre, key block and radius."""
+    from .scope import ScopeConfig
 
-    import torch
+    _fit_and_save_scope(model, editor, data, n, ScopeConfig(window=window, scale=scale, max_scale=max_scale),
+                        loc_weight, key_block, radius)
+
+
+def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, loc_weight: float = 3.0,
+                        blocks: list[int] | None = None, radius: float | None = None) -> None:
+    import random
 
     from .data import load_records
     from .mend import MENDEditor
     from .model import load_base_model
-    from .scope import Scope, ScopeConfig
+    from .scope import fit_scope
 
     m, tok = load_base_model(model)
     ed = MENDEditor.load(editor, m)
     recs = [r for spec in data for r in load_records(spec, n, one_per_subject=True) if r.rephrases]
     random.Random(0).shuffle(recs)  # both data sets in both halves
-    half = len(recs) // 2  # the centre and the radius from different records
-    scope = Scope.fit(m, tok, ed.layers, [q.prompt for r in recs[:half] for q in r.loc[:2]],
-                      ScopeConfig(key_block=key_block, window=window, scale=scale, max_scale=max_scale))
-    cal = recs[half:]
-    edits = scope.prompt_keys(m, tok, [r.edit.prompt for r in cal])
-    reph = scope.prompt_keys(m, tok, [r.rephrases[0] for r in cal])
-    loc = scope.prompt_keys(m, tok, [q.prompt for r in cal for q in r.loc[:3]])
-    sim = reph @ edits.T
-    own, nearest = sim.diag(), sim.argmax(1) == torch.arange(len(cal))
-    loc_best = (loc @ edits.T).max(1).values
-
-    def rates(t: float, kind: str | None = None) -> tuple[float, float]:
-        """Shares of rephrases that select their own edit, and of locality prompts that select any, at radius t."""
-        i = torch.tensor([kind in (None, r.kind) for r in cal])
-        j = torch.tensor([kind in (None, r.kind) for r in cal for _ in r.loc[:3]])
-        return float(((own >= t) & nearest)[i].float().mean()), float((loc_best >= t)[j].float().mean())
-
-    best = max((rates(t)[0] - loc_weight * rates(t)[1], t) for t in [x / 100 for x in range(20, 100)])
-    scope.cfg.radius = radius if radius is not None else best[1]
-    hits, loc_hits = rates(best[1])
+    scope, report = fit_scope(m, tok, ed.layers, recs, cfg, loc_weight, blocks or None, radius)
     scope.save(editor)
-    kinds = sorted({r.kind for r in cal})
-    typer.echo("| radius | " + " | ".join(f"{k} rephrase hits | {k} loc hits" for k in kinds) + " |")
+    typer.echo("| key block | radius | rephrase hits | loc hits | objective |")
+    typer.echo("|---|---|---|---|---|")
+    for block, r in report.items():
+        typer.echo(f"| {block} | {r['radius']:.2f} | {r['rephrase_hits']:.3f} | {r['loc_hits']:.3f} | "
+                   f"{r['objective']:.3f} |")
+    rates = report[scope.cfg.key_block]["rates"]
+    kinds = sorted({r.kind for r in recs})
+    typer.echo("\n| radius | " + " | ".join(f"{k} rephrase hits | {k} loc hits" for k in kinds) + " |")
     typer.echo("|---" * (1 + 2 * len(kinds)) + "|")
     for t in sorted({scope.cfg.radius, *[x / 100 for x in range(40, 95, 5)]}):
         typer.echo(f"| {t:.2f} | " + " | ".join(f"{v:.3f}" for k in kinds for v in rates(t, k)) + " |")
-    typer.echo(f"radius {scope.cfg.radius:.2f} saved to {editor} (the objective's choice: {best[1]:.2f}, where "
-               f"{hits:.3f} of {len(cal)} training rephrases select their own edit and {loc_hits:.3f} of {len(loc)} "
-               f"locality prompts select any edit)")
+    chosen = report[scope.cfg.key_block]
+    typer.echo(f"key block {scope.cfg.key_block}, radius {scope.cfg.radius:.2f} saved to {editor} "
+               f"({chosen['rephrase_hits']:.3f} of {len(recs) - len(recs) // 2} training rephrases select their "
+               f"own edit, {chosen['loc_hits']:.3f} of the locality prompts select any edit)")
 
 
 def _wall_time(steps: list[dict]) -> float:

@@ -349,3 +349,55 @@ class Scope:
             yield
         finally:
             self._local.rows = saved
+
+
+def key_block_candidates(model: PreTrainedModel) -> list[int]:
+    """Blocks from a sixth to two thirds of the depth: low blocks see the wording, high ones mostly the next token."""
+    _, blocks = find_blocks(model)
+    n = len(blocks)
+    return sorted({min(max(round(n * f), 0), n - 2) for f in (1 / 6, 1 / 4, 1 / 3, 1 / 2, 2 / 3)})
+
+
+def fit_scope(model: PreTrainedModel, tok: PreTrainedTokenizerBase, layers: list[EditedLayer], records: list,
+              cfg: ScopeConfig, loc_weight: float = 3.0, blocks: list[int] | None = None,
+              radius: float | None = None) -> tuple[Scope, dict]:
+    """Fit a scope to a model on training records (`EditRecord`s with rephrases): the centre on half of their
+    locality prompts; on the other half, the key block and the radius that maximise rephrases selecting their own
+    edit minus `loc_weight` x locality prompts selecting any. Keys are model-specific (which block separates
+    facts differs from model to model), so every model gets its own fit. Returns the scope and, per block tried,
+    the objective's rates, for the caller to print."""
+    half = len(records) // 2
+    fit_prompts = [q.prompt for r in records[:half] for q in r.loc[:2]]
+    cal = records[half:]
+    report = {}
+    best: tuple[float, Scope] | None = None
+    for block in (blocks if blocks else key_block_candidates(model)):
+        scope = Scope.fit(model, tok, layers, fit_prompts, ScopeConfig(**{**asdict(cfg), "key_block": block}))
+        rates = calibration_rates(scope, model, tok, cal)
+        objective, t = max((rates(t)[0] - loc_weight * rates(t)[1], t) for t in [x / 100 for x in range(20, 100)])
+        scope.cfg.radius = radius if radius is not None else t
+        hits, loc_hits = rates(scope.cfg.radius)
+        report[block] = {"radius": scope.cfg.radius, "rephrase_hits": hits, "loc_hits": loc_hits,
+                         "objective": hits - loc_weight * loc_hits, "rates": rates}
+        if best is None or report[block]["objective"] > best[0]:
+            best = (report[block]["objective"], scope)
+    return best[1], report
+
+
+def calibration_rates(scope: Scope, model: PreTrainedModel, tok: PreTrainedTokenizerBase, cal: list):
+    """rates(radius, kind=None) -> (share of rephrases whose best key is their own edit's, at >= radius; share of
+    locality prompts that select any edit), on the calibration records of that kind (all if None)."""
+    edits = scope.prompt_keys(model, tok, [r.edit.prompt for r in cal])
+    reph = scope.prompt_keys(model, tok, [r.rephrases[0] for r in cal])
+    loc = scope.prompt_keys(model, tok, [q.prompt for r in cal for q in r.loc[:3]])
+    sim = reph @ edits.T
+    own, nearest = sim.diag(), sim.argmax(1) == torch.arange(len(cal))
+    loc_best = (loc @ edits.T).max(1).values if len(loc) else torch.zeros(0)
+
+    def rates(t: float, kind: str | None = None) -> tuple[float, float]:
+        i = torch.tensor([kind in (None, r.kind) for r in cal])
+        j = torch.tensor([kind in (None, r.kind) for r in cal for _ in r.loc[:3]], dtype=torch.bool)
+        loc_rate = float((loc_best >= t)[j].float().mean()) if j.any() else 0.0
+        return float(((own >= t) & nearest)[i].float().mean()), loc_rate
+
+    return rates

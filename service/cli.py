@@ -5,6 +5,7 @@ import logging
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 
 from .settings import Settings
 
@@ -25,10 +26,16 @@ def serve(host: str = typer.Option(None, help="default: MEND_HOST or 127.0.0.1")
           port: int = typer.Option(None, help="default: MEND_PORT or 8000"),
           log_level: str = typer.Option("info")) -> None:
     """Start the HTTP service (model, editor and edit log from the MEND_* settings)."""
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        for err in e.errors():  # the messages only: pydantic's full report echoes every input value
+            where = "".join(f"{part}: " for part in err["loc"])
+            typer.echo(f"mend serve: {where}{err['msg']}", err=True)
+        raise typer.Exit(2) from None
     from .main import create_app  # imports torch: only when serving
 
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = Settings(**overrides)
     # force: the library callback may already have configured the root logger at WARNING
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)

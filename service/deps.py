@@ -1,4 +1,5 @@
-"""Typed dependencies: the runtime, settings and metrics of the app, and the bearer-key checks."""
+"""Typed dependencies: the runtime, settings and metrics of the app, and the bearer-key checks (main.py applies
+them)."""
 from __future__ import annotations
 
 import secrets
@@ -42,6 +43,7 @@ def require_key(settings: SettingsDep, credentials: Credentials) -> None:
         raise Unauthorized()
 
 
-def require_key_for_generate(settings: SettingsDep, credentials: Credentials) -> None:
-    if settings.generate_auth:
+def require_key_for_metrics(settings: SettingsDep, credentials: Credentials) -> None:
+    # A Prometheus scraper often cannot send a bearer key; the counters and gauges hold no prompts or authors.
+    if not settings.metrics_public:
         require_key(settings, credentials)

@@ -1,7 +1,9 @@
 """The edit log: one Redis Stream per (base model, editor), append-only, read in order by every replica.
 
-Each event is one XADD (atomic). Fields: `type` (edit | rollback), the three fingerprints, `body` (JSON) and,
-for edits, `delta` (the LowRankDelta as safetensors bytes). Nothing here ever deletes or trims the stream.
+Each event is one XADD, made by a script that first checks that the stream still ends at the event the writer's
+state was computed on (compare-and-set), so no event is ordered after one it was not computed against. Fields:
+`type` (edit | rollback), the three fingerprints, `body` (JSON) and, for edits, `delta` (the LowRankDelta as
+safetensors bytes). Nothing here ever deletes or trims the stream.
 """
 from __future__ import annotations
 
@@ -17,9 +19,23 @@ from safetensors.torch import save as st_save
 from editor_core import LowRankDelta
 from editor_core.delta import safetensors_metadata
 
-from .errors import LogUnavailable
+from .errors import LogOutcomeUnknown, LogUnavailable
 
 EDIT, ROLLBACK = "edit", "rollback"
+
+# KEYS[1]: the stream; ARGV[1]: the id of the last event the writer applied ("0": none); ARGV[2..]: the fields.
+# One script runs atomically: nothing can be appended between the check and the XADD.
+APPEND_IF_AT = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local at = '0'
+if #last > 0 then at = last[1][1] end
+if at ~= ARGV[1] then return {0, at} end
+return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))}
+"""
+
+
+class LogMoved(Exception):
+    """The stream holds events the writer has not applied: it must catch up and compute its event again."""
 
 
 def log_fingerprint(model_fp: str, editor_fp: str) -> str:
@@ -76,7 +92,8 @@ class Event:
 
 
 class EditLog:
-    """Thin wrapper over the stream: Redis failures surface as LogUnavailable (503), never half-writes."""
+    """Thin wrapper over the stream: Redis failures surface as LogUnavailable (nothing written) or, for a write
+    that may have landed, LogOutcomeUnknown (both 503); never half-writes."""
 
     def __init__(self, url: str, log_fp: str) -> None:
         self.key, self.ckpt_key = stream_key(log_fp), checkpoint_key(log_fp)
@@ -84,11 +101,32 @@ class EditLog:
         # Short timeouts: a dead Redis must turn /edit into a quick 503, not a hung request.
         self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
 
-    def append(self, event: Event) -> str:
+    def append(self, event: Event, after: str) -> str:
+        """Write `event` if the stream's last event is still `after`, else raise LogMoved; returns its id.
+
+        Sent once, without redis-py's retries: a write resent after a timeout may be a second copy of one that
+        landed. A failure to connect sent nothing (LogUnavailable); a failure once the script is on its way
+        leaves the outcome unknown (LogOutcomeUnknown).
+        """
+        fields = [x for pair in event.fields().items() for x in pair]
+        pool = self.client.connection_pool
         try:
-            return self.client.xadd(self.key, event.fields()).decode()
+            conn = pool.get_connection()  # connected and checked here, before anything is sent
         except redis.RedisError as e:
             raise LogUnavailable() from e
+        try:
+            conn.send_command("EVAL", APPEND_IF_AT, 1, self.key, after, *fields)
+            written, at = conn.read_response()
+        except redis.ResponseError as e:  # the server refused the script: it wrote nothing
+            raise LogUnavailable(f"{LogUnavailable.message} ({e})") from e
+        except redis.RedisError as e:
+            conn.disconnect()  # a reply may still be on its way: the next command must not read it as its own
+            raise LogOutcomeUnknown() from e
+        finally:
+            pool.release(conn)
+        if not written:
+            raise LogMoved(at.decode())
+        return at.decode()
 
     def read_after(self, last_id: str, page: int = 200) -> list[Event]:
         """Every event after `last_id` ("0" = from the start), in stream order.

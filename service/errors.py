@@ -41,8 +41,24 @@ class EditRejected(ServiceError):
     status, message = 422, "edit rejected by the pre-commit guard"
 
 
+class IdempotencyKeyReused(ServiceError):
+    status, message = 422, "Idempotency-Key reused with a different request"
+
+
 class LogUnavailable(ServiceError):
+    """Only when nothing was sent to the log: a write that may have landed is LogOutcomeUnknown."""
+
     status, message = 503, "edit log (Redis) unavailable: nothing was applied, try again"
+
+
+class LogOutcomeUnknown(ServiceError):
+    status, message = 503, ("edit log (Redis) did not answer the write: it may or may not have been recorded. Retry "
+                            "with the same Idempotency-Key to find out (without one a retry may apply it twice)")
+
+
+class LogContention(ServiceError):
+    status, message = 503, ("other replicas kept writing to the edit log while this request was computed on it: "
+                            "nothing was applied, try again")
 
 
 class NotReady(ServiceError):

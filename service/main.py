@@ -5,9 +5,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from .deps import require_key
 from .errors import install_handlers
 from .metrics import Metrics
 from .routes import edits, generate, health
@@ -51,6 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = None
     install_handlers(app)
     app.state.metrics.install(app)
-    for module in (edits, generate, health):
-        app.include_router(module.router)
+    # With MEND_API_KEY set, every route needs it but the probes orchestrators call without one (/health, /ready)
+    # and /metrics, which has its own check (MEND_METRICS_PUBLIC). The key is required per router, not per route,
+    # so a new route is protected unless it is put beside the probes. /docs and /openapi.json hold no data.
+    for module in (edits, generate):
+        app.include_router(module.router, dependencies=[Depends(require_key)])
+    app.include_router(health.router)
     return app

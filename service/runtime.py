@@ -1,18 +1,20 @@
 """The model runtime: one model and editor, the weights kept equal to base + the active deltas of the log.
 
-Weights change only in `_apply`, which applies log events in stream order under the write lock. /edit and
-/rollback write an event first (durable) and then catch up with the log; a follower thread catches up with
-events other replicas write. Lock order: edit mutex -> sync lock -> write lock; readers never nest.
+Weights change only in `_apply`, which applies log events in stream order under the write lock, each whole or not
+at all. /edit and /rollback compute their event on the newest state, write it only if the log has not moved since
+(compare-and-set; else catch up and compute again) and then catch up with the log; a follower thread catches up
+with events other replicas write. Lock order: edit mutex -> sync lock -> write lock; readers never nest.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,12 +40,14 @@ from editor_core.model import DTYPES
 from editor_core.scope import CHAT, PLAIN, Scope
 
 from .canary import CanarySet, load_canaries
-from .editlog import EDIT, ROLLBACK, Checkpoint, EditLog, Event, log_fingerprint
+from .editlog import EDIT, ROLLBACK, Checkpoint, EditLog, Event, LogMoved, log_fingerprint
 from .embedded_redis import EmbeddedRedis
 from .errors import (
     AlreadyRolledBack,
     BadRequest,
     FingerprintMismatch,
+    IdempotencyKeyReused,
+    LogContention,
     LogUnavailable,
     NothingToRollBack,
     NotReady,
@@ -57,6 +61,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NEW_TOKENS = 64
 FOLLOW_BLOCK_MS = 500  # how long one XREAD waits; also bounds how long shutdown waits for the follower
+# Compare-and-set attempts of one /edit or /rollback. Each lost one means another replica wrote an event meanwhile;
+# after this many the request gives up (LogContention) rather than wait behind a busy log without bound.
+APPEND_TRIES = 5
 
 
 class RWLock:
@@ -95,12 +102,27 @@ class RWLock:
                 self._cond.notify_all()
 
 
+class WeightsView:
+    """Named tensors, read as LowRankDelta.updated reads a model: to compute on weights not (yet) written to it."""
+
+    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
+        self.weights = weights
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return iter(self.weights.items())
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def score_dicts(scores: list[TargetScore]) -> list[dict]:
     return [{"logprob": s.logprob, "exact": s.exact} for s in scores]
+
+
+def request_digest(kind: str, **request) -> str:
+    """What an Idempotency-Key is bound to: a retry must be the same request."""
+    return hashlib.sha256(json.dumps({"kind": kind, **request}, sort_keys=True).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -112,12 +134,14 @@ class EditOutcome:
     rank: int
     nbytes: int
     elapsed_ms: float
+    repeated: bool = False  # the outcome of an earlier request with the same Idempotency-Key; nothing was written
 
 
 @dataclass(frozen=True)
 class RollbackOutcome:
     rolled_back: list[str]
     version: int
+    repeated: bool = False
 
 
 @dataclass
@@ -181,6 +205,7 @@ class Runtime:
         self.checkpoint_version = 0  # the log position of the newest checkpoint this process knows of
         self.edits: dict[str, EditEntry] = {}
         self.active: dict[str, LowRankDelta] = {}  # insertion order = log order
+        self.idempotent: dict[str, tuple[dict, int]] = {}  # Idempotency-Key -> (body, version) of its event
         self.error: str | None = None  # set when an event from the log could not be applied
         self.embedded: EmbeddedRedis | None = None
         self._stop = threading.Event()
@@ -295,8 +320,14 @@ class Runtime:
     def sync(self) -> None:
         """Apply every event after the last applied one, in stream order (ours and other replicas')."""
         with self.sync_lock:
+            self._check_usable()  # past an event it cannot apply, a replica applies nothing: order matters
             for event in self.log.read_after(self.last_id):
-                self._apply(event)
+                try:
+                    self._apply(event)
+                except Exception as e:  # nothing of it was applied: this replica stays at the version before it
+                    self.error = f"stopped following the edit log: cannot apply event {event.id}: {e}"
+                    log.exception("cannot apply an edit log event; this replica stays at version %d", self.version)
+                    raise NotReady(f"service is not ready: {self.error}") from e
 
     def _apply(self, event: Event, write_weights: bool = True) -> None:
         fps = (event.log_fp, event.model_fp, event.editor_fp)
@@ -309,37 +340,66 @@ class Runtime:
         delta = event.load_delta() if event.type == EDIT else None
         if delta is not None and not set(delta.factors) <= set(self.layer_names):
             raise ValueError(f"log event {event.id} edits parameters the editor does not: {sorted(delta.factors)}")
-        with self.rw.write():  # weights, version and the edit table change together
+        # Weights (or the scope's codebook), the edit table and the version change together, and only once
+        # nothing can fail: an exception leaves all of them as they were.
+        with self.rw.write():
             if delta is not None:
                 if self.scope is not None:
-                    self.scope.add(event.body["edit_id"], delta)
+                    with self._codebook_kept_on_failure():
+                        self.scope.add(event.body["edit_id"], delta)
                 elif write_weights:
-                    delta.apply(self.model)
+                    delta.apply(self.model)  # computes every new matrix before writing any
                 self.active[event.body["edit_id"]] = delta
                 self.edits[event.body["edit_id"]] = EditEntry(event.body["edit_id"], self.version + 1, event.body)
             else:
                 self._revert(event, write_weights)
             self.version += 1
             self.last_id = event.id
+            if "idempotency_key" in event.body:
+                self.idempotent.setdefault(event.body["idempotency_key"], (event.body, self.version))
 
     def _revert(self, event: Event, write_weights: bool = True) -> None:
-        for edit_id in event.body["edit_ids"]:
-            # Two replicas may roll back the same edit at once; the later event finds it gone. Skipping is
-            # decided by the log alone, so every replica skips the same ids.
-            if edit_id not in self.active:
-                log.warning("log event %s rolls back %s, which is not active: skipped", event.id, edit_id)
-                continue
-            delta = self.active.pop(edit_id)
-            if self.scope is not None:
-                self.scope.remove(edit_id)
-            elif write_weights:
-                delta.revert(self.model)
-            entry = self.edits[edit_id]
-            entry.status = "rolled_back"
-            entry.rollback = {"author": event.body.get("author"), "time": event.body.get("time"),
-                              "version": self.version + 1, "note": event.body.get("note", "")}
-        if not self.active and write_weights:
-            restore(self.model, self.base)  # apply-then-revert is not exact in floating point; this is
+        # Two replicas once could roll back the same edit at once, the later event finding it gone (logs from
+        # before the compare-and-set append hold such events). Skipping is decided by the log alone, so every
+        # replica skips the same ids.
+        ids = [i for i in event.body["edit_ids"] if i in self.active]
+        for edit_id in set(event.body["edit_ids"]) - set(ids):
+            log.warning("log event %s rolls back %s, which is not active: skipped", event.id, edit_id)
+        if self.scope is not None:
+            with self._codebook_kept_on_failure():
+                for edit_id in ids:
+                    self.scope.remove(edit_id)
+        elif write_weights:
+            # No active edit left: the base, since apply-then-revert is not exact in floating point.
+            left = [i for i in self.active if i not in ids]
+            restore(self.model, self._reverted([self.active[i] for i in ids]) if left else self.base)
+        for edit_id in ids:
+            del self.active[edit_id]
+            self.edits[edit_id].status = "rolled_back"
+            self.edits[edit_id].rollback = {"author": event.body.get("author"), "time": event.body.get("time"),
+                                            "version": self.version + 1, "note": event.body.get("note", "")}
+
+    def _reverted(self, deltas: list[LowRankDelta]) -> dict[str, torch.Tensor]:
+        """The edited matrices with each delta subtracted in turn, computed aside: raises (NonFiniteDeltaError or
+        any other error) before a single weight is written. Each step is LowRankDelta.updated, the arithmetic of
+        `revert`, so the result is bit for bit that of reverting one by one."""
+        params = dict(self.model.named_parameters())
+        weights = {n: params[n] for n in self.layer_names}
+        for delta in deltas:
+            weights.update(delta.updated(WeightsView(weights), sign=-1.0))
+        return weights
+
+    @contextmanager
+    def _codebook_kept_on_failure(self) -> Iterator[None]:
+        """Scope.add and Scope.remove change the codebook's fields one after another: on a failure part-way, the
+        fields as they were are put back (nobody reads them meanwhile: the caller holds the write lock)."""
+        scope = self.scope
+        saved = dict(scope.deltas), scope.keys, list(scope.owner), list(scope.row_pieces), list(scope.row_targets)
+        try:
+            yield
+        except BaseException:
+            scope.deltas, scope.keys, scope.owner, scope.row_pieces, scope.row_targets = saved
+            raise
 
     def _follow(self) -> None:
         self._pin_threads()
@@ -358,9 +418,10 @@ class Runtime:
                     log.warning("edit log unreachable (%s); /generate keeps serving version %d", e, self.version)
                 down = True
                 self._stop.wait(1.0)
-            except Exception as e:  # an event this replica cannot apply: stop, keep serving, report on /ready
-                self.error = f"stopped following the edit log: {e}"
-                log.exception("cannot apply an edit log event; this replica stays at version %d", self.version)
+            except Exception as e:  # an event this replica cannot apply (sync logged it), or a bug: keep serving
+                if self.error is None:
+                    self.error = f"stopped following the edit log: {e}"
+                    log.exception("the edit log follower failed; this replica stays at version %d", self.version)
                 break
         client.close()
 
@@ -388,40 +449,70 @@ class Runtime:
             counts.append((n_prompt, n_target))
         return counts
 
-    def edit(self, requests: list[EditRequest], author: str, note: str, force: bool) -> EditOutcome:
-        """Compute one delta for the batch, write it to the log, then apply it by catching up with the log."""
+    def edit(self, requests: list[EditRequest], author: str, note: str, force: bool,
+             idempotency_key: str | None = None) -> EditOutcome:
+        """Compute one delta for the batch on the newest state, write it to the log, then apply it by catching up
+        with the log. With a key already in the log: that edit's outcome, writing nothing."""
         self._pin_threads()
         self._check_usable()
         self._check_lengths(requests, max_total=self.editor.cfg.max_length)
         t0 = time.perf_counter()
+        asked = [{"prompt": r.prompt, "target": r.target} for r in requests]
+        digest = request_digest(EDIT, requests=asked, author=author, note=note, force=force)
+
+        def edit_event() -> Event:
+            pre = self._scores(requests)
+            # Scoped edits are computed on the base weights (the hooks act only inside _scores/generate).
+            compress = {"rel_tol": self.settings.delta_rel_tol, "dtype": DTYPES[self.settings.delta_dtype]}
+            if self.scope is None:  # what is logged is what applies: compressed before either use
+                delta = self.editor.compute_delta(self.model, self.tokenizer, requests).compressed(**compress)
+                guard = check_edit(self.model, delta, force, self.canaries, self.settings.guard_max_changed)
+            else:
+                forms = self._forms(requests)
+                pieces = self.editor.compute_deltas(self.model, self.tokenizer, forms)
+                delta = self.scope.scoped(self.model, self.tokenizer, [p.compressed(**compress) for p in pieces],
+                                          forms, [r.prompt for r in requests], self._form_names())
+                guard = check_scoped_edit(self.model, delta, force, self.canary_keys, self.canary_of,
+                                          self.canary_prompts, self.scope.cfg.radius, self.settings.guard_max_captured)
+            body = {"edit_id": uuid.uuid4().hex, "requests": asked, "author": author, "note": note, "force": force,
+                    "time": now(), "pre": score_dicts(pre), "rank": delta.rank, "bytes": delta.nbytes,
+                    "norm": delta.norm(), "guard": guard, "base_version": self.version}
+            return Event(EDIT, self.model_fp, self.editor_fp, self.log_fp, body, delta.to_bytes())
+
         with self.edit_mutex:
-            self.sync()  # compute against the newest weights, including other replicas' edits
-            with self.rw.read():
-                pre = self._scores(requests)
-                # Scoped edits are computed on the base weights (the hooks act only inside _scores/generate).
-                compress = {"rel_tol": self.settings.delta_rel_tol, "dtype": DTYPES[self.settings.delta_dtype]}
-                if self.scope is None:  # what is logged is what applies: compressed before either use
-                    delta = self.editor.compute_delta(self.model, self.tokenizer, requests).compressed(**compress)
-                    guard = check_edit(self.model, delta, force, self.canaries, self.settings.guard_max_changed)
-                else:
-                    forms = self._forms(requests)
-                    pieces = self.editor.compute_deltas(self.model, self.tokenizer, forms)
-                    delta = self.scope.scoped(self.model, self.tokenizer, [p.compressed(**compress) for p in pieces],
-                                              forms, [r.prompt for r in requests], self._form_names())
-                    guard = check_scoped_edit(self.model, delta, force, self.canary_keys, self.canary_of,
-                                              self.canary_prompts,
-                                              self.scope.cfg.radius, self.settings.guard_max_captured)
-            edit_id = uuid.uuid4().hex
-            body = {"edit_id": edit_id, "requests": [{"prompt": r.prompt, "target": r.target} for r in requests],
-                    "author": author, "note": note, "force": force, "time": now(), "pre": score_dicts(pre),
-                    "rank": delta.rank, "bytes": delta.nbytes, "norm": delta.norm(), "guard": guard}
-            self.log.append(Event(EDIT, self.model_fp, self.editor_fp, self.log_fp, body, delta.to_bytes()))
-            self._catch_up_after_write(edit_id)
+            body, version, repeated = self._write(edit_event, idempotency_key, digest)
             with self.rw.read():
                 post = self._scores(requests)
             self.maybe_checkpoint()
-        return EditOutcome(edit_id, self.edits[edit_id].version, pre, post, delta.rank, delta.nbytes,
-                           (time.perf_counter() - t0) * 1000)
+        pre = [TargetScore(s["logprob"], s["exact"]) for s in body["pre"]]
+        return EditOutcome(body["edit_id"], version, pre, post, body["rank"], body["bytes"],
+                           (time.perf_counter() - t0) * 1000, repeated)
+
+    def _write(self, make_event: Callable[[], Event], key: str | None, digest: str) -> tuple[dict, int, bool]:
+        """(body, version, repeated) of the event of this request: `make_event` computed on the newest state and
+        appended if the log still ends there, or else computed again on the events that came in between.
+        A key already in the log returns its event (repeated: True) and writes nothing. Under the edit mutex."""
+        for _ in range(APPEND_TRIES):
+            self.sync()
+            if key is not None and key in self.idempotent:
+                body, version = self.idempotent[key]
+                if body.get("request_digest") != digest:
+                    raise IdempotencyKeyReused()
+                return body, version, True
+            with self.rw.read():  # the state the event is computed on is the state after `base_id`
+                base_id, base_version = self.last_id, self.version
+                event = make_event()
+            if key is not None:
+                event.body.update(idempotency_key=key, request_digest=digest)
+            try:
+                self.log.append(event, after=base_id)
+            except LogMoved:
+                continue
+            what = (f"edit {event.body['edit_id']}" if event.type == EDIT
+                    else f"rollback of {', '.join(event.body['edit_ids'])}")
+            self._catch_up_after_write(what)
+            return event.body, base_version + 1, False  # appended right after base_id: the next version
+        raise LogContention()
 
     def _form_names(self) -> tuple[str, ...]:
         return (PLAIN, CHAT) if self.tokenizer.chat_template else (PLAIN,)
@@ -446,18 +537,25 @@ class Runtime:
             # The event is durable but Redis went away before we read it back: the follower applies it later.
             raise LogUnavailable(f"{what} was recorded in the edit log, but Redis became unreachable before it "
                                  f"was applied here; it applies when Redis is back") from e
+        except NotReady as e:
+            raise NotReady(f"{what} was recorded in the edit log, but this replica cannot apply the log: "
+                           f"{self.error}") from e
 
-    def rollback(self, edit_id: str | None, to_version: int | None, author: str, note: str) -> RollbackOutcome:
+    def rollback(self, edit_id: str | None, to_version: int | None, author: str, note: str,
+                 idempotency_key: str | None = None) -> RollbackOutcome:
         self._pin_threads()
         self._check_usable()
+        digest = request_digest(ROLLBACK, edit_id=edit_id, to_version=to_version, author=author, note=note)
+
+        def rollback_event() -> Event:
+            body = {"edit_ids": self._rollback_targets(edit_id, to_version), "to_version": to_version,
+                    "author": author, "note": note, "time": now()}
+            return Event(ROLLBACK, self.model_fp, self.editor_fp, self.log_fp, body)
+
         with self.edit_mutex:
-            self.sync()
-            ids = self._rollback_targets(edit_id, to_version)
-            body = {"edit_ids": ids, "to_version": to_version, "author": author, "note": note, "time": now()}
-            self.log.append(Event(ROLLBACK, self.model_fp, self.editor_fp, self.log_fp, body))
-            self._catch_up_after_write(f"rollback of {', '.join(ids)}")
+            body, version, repeated = self._write(rollback_event, idempotency_key, digest)
             self.maybe_checkpoint()
-            return RollbackOutcome(ids, self.version)
+        return RollbackOutcome(body["edit_ids"], version, repeated)
 
     def _rollback_targets(self, edit_id: str | None, to_version: int | None) -> list[str]:
         """Edit ids to revert, newest first (the reverse of how they were applied)."""

@@ -1,9 +1,11 @@
 """Process settings: one object, read from the environment (names in the README's settings table)."""
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .canary import DEFAULT_CANARIES
@@ -22,8 +24,10 @@ class Settings(BaseSettings):
     device: str = "cpu"
     dtype: str = "float32"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = torch's default")
-    api_key: SecretStr | None = Field(None, description="when set, /edit and /rollback need 'Bearer <key>'")
-    generate_auth: bool = Field(False, description="also require the key for /generate")
+    api_key: SecretStr | None = Field(None, description="when set, every route but /health and /ready needs "
+                                                        "'Authorization: Bearer <key>'")
+    metrics_public: bool = Field(False, description="with a key set, let /metrics answer without it (a scraper)")
+    allow_no_key: bool = Field(False, description="serve on a non-loopback host without an API key")
     max_prompt_tokens: int = Field(1024, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     # Each logged delta is re-factored to its numerical rank (singular values below rel_tol·σ_max dropped) and
@@ -60,3 +64,22 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, v: object) -> object:
         # docker-compose passes `MEND_API_KEY: ${MEND_API_KEY:-}` as an empty string: that means "no key".
         return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _no_open_writes(self) -> Settings:
+        # Without a key anyone who reaches the port can edit the model and read every prompt in the audit log.
+        if self.api_key is None and not self.allow_no_key and not is_loopback(self.host):
+            raise PydanticCustomError("no_api_key", (
+                "refusing to serve on {host} without an API key: anyone who can reach it could edit the model. "
+                "Set MEND_API_KEY, bind a loopback address (MEND_HOST or --host 127.0.0.1), or set "
+                "MEND_ALLOW_NO_KEY=true if something else keeps the port private"), {"host": self.host})
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False

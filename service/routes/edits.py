@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query
 
 from editor_core import EditRequest
 
@@ -21,6 +21,11 @@ from ..schemas import (
 
 router = APIRouter(tags=["edits"])
 
+# A retry with the key of an earlier request gets that request's outcome and writes nothing: safe to retry after a
+# timeout, when the client cannot know whether its edit was recorded.
+IdempotencyKey = Annotated[str | None, Header(min_length=1, max_length=200, description=(
+    "any unique string per intended change; a request repeated with the same key returns the first one's outcome"))]
+
 
 def to_record(e: EditEntry) -> EditRecord:
     b = e.body
@@ -31,10 +36,13 @@ def to_record(e: EditEntry) -> EditRecord:
 
 
 @router.post("/edit", status_code=201, dependencies=[Depends(require_key)])
-def create_edit(body: EditCreate, runtime: RuntimeDep, metrics: MetricsDep) -> EditPublic:
+def create_edit(body: EditCreate, runtime: RuntimeDep, metrics: MetricsDep,
+                idempotency_key: IdempotencyKey = None) -> EditPublic:
     items = body.items()
-    out = runtime.edit([EditRequest(i.prompt, i.target) for i in items], body.author, body.note, body.force)
-    metrics.edits.inc()
+    out = runtime.edit([EditRequest(i.prompt, i.target) for i in items], body.author, body.note, body.force,
+                       idempotency_key)
+    if not out.repeated:
+        metrics.edits.inc()
     scores = [TargetScores(prompt=i.prompt, target=i.target, pre_logprob=a.logprob, pre_exact=a.exact,
                            post_logprob=b.logprob, post_exact=b.exact) for i, a, b in zip(items, out.pre, out.post)]
     return EditPublic(edit_id=out.edit_id, version=out.version, scores=scores, rank=out.rank, bytes=out.nbytes,
@@ -42,9 +50,11 @@ def create_edit(body: EditCreate, runtime: RuntimeDep, metrics: MetricsDep) -> E
 
 
 @router.post("/rollback", dependencies=[Depends(require_key)])
-def rollback(body: RollbackRequest, runtime: RuntimeDep, metrics: MetricsDep) -> RollbackPublic:
-    out = runtime.rollback(body.edit_id, body.to_version, body.author, body.note)
-    metrics.rollbacks.inc()
+def rollback(body: RollbackRequest, runtime: RuntimeDep, metrics: MetricsDep,
+             idempotency_key: IdempotencyKey = None) -> RollbackPublic:
+    out = runtime.rollback(body.edit_id, body.to_version, body.author, body.note, idempotency_key)
+    if not out.repeated:
+        metrics.rollbacks.inc()
     return RollbackPublic(rolled_back=out.rolled_back, version=out.version)
 
 

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from ..deps import MetricsDep, RuntimeDep
+from ..deps import MetricsDep, RuntimeDep, require_key_for_metrics
 from ..schemas import Health, Ready
 
+# Included without the key (main.py): orchestrators call the probes without one. /metrics checks for itself.
 router = APIRouter(tags=["health"])
 
 
@@ -24,6 +25,6 @@ def ready(runtime: RuntimeDep) -> Ready:
     return body if ok else JSONResponse(body.model_dump(), status_code=503)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[Depends(require_key_for_metrics)])
 def metrics(m: MetricsDep) -> Response:
     return m.render()

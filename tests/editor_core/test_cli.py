@@ -87,3 +87,34 @@ def test_fit_scope_then_eval_with_scoped_edits(llama_dir, editor_dir, data_files
     assert "| mend-scoped | 2 |" in res.stdout
     summary = json.loads(out.read_text())["results"]["mend-scoped"]["summary"]
     assert summary["n"] == 2 and {"edit", "rephrase", "loc"} <= set(summary)
+
+
+def test_train_fits_a_scope_that_the_service_runs_at_its_default_method(tokenizer, data_files, tmp_path):
+    # A second architecture (GPT-2's Conv1D weights), as a user brings their own model: `mend train` leaves an
+    # editor with its own fitted scope, and `mend serve`'s default (scoped) starts on it and edits.
+    from editor_support import build_gpt2
+    from fastapi.testclient import TestClient
+
+    from editor_core.scope import key_block_candidates
+    from service.main import create_app
+    from service.settings import Settings
+
+    model_dir = tmp_path / "gpt2"
+    model = build_gpt2(tokenizer)
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    spec = f"zsre:{data_files['zsre']}"
+    res = CliRunner().invoke(editor_core.cli.app, [
+        "train", "--model", str(model_dir), "--out", str(tmp_path / "run"), "--data", spec, "--dev", spec,
+        "--steps", "2", "--val-every", "2", "--val-n", "2", "--batch-size", "2", "--n-loc", "2", "--rank", "8",
+        "--precond-lambda", "0"])
+    assert res.exit_code == 0, res.output
+    best = tmp_path / "run" / "best"
+    scope = json.loads((best / "scope.json").read_text())
+    assert scope["key_block"] in key_block_candidates(model) and "| key block |" in res.stdout
+    settings = Settings(model=str(model_dir), editor=best, data_dir=tmp_path / "data", threads=1, redis_url=None,
+                        api_key=None, method="scoped", guard_max_captured=1.0)
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/edit", json={"prompt": "The capital of France is", "target": "Rome"})
+        assert r.status_code == 201, r.text
+        assert client.post("/generate", json={"prompt": "The capital of France is", "max_new_tokens": 3}).status_code == 200

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from service_support import make_settings, save_editor, serving
+from service_support import fit_scope, make_settings, save_editor, serving
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from editor_core.model import load_tokenizer, resolve_model_path
@@ -36,12 +36,25 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_editor_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_editor(tiny_model_dir, tmp_path_factory.mktemp("tiny-editor"))
+    """The untrained editor with a fitted scope: serves either method, the default (scoped) included."""
+    return fit_scope(tiny_model_dir, save_editor(tiny_model_dir, tmp_path_factory.mktemp("tiny-editor")))
 
 
 @pytest.fixture()
 def settings(tiny_model_dir: Path, tiny_editor_dir: Path, tmp_path: Path) -> Settings:
+    """The product's default method (scoped)."""
     return make_settings(tiny_model_dir, tiny_editor_dir, tmp_path / "data")
+
+
+@pytest.fixture()
+def inplace(settings: Settings) -> Settings:
+    return settings.model_copy(update={"method": "inplace"})
+
+
+@pytest.fixture(params=["scoped", "inplace"])
+def either(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """Each method in turn, for the mechanics both share (log, replay, replicas, outages, locking)."""
+    return settings.model_copy(update={"method": request.param})
 
 
 @pytest.fixture()

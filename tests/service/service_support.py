@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from transformers import LlamaForCausalLM
 
 from editor_core import MENDEditor, prepare_model
+from editor_core.model import load_tokenizer
+from editor_core.scope import Scope, ScopeConfig
 from service.main import create_app
 from service.settings import Settings
 
@@ -25,6 +27,20 @@ def save_editor(model_dir: Path, out: Path, **kw) -> Path:
     return out
 
 
+# The tiny random model's keys are not meaningful, so the radius is 0.999: a prompt selects a scoped edit only when
+# it is (nearly) the edit's own prompt.
+SCOPE_PROMPTS = ["Paris is a city in", "The sun rises in the", "My favourite food is", "Dogs like to"]
+
+
+def fit_scope(model_dir: Path, editor_dir: Path) -> Path:
+    """Save a scope (what MEND_METHOD=scoped, the default, needs) beside the editor in editor_dir."""
+    model = prepare_model(LlamaForCausalLM.from_pretrained(model_dir))
+    layers = MENDEditor.load(editor_dir, model).layers
+    cfg = ScopeConfig(key_block=0, window=8, radius=0.999)
+    Scope.fit(model, load_tokenizer(model_dir), layers, SCOPE_PROMPTS, cfg).save(editor_dir)
+    return editor_dir
+
+
 # The tiny editor's alpha=10 edits rewrite every canary answer of the random model (measured: 100 of 100), which is
 # what makes them visible in /generate; the mechanics tests therefore run the guard with a limit of 1.0 (it
 # measures and records, never refuses). test_guard.py sets real limits.
@@ -32,9 +48,11 @@ GUARD_OFF = 1.0
 
 
 def make_settings(model_dir: Path, editor_dir: Path, data_dir: Path, **kw) -> Settings:
-    # Explicit values for everything the environment could set, so a developer's MEND_* variables do not leak in.
+    # Explicit values for everything the environment could set, so a developer's MEND_* variables do not leak in;
+    # the method is the product's default (scoped), which tests run unless they are about the other.
     base = {"model": str(model_dir), "editor": editor_dir, "data_dir": data_dir, "threads": 1, "redis_url": None,
-            "api_key": None, "generate_auth": False, "guard_max_changed": GUARD_OFF, "method": "inplace"}
+            "api_key": None, "guard_max_changed": GUARD_OFF,
+            "method": Settings.model_fields["method"].default}
     return Settings(**{**base, **kw})
 
 

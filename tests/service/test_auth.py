@@ -1,13 +1,48 @@
-"""Bearer auth (deps.py): /edit and /rollback need the key when MEND_API_KEY is set; /generate only if configured."""
+"""Bearer auth: with MEND_API_KEY set, every route but the probes and the docs needs the key (main.py, deps.py);
+without a key the server only starts on a loopback address (settings.py)."""
 from __future__ import annotations
 
+import re
+
 import pytest
-from pydantic import SecretStr
-from service_support import EDIT, serving
+from pydantic import SecretStr, ValidationError
+from service_support import EDIT, EDIT2, serving
+
+try:  # FastAPI 0.16x keeps an included router as one entry of app.routes; this walks into it
+    from fastapi.routing import iter_route_contexts
+except ImportError:  # older FastAPI copies the routes into app.routes
+    def iter_route_contexts(routes):
+        return routes
+
+from service.settings import Settings
 
 KEY = "s3cret-key"
 GOOD = {"Authorization": f"Bearer {KEY}"}
+BAD = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}]
 UNAUTHORIZED = {"detail": "missing or invalid API key: send 'Authorization: Bearer <key>'"}
+PROBES = {"/health", "/ready"}
+DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # the API's description, no data
+
+
+def served(client) -> list[tuple[str, str]]:
+    """Every (method, path) the app answers, read from the app itself so a new route cannot be left out."""
+    routes = iter_route_contexts(client.app.routes)
+    return [(method, route.path) for route in routes for method in sorted(route.methods - {"HEAD"})]
+
+
+def url(path: str, edit_id: str = "0" * 32) -> str:
+    return re.sub(r"\{[^}]+\}", edit_id, path)
+
+
+def assert_only_open(client, open_paths: set[str]) -> None:
+    for method, path in served(client):
+        for headers in BAD:
+            r = client.request(method, url(path), headers=headers)
+            if path in open_paths:
+                assert r.status_code == 200, (method, path, r.text)
+            else:
+                assert (r.status_code, r.json()) == (401, UNAUTHORIZED), (method, path, headers)
+                assert r.headers["www-authenticate"] == "Bearer"
 
 
 @pytest.fixture()
@@ -16,29 +51,46 @@ def keyed(settings):
         yield client
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}])
-def test_writes_need_the_key(keyed, headers):
-    for path, body in (("/edit", EDIT), ("/rollback", {"to_version": 0})):
-        r = keyed.post(path, json=body, headers=headers)
-        assert r.status_code == 401 and r.json() == UNAUTHORIZED and r.headers["www-authenticate"] == "Bearer"
-    assert keyed.app.state.runtime.version == 0
+def test_with_a_key_every_route_but_the_probes_and_the_docs_needs_it_and_works_with_it(keyed):
+    assert_only_open(keyed, PROBES | DOCS)
+    assert keyed.app.state.runtime.version == 0  # nothing refused reached the log
+
+    edit_id = keyed.post("/edit", json=EDIT, headers=GOOD).json()["edit_id"]
+    calls = {("POST", "/edit"): {"json": EDIT2}, ("POST", "/rollback"): {"json": {"edit_id": edit_id}},
+             ("POST", "/generate"): {"json": {"prompt": "hi", "max_new_tokens": 2}},
+             ("POST", "/score"): {"json": {"items": [EDIT]}},
+             ("GET", "/edits"): {}, ("GET", "/edits/{edit_id}"): {}, ("GET", "/metrics"): {}}
+    for method, path in served(keyed):
+        if path in PROBES | DOCS:
+            continue
+        assert (method, path) in calls, f"{method} {path}: a new route; add a call here"
+        r = keyed.request(method, url(path, edit_id), headers=GOOD, **calls[method, path])
+        assert r.status_code in (200, 201), (method, path, r.text)
 
 
-def test_the_key_opens_writes_and_generate_stays_open(keyed):
-    eid = keyed.post("/edit", json=EDIT, headers=GOOD).json()["edit_id"]
-    assert keyed.post("/rollback", json={"edit_id": eid}, headers=GOOD).status_code == 200
-    assert keyed.post("/generate", json={"prompt": "hi", "max_new_tokens": 2}).status_code == 200
-    assert keyed.get("/edits").status_code == 200
-
-
-def test_generate_can_require_the_key(settings):
-    with serving(settings.model_copy(update={"api_key": SecretStr(KEY), "generate_auth": True})) as client:
-        assert client.post("/generate", json={"prompt": "hi", "max_new_tokens": 2}).status_code == 401
-        assert client.post("/generate", json={"prompt": "hi", "max_new_tokens": 2}, headers=GOOD).status_code == 200
+def test_metrics_public_opens_metrics_and_nothing_else(settings):
+    with serving(settings.model_copy(update={"api_key": SecretStr(KEY), "metrics_public": True})) as client:
+        assert_only_open(client, PROBES | DOCS | {"/metrics"})
 
 
 def test_blank_key_means_no_auth(monkeypatch, settings):
     # docker-compose passes MEND_API_KEY="" when the operator sets none.
     monkeypatch.setenv("MEND_API_KEY", "")
-    from service.settings import Settings
     assert Settings().api_key is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.com"])
+def test_a_non_loopback_host_without_a_key_is_refused(host):
+    with pytest.raises(ValidationError, match=f"refusing to serve on {re.escape(host)} without an API key"):
+        Settings(host=host, api_key=None, allow_no_key=False)
+    assert Settings(host=host, api_key=KEY, allow_no_key=False).host == host
+
+
+def test_allow_no_key_lets_a_public_host_start_without_a_key(monkeypatch):
+    monkeypatch.setenv("MEND_ALLOW_NO_KEY", "true")
+    assert Settings(host="0.0.0.0", api_key=None).host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost"])
+def test_a_loopback_host_needs_no_key(host):
+    assert Settings(host=host, api_key=None, allow_no_key=False).host == host

@@ -1,4 +1,5 @@
-"""POST /edit, POST /rollback, GET /edits: the happy paths and the invariants of routes/edits.py."""
+"""POST /edit, POST /rollback, GET /edits: the happy paths and the invariants of routes/edits.py, at the default
+method (scoped) unless a test is about the weights themselves (in place) or about mechanics both share (either)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,12 +12,13 @@ from service_support import (
     EDIT2,
     EDIT3,
     edited_weights,
-    make_settings,
     serving,
     weights_hash,
 )
 
+from editor_core.scope import Scope
 from service.embedded_redis import EmbeddedRedis
+from service.errors import IdempotencyKeyReused
 
 
 def gen(client, prompt: str, n: int = 4) -> str:
@@ -51,7 +53,14 @@ def test_batch_edit_is_one_update(client):
     assert client.get(f"/edits/{body['edit_id']}").json()["force"] is True
 
 
-def test_rolling_back_everything_is_bit_identical_to_the_base(client):
+@pytest.fixture()
+def inplace_client(inplace):
+    with serving(inplace) as client:
+        yield client
+
+
+def test_rolling_back_everything_is_bit_identical_to_the_base(inplace_client):
+    client = inplace_client
     base = edited_weights(client)
     ids = [client.post("/edit", json=e).json()["edit_id"] for e in (EDIT, EDIT2, EDIT3)]
     assert any(not torch.equal(base[n], w) for n, w in edited_weights(client).items())
@@ -84,8 +93,8 @@ def test_edits_are_paged_in_log_order(client):
 ROLLBACK_ATOL = 1e-6
 
 
-def test_rolling_back_one_edit_matches_replaying_the_log_without_it(settings, tmp_path: Path):
-    with serving(settings) as client:
+def test_rolling_back_one_edit_matches_replaying_the_log_without_it(inplace, tmp_path: Path):
+    with serving(inplace) as client:
         ids = [client.post("/edit", json=e).json()["edit_id"] for e in (EDIT, EDIT2, EDIT3)]
         client.post("/rollback", json={"edit_id": ids[1]})
         rolled_back = edited_weights(client)
@@ -98,7 +107,7 @@ def test_rolling_back_one_edit_matches_replaying_the_log_without_it(settings, tm
         for _, fields in events:
             if fields[b"type"] == b"edit" and ids[1].encode() not in fields[b"body"]:
                 copy.xadd(rt.log.key, fields)
-        with serving(make_settings(settings.model, settings.editor, tmp_path / "x", redis_url=other.url)) as c2:
+        with serving(inplace.model_copy(update={"data_dir": tmp_path / "x", "redis_url": other.url})) as c2:
             assert c2.get("/ready").json()["version"] == 2
             replayed = edited_weights(c2)
     finally:
@@ -136,3 +145,84 @@ def test_a_malformed_chat_edit_is_refused_and_writes_nothing(client, body, detai
     r = client.post("/edit", json=body)
     assert r.status_code == 422 and detail in r.json()["detail"], r.text
     assert client.app.state.runtime.version == 0
+
+
+def xlen(client) -> int:
+    rt = client.app.state.runtime
+    return rt.log.client.xlen(rt.log.key)
+
+
+def test_a_retry_with_the_same_idempotency_key_returns_the_first_outcome_and_writes_nothing(settings):
+    key = {"Idempotency-Key": "fix-the-capital"}
+    with serving(settings) as client:
+        first = client.post("/edit", json=EDIT, headers=key)
+        assert first.status_code == 201, first.text
+        again = client.post("/edit", json=EDIT, headers=key)
+        assert again.status_code == 201 and xlen(client) == 1 and client.app.state.runtime.version == 1
+        same = ("edit_id", "version", "rank", "bytes")
+        assert {k: again.json()[k] for k in same} == {k: first.json()[k] for k in same}
+        assert again.json()["scores"] == first.json()["scores"]  # pre from the log; post on the same state
+        assert "mend_edits_total 1.0" in client.get("/metrics").text
+        undo = {"Idempotency-Key": "undo-it"}
+        rolled = client.post("/rollback", json={"edit_id": first.json()["edit_id"]}, headers=undo)
+        assert rolled.json() == {"rolled_back": [first.json()["edit_id"]], "version": 2}
+        assert client.post("/rollback", json={"edit_id": first.json()["edit_id"]}, headers=undo).json() == rolled.json()
+        assert xlen(client) == 2
+    with serving(settings) as client:  # the keys are in the log: a restarted server knows them
+        assert client.post("/edit", json=EDIT, headers=key).json()["edit_id"] == first.json()["edit_id"]
+        assert client.post("/rollback", json={"edit_id": first.json()["edit_id"]}, headers=undo).json() == rolled.json()
+        assert xlen(client) == 2 and client.app.state.runtime.version == 2
+
+
+@pytest.mark.parametrize("path,first,second", [
+    ("/edit", EDIT, EDIT2),
+    ("/edit", EDIT, {**EDIT, "note": "another note"}),
+    ("/rollback", {"to_version": 0}, {"to_version": 1}),
+])
+def test_an_idempotency_key_reused_with_another_request_is_refused(client, path, first, second):
+    key = {"Idempotency-Key": "k1"}
+    client.post("/edit", json=EDIT3)
+    client.post("/edit", json=EDIT3)
+    assert client.post(path, json=first, headers=key).status_code in (200, 201)
+    n = xlen(client)
+    r = client.post(path, json=second, headers=key)
+    assert r.status_code == 422 and r.json()["detail"] == IdempotencyKeyReused.message
+    other = "/rollback" if path == "/edit" else "/edit"  # a key names one request, whatever the route
+    r = client.post(other, json={"edit_id": "x"} if other == "/rollback" else EDIT, headers=key)
+    assert r.status_code == 422 and r.json()["detail"] == IdempotencyKeyReused.message
+    assert xlen(client) == n
+
+
+def test_a_rollback_that_fails_part_way_changes_nothing(either, monkeypatch):
+    """The rollback of 3 edits whose second revert fails: weights (or the scope's codebook) and the edit table stay
+    exactly as they were, and the replica says on /ready that it cannot apply the log."""
+    with serving(either) as client:
+        rt = client.app.state.runtime
+        ids = [client.post("/edit", json={"prompt": f"Fact {i} is", "target": "Rome"}).json()["edit_id"]
+               for i in range(4)]
+        if rt.scope is None:  # a delta that cannot be subtracted: its factors are no longer finite
+            name, (left, right) = next(iter(rt.active[ids[2]].factors.items()))
+            rt.active[ids[2]].factors[name] = (left * float("inf"), right)
+        else:  # the second removal from the codebook fails (a bug)
+            real, calls = Scope.remove, []
+
+            def remove(self, edit_id):
+                calls.append(edit_id)
+                if len(calls) >= 2:
+                    raise RuntimeError("injected failure")
+                real(self, edit_id)
+
+            monkeypatch.setattr(Scope, "remove", remove)
+        weights, listing, h = edited_weights(client), client.get("/edits").json(), weights_hash(client)
+        codebook = rt.scope and (list(rt.scope.deltas), rt.scope.keys.clone(), list(rt.scope.owner))
+        r = client.post("/rollback", json={"to_version": 1})  # ids 3, 2, 1, newest first
+        assert r.status_code == 503 and "was recorded in the edit log, but this replica cannot apply" in r.text
+        assert all(torch.equal(weights[n], w) for n, w in edited_weights(client).items())
+        assert client.get("/edits").json() == listing and weights_hash(client) == h
+        assert list(rt.active) == ids and rt.version == 4
+        if rt.scope is not None:
+            assert list(rt.scope.deltas) == codebook[0] and torch.equal(rt.scope.keys, codebook[1])
+            assert rt.scope.owner == codebook[2]
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and "cannot apply event" in ready.json()["reason"]
+        assert client.post("/edit", json=EDIT).status_code == 503  # nothing is applied past the failed event

@@ -1,11 +1,19 @@
-"""POST /generate (routes/generate.py, generation.py) and how it interleaves with edits (runtime.py)."""
+"""POST /generate (routes/generate.py, generation.py) and how it interleaves with edits (runtime.py): at the default
+method (scoped), the interleavings under each method."""
 from __future__ import annotations
 
 import threading
 import time
 from collections import defaultdict
 
-from service_support import EDIT, EDIT2, EDIT3
+import pytest
+from service_support import EDIT, EDIT2, EDIT3, serving
+
+
+@pytest.fixture()
+def either_client(either):
+    with serving(either) as client:
+        yield client
 
 
 def generate(client, **body) -> dict:
@@ -44,8 +52,9 @@ def test_messages_go_through_the_chat_template(client):
     assert out["text"] == generate(client, prompt=text, max_new_tokens=3)["text"]
 
 
-def test_generations_during_edits_each_see_one_whole_version(client):
+def test_generations_during_edits_each_see_one_whole_version(either_client):
     """Generations race three edits; every generation reporting version v must produce the same text."""
+    client = either_client
     seen: dict[int, set[str]] = defaultdict(set)
     stop = threading.Event()
 
@@ -67,17 +76,18 @@ def test_generations_during_edits_each_see_one_whole_version(client):
     assert seen[0] and max(seen) == 3
 
 
-def test_computing_a_delta_does_not_block_generation(client):
+def test_computing_a_delta_does_not_block_generation(either_client):
     """The delta is computed under the read lock: a generation started meanwhile finishes without waiting."""
-    rt = client.app.state.runtime
-    real, computing = rt.editor.compute_delta, threading.Event()
+    client, rt = either_client, either_client.app.state.runtime
+    method = "compute_delta" if rt.scope is None else "compute_deltas"  # scoped: one delta per form of each edit
+    real, computing = getattr(rt.editor, method), threading.Event()
 
     def slow_compute(*args, **kw):  # the real computation, made long enough to overlap with a generation
         computing.set()
         time.sleep(2.0)
         return real(*args, **kw)
 
-    rt.editor.compute_delta = slow_compute
+    setattr(rt.editor, method, slow_compute)
     editing = threading.Thread(target=lambda: client.post("/edit", json=EDIT))
     editing.start()
     assert computing.wait(10)

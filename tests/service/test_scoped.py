@@ -1,39 +1,22 @@
 """MEND_METHOD=scoped (editor_core/scope.py through runtime.py): edits act inside their scope only, weights
 never change, rollback and restart are exact, the scoped log is its own log, and the guard counts captured
-canaries. The tiny random model's keys are not meaningful, so the radius is 0.999: a prompt selects an edit
-only when it is (nearly) the edit's own prompt."""
+canaries. The fixtures' tiny editor has a fitted scope (service_support.fit_scope) and scoped is the default method;
+its radius is 0.999: a prompt selects an edit only when it is (nearly) the edit's own prompt."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from service_support import EDIT, EDIT2, edited_weights, serving
-from transformers import LlamaForCausalLM
-
-from editor_core import MENDEditor, prepare_model
-from editor_core.scope import Scope, ScopeConfig
+from service_support import EDIT, EDIT2, edited_weights, save_editor, serving
 
 OTHER = {"prompt": "Once upon a time there was", "target": "a dragon"}
 
 
-@pytest.fixture(scope="module")
-def scoped_editor_dir(tiny_model_dir: Path, tiny_editor_dir: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("scoped-editor")
-    shutil.copytree(tiny_editor_dir, out, dirs_exist_ok=True)
-    model = prepare_model(LlamaForCausalLM.from_pretrained(tiny_model_dir))
-    from editor_core.model import load_tokenizer
-    tok = load_tokenizer(tiny_model_dir)
-    ed = MENDEditor.load(out, model)
-    prompts = ["Paris is a city in", "The sun rises in the", "My favourite food is", "Dogs like to"]
-    Scope.fit(model, tok, ed.layers, prompts, ScopeConfig(key_block=0, window=8, radius=0.999)).save(out)
-    return out
-
-
 @pytest.fixture()
-def scoped(settings, scoped_editor_dir: Path):
-    return settings.model_copy(update={"method": "scoped", "editor": scoped_editor_dir})
+def scoped(settings):
+    assert settings.method == "scoped"  # the default
+    return settings
 
 
 def scores(client, *items) -> list[dict]:
@@ -68,11 +51,11 @@ def test_rollback_and_restart_of_scoped_edits_are_exact(scoped):
         assert scores(client, EDIT, EDIT2) == one
 
 
-def test_the_scoped_log_is_not_the_in_place_log(scoped, settings):
+def test_the_scoped_log_is_not_the_in_place_log(scoped, inplace):
     with serving(scoped) as client:
         client.post("/edit", json=EDIT)
         scoped_key = client.app.state.runtime.log.key
-    with serving(settings) as client:  # same Redis folder, in-place method: another log, nothing replayed
+    with serving(inplace) as client:  # same Redis folder, in-place method: another log, nothing replayed
         rt = client.app.state.runtime
         assert rt.log.key != scoped_key and rt.version == 0 and scoped_key in rt.log.other_logs()
 
@@ -92,7 +75,8 @@ def test_the_guard_refuses_a_scope_that_covers_canaries_unless_forced(scoped, tm
         assert client.post("/edit", json=EDIT2).status_code == 201  # covers none of them
 
 
-def test_scoped_needs_a_fitted_scope(settings, tiny_editor_dir: Path):
+def test_scoped_needs_a_fitted_scope(settings, tiny_model_dir: Path, tmp_path: Path):
     from service.runtime import Runtime
+    unscoped = save_editor(tiny_model_dir, tmp_path / "no-scope")
     with pytest.raises(FileNotFoundError, match="mend fit-scope"):
-        Runtime.start(settings.model_copy(update={"method": "scoped", "editor": tiny_editor_dir}))
+        Runtime.start(settings.model_copy(update={"editor": unscoped}))
