@@ -202,8 +202,7 @@ class Scope:
             raise ValueError(f"{len(pieces)} deltas for {len(requests)} requests in {n_forms} forms of "
                              f"{len(keyed_by)} prompts")
         keys = self.prompt_keys(model, tok, keyed_by)
-        scaled = [self._stepped(model, tok, p, keys[i // n_forms][None], r)
-                  for i, (p, r) in enumerate(zip(pieces, requests))]
+        scaled = self._stepped(model, tok, pieces, [keys[i // n_forms][None] for i in range(len(pieces))], requests)
         meta = {**pieces[0].meta, "scope_scale": json.dumps([step for _, step in scaled]),
                 "targets": json.dumps([r.target for r in requests[::n_forms]]),
                 "key_ranks": json.dumps({n: [d.factors[n][0].shape[1] for d, _ in scaled] for n in pieces[0].factors})}
@@ -211,14 +210,23 @@ class Scope:
             meta["forms"] = json.dumps(list(forms))
         return LowRankDelta(LowRankDelta.stack([d for d, _ in scaled]).factors, meta, keys)
 
-    def _stepped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, piece: LowRankDelta,
-                 key: torch.Tensor, request: EditRequest) -> tuple[LowRankDelta, float]:
-        step = self.cfg.scale
-        while True:
-            out = LowRankDelta({n: (left * step, right) for n, (left, right) in piece.factors.items()}, key=key)
-            if step * 2 > self.cfg.max_scale or self._takes(model, tok, out, [request]):
-                return out, step
-            step *= 2
+    def _stepped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pieces: list[LowRankDelta],
+                 keys: list[torch.Tensor], requests: list[EditRequest]) -> list[tuple[LowRankDelta, float]]:
+        """Each piece at the smallest step from `scale` up (doubling, at most `max_scale`) at which its own request
+        gives its target; the pieces still short are checked together, one forward a round."""
+        steps = [self.cfg.scale] * len(pieces)
+
+        def scaled(i: int) -> LowRankDelta:
+            return LowRankDelta({n: (left * steps[i], right) for n, (left, right) in pieces[i].factors.items()},
+                                key=keys[i])
+
+        short = [i for i in range(len(pieces)) if steps[i] * 2 <= self.cfg.max_scale]
+        while short:
+            took = self._takes(model, tok, [scaled(i) for i in short], [requests[i] for i in short])
+            for i in [i for i, ok in zip(short, took) if not ok]:
+                steps[i] *= 2
+            short = [i for i, ok in zip(short, took) if not ok and steps[i] * 2 <= self.cfg.max_scale]
+        return [(scaled(i), steps[i]) for i in range(len(pieces))]
 
     @staticmethod
     def pieces(delta: LowRankDelta) -> list[dict[str, LowRankDelta]]:
@@ -235,14 +243,15 @@ class Scope:
         return [{form: LowRankDelta(flat[i * len(forms) + j]) for j, form in enumerate(forms)}
                 for i in range(len(delta.key))]
 
-    def _takes(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, delta: LowRankDelta,
-               requests: list[EditRequest]) -> bool:
+    def _takes(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
+               requests: list[EditRequest]) -> list[bool]:
+        """Per request: is its target the teacher-forced argmax with its own delta (row i applies deltas[i])."""
         attached = bool(self._handles)
         if not attached:
             self.attach(model)
-        saved, self._local.rows = getattr(self._local, "rows", None), [delta] * len(requests)
+        saved, self._local.rows = getattr(self._local, "rows", None), deltas
         try:
-            return all(s.exact for s in score_targets(model, tok, requests))
+            return [s.exact for s in score_targets(model, tok, requests)]
         finally:
             self._local.rows = saved
             if not attached:
