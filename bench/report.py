@@ -1,11 +1,14 @@
 """Write RESULTS.md from the JSON files the benchmarks left: every number in it comes from a measurement.
 
-A benchmark that has not run yet shows as '—', so the same code writes the skeleton and the full report.
+A benchmark that has not run yet shows as '—', so the same code writes the skeleton and the full report. A section
+none of whose benchmarks left a JSON in the results folder keeps its text from the file being rewritten (and so
+does the header, when no issue-5 benchmark did): a run of one benchmark never erases what another one measured.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
@@ -16,8 +19,9 @@ from .common import OUT, ROOT, setup_logging
 
 log = logging.getLogger("bench.report")
 
-# In run_all.sh's order.
-NAMES = ["edit_latency", "train_throughput", "populate", "generate_throughput", "rollback", "restart", "log_size"]
+# In run_all.sh's order. The header, the goals and sections 1-6 are issue 5's; reliability is issue 13's.
+ISSUE5 = ["edit_latency", "train_throughput", "populate", "generate_throughput", "rollback", "restart", "log_size"]
+NAMES = ISSUE5 + ["reliability"]
 KB = 1000  # the issue's "200 KB" read as 200,000 bytes
 
 
@@ -136,6 +140,72 @@ def train_section(r: dict) -> list[str]:
             + table(header, rows))
 
 
+def reliability_section(r: dict) -> list[str]:
+    cols = ["part", "check", "measured", "expected"]
+    if "reliability" not in r:
+        return table(cols, [])
+    doc = r["reliability"]
+    d, m, p = doc["results"], doc["machine"], doc["profile"]
+    k, rk, rep, mx, fz = d["kill9"], d["redis_kill"], d["replicas"], d["mixed"], d["fuzz"]
+    yes = lambda ok: "yes" if ok else "**no**"  # noqa: E731
+    zero = lambda n: str(n) if n == 0 else f"**{n}**"  # noqa: E731 - a non-zero loss stands out
+    lat = mx["latency_ms"]
+    rows = [
+        ["1. kill -9 of the server", "cycles; edits acknowledged (201) in all", f"{k['cycles']}; {k['acknowledged']}",
+         ""],
+        ["", "acknowledged edits lost after the restart (not listed, or not active)", zero(k["lost"]), "0"],
+        ["", "half-applied (log positions 1..version ≠ edit + rollback events, or active count off)",
+         zero(k["half_applied"]), "0"],
+        ["", "edits logged twice once the cut-off ones were retried with their Idempotency-Key",
+         zero(k["duplicated"]), "0"],
+        ["", "weights hash or version differing between two restarts with no write between",
+         zero(k["hash_mismatches"]), "0"],
+        ["", "edits the kill cut off; of them already in the log when retried", f"{k['cut_off']}; "
+                                                                               f"{k['cut_off_landed']}", ""],
+        ["", "restart to /ready, p50 / max s", f"{k['restart_s']['p50']:.1f} / {k['restart_s']['max']:.1f}", ""],
+        ["2. kill -9 of the embedded Redis", "kills; edits acknowledged", f"{rk['kills']}; {rk['acknowledged']}", ""],
+        ["", "acknowledged edits lost", zero(rk["lost"]), "0"],
+        ["", "kills after which edits did not resume by themselves", zero(rk["not_resumed"]), "0"],
+        ["", "kill to the first 201 of a request sent after it, s (each kill)",
+         ", ".join(f"{x:.2f}" for x in rk["recovery_s"]) or "—", ""],
+        ["", "503 answers meanwhile (retried with the same key); no answer", f"{rk['answers_503']}; {rk['no_answer']}",
+         ""],
+        ["", "other 5xx; half-applied; edits logged twice",
+         f"{zero(rk['other_5xx'])}; {zero(rk['half_applied'])}; {zero(rk['duplicated'])}", "0; 0; 0"],
+        ["3. two replicas, one Redis", f"edits sent by {rep['clients']} clients; acknowledged",
+         f"{rep['edits']}; {rep['acknowledged']}", ""],
+        ["", "acknowledged edits missing on either replica", zero(rep["lost"]), "0"],
+        ["", "edits logged twice; edit events = distinct keys acknowledged",
+         f"{zero(rep['duplicated'])}; {yes(rep['events_equal_keys'])}", "0; yes"],
+        ["", "equal weights hashes at equal versions (versions)",
+         f"{yes(rep['hashes_equal'])} ({' = '.join(str(v) for v in rep['versions'])})", "yes"],
+        ["", "retries after a 503 or no answer (on the other replica)", str(rep["retries"]), ""],
+        ["4. mixed clients", f"{mx['clients']} clients for {mx['seconds']:.0f} s: generate / edit / rollback requests",
+         f"{mx['generate']} / {mx['edit']} / {mx['rollback']}", ""],
+        ["", "errors (5xx or no answer)", zero(mx["errors"]), "0"],
+        ["", "torn reads (a version going backwards for its client, or above v0 + writes sent)",
+         zero(mx["torn_reads"]), "0"],
+        ["", "acknowledged writes the log disagrees with; half-applied",
+         f"{zero(mx['lost'])}; {zero(mx['half_applied'])}", "0; 0"],
+        ["", "final version = v0 + acknowledged writes", yes(mx["version_accounted"]), "yes"],
+        ["", "rollback races: 409 / 404 (expected outcomes)", f"{mx['rollback_409']} / {mx['rollback_404']}", ""],
+        ["", "edits refused by the guard (422)", str(mx["refused_422"]), ""],
+        ["", "generations at a version whose write was not yet acknowledged (not torn)", str(mx["ahead_of_ack"]), ""],
+        ["", "p50 ms: generate / edit / rollback",
+         " / ".join(f(lat[op]["p50"], ".0f") if op in lat else "—" for op in ("generate", "edit", "rollback")), ""],
+        ["5. schemathesis", f"requests ({fz['examples_per_operation']} examples per operation)", str(fz["requests"]),
+         ""],
+        ["", "5xx; no response; exit status", f"{zero(fz['server_errors'])}; {zero(fz['no_response'])}; "
+                                               f"{zero(fz['exit_code'])}", "0; 0; 0"],
+    ]
+    here = lambda path: path.removeprefix(f"{ROOT}/")  # noqa: E731 - the tiny model lives under bench/out
+    return ([f"`{doc['command'].strip()}` (`bench/reliability.py` says what each check does), model "
+             f"`{here(p['model'])}`, editor `{here(p['editor'])}`, MEND_METHOD scoped, embedded Redis; {m['cpu']}, "
+             f"{m['cores']} cores, torch threads {m['torch_threads']}; {m['date']}, commit {m['commit']}; "
+             f"{d['wall_s'] / 60:.0f} min in all.",
+             "", f"schemathesis: `{fz['command']}`", ""] + table(cols, rows))
+
+
 def header(r: dict, smoke: bool) -> list[str]:
     first = next(iter(r.values()), None)
     lines = ["# Benchmark results (issue 5)", ""]
@@ -155,19 +225,45 @@ COMMANDS = ["bench/run_all.sh            # everything at full size, then this fi
             "bench/run_all.sh --smoke    # tiny sizes (CI); report under bench/out/smoke/"]
 
 
-def render(r: dict, smoke: bool) -> str:
-    ran = [f"python -m bench.{n}{' --smoke' if smoke else ''}" for n in NAMES]
-    ran = [r[n]["command"] if n in r else c for n, c in zip(NAMES, ran)]
-    sections = [("Goals", goals(r)), ("1. Edit latency (library: compute_delta + apply)", edit_section(r)),
-                ("HTTP /edit, sequential single edits (building the logs)", populate_section(r)),
-                ("2. /generate throughput over HTTP", generate_section(r)),
-                ("3. Rollback of one edit over HTTP", rollback_section(r)),
-                ("4. Restart: process start to /ready", restart_section(r)),
-                ("5. Edit log size", log_section(r)),
-                ("6. Editor training throughput", train_section(r))]
-    lines = header(r, smoke) + ["## Commands", "", "```bash", *COMMANDS, "# which runs, in order:", *ran, "```", ""]
-    for title, body in sections:
-        lines += [f"## {title}", "", *body, ""]
+def previous(text: str) -> tuple[list[str], dict[str, list[str]], dict[str, str]]:
+    """What a RESULTS.md already holds: its lines before the first section, each section's body by title, and the
+    command it lists for each benchmark."""
+    head: list[str] = []
+    bodies: dict[str, list[str]] = {}
+    current = head
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = bodies.setdefault(line[3:], [])
+        else:
+            current.append(line)
+    strip = lambda lines: "\n".join(lines).strip("\n").split("\n") if "".join(lines).strip() else []  # noqa: E731
+    commands = {}
+    for line in bodies.get("Commands", []):
+        if (found := re.match(r"python -m bench\.(\w+)", line)) and found.group(1) not in commands:
+            commands[found.group(1)] = line
+    return strip(head), {t: strip(b) for t, b in bodies.items()}, commands
+
+
+def render(r: dict, smoke: bool, before: str = "") -> str:
+    old_head, old, old_commands = previous(before)
+    ran = [r[n]["command"].strip() if n in r
+           else old_commands.get(n, f"python -m bench.{n}{' --smoke' if smoke else ''}") for n in NAMES]
+    sections = [("Goals", ISSUE5, goals), ("1. Edit latency (library: compute_delta + apply)", ["edit_latency"],
+                                           edit_section),
+                ("HTTP /edit, sequential single edits (building the logs)", ["populate"], populate_section),
+                ("2. /generate throughput over HTTP", ["generate_throughput"], generate_section),
+                ("3. Rollback of one edit over HTTP", ["rollback"], rollback_section),
+                ("4. Restart: process start to /ready", ["restart"], restart_section),
+                ("5. Edit log size", ["log_size"], log_section),
+                ("6. Editor training throughput", ["train_throughput"], train_section),
+                ("7. Reliability (issue 13): crashes, a dying Redis, two replicas, concurrent clients, fuzzing",
+                 ["reliability"], reliability_section)]
+    issue5 = {n: r[n] for n in ISSUE5 if n in r}
+    head = header(issue5, smoke) if issue5 or not old_head else old_head + [""]
+    lines = head + ["## Commands", "", "```bash", *COMMANDS, "# which runs, in order:", *ran, "```", ""]
+    for title, names, make in sections:
+        fresh = any(n in r for n in names) or title not in old
+        lines += [f"## {title}", "", *(make(r) if fresh else old[title]), ""]
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
@@ -181,7 +277,7 @@ def main(smoke: bool = typer.Option(False, help="report the smoke results (bench
     setup_logging()
     folder = results or OUT / ("smoke" if smoke else "full")
     target = out_file or (folder / "RESULTS.md" if smoke else ROOT / "bench" / "RESULTS.md")
-    target.write_text(render(load(folder), smoke))
+    target.write_text(render(load(folder), smoke, target.read_text() if target.exists() else ""))
     log.info("wrote %s", target)
     print(target.read_text())  # the final table, for the person who ran it
 

@@ -152,7 +152,7 @@ class EmbeddedRedis:
     def _supervise(self) -> None:
         """Fork the server, wait for it, and fork it again if it dies while we still own it: its append-only
         file is intact (fsync on every write), so the new server holds every acknowledged event."""
-        backoff = RESTART_BACKOFF[0]
+        backoff: float | None = None
         while True:
             with self._proc_lock:
                 if self._stopping.is_set():
@@ -169,10 +169,11 @@ class EmbeddedRedis:
             code = self.proc.wait()
             if self._stopping.is_set():
                 return
+            # A server that ran for a while gets a quick restart; one that keeps dying at once backs off.
+            young = time.monotonic() - started < 30
+            backoff = min(backoff * 2, RESTART_BACKOFF[1]) if backoff is not None and young else RESTART_BACKOFF[0]
             log.error("embedded redis (pid %d) exited with code %s; restarting it in %.1f s (see %s)",
                       self.proc.pid, code, backoff, self.data_dir / LOGFILE)
-            # A server that ran for a while gets a quick restart; one that keeps dying at once backs off.
-            backoff = RESTART_BACKOFF[0] if time.monotonic() - started > 30 else min(backoff * 2, RESTART_BACKOFF[1])
             if self._stopping.wait(backoff):
                 return
             _stop_leftover(self.data_dir)

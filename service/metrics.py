@@ -67,9 +67,13 @@ class Metrics:
         @app.middleware("http")
         async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
             t0 = time.perf_counter()
-            response = await call_next(request)
-            route = request.scope.get("route")
-            endpoint = route.path if route else "unmatched"  # the template, so ids do not explode the labels
-            self.latency.labels(request.method, endpoint).observe(time.perf_counter() - t0)
-            self.responses.labels(request.method, endpoint, str(response.status_code)).inc()
-            return response
+            status = 500  # a bug raises through here to the catch-all handler outside: count it as the 500 it becomes
+            try:
+                response = await call_next(request)
+                status = response.status_code
+                return response
+            finally:
+                route = request.scope.get("route")
+                endpoint = route.path if route else "unmatched"  # the template, so ids do not explode the labels
+                self.latency.labels(request.method, endpoint).observe(time.perf_counter() - t0)
+                self.responses.labels(request.method, endpoint, str(status)).inc()

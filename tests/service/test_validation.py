@@ -190,6 +190,8 @@ def test_an_unexpected_error_is_a_json_500(client):
     client.app.add_api_route("/broken", broken)
     r = client.get("/broken")
     assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+    counted = [l for l in client.get("/metrics").text.splitlines() if "/broken" in l and l.startswith("mend_responses")]
+    assert counted and 'status="500"' in counted[0] and counted[0].endswith(" 1.0"), counted  # seen by monitoring
 
 
 @pytest.mark.parametrize("body", [{"temperature": 1e-300, "seed": 1}, {"temperature": 1.0, "top_p": 1e-300, "seed": 1}])
