@@ -592,8 +592,10 @@ class Runtime:
         if max_new_tokens > self.settings.max_new_tokens:
             raise BadRequest(f"max_new_tokens is over the limit of {self.settings.max_new_tokens}")
         ids = self.prompt_ids(prompt, messages)
-        scoped = self._scoped_for(prompt, PLAIN) if messages is None else self._scoped_for(question(messages), CHAT)
-        with self.rw.read(), scoped as selection:
+        text, form = (prompt, PLAIN) if messages is None else (question(messages), CHAT)
+        # The selection is made under the read lock, with the version it reports: an edit applied between the two
+        # would otherwise give a reply of one version labelled with the next.
+        with self.rw.read(), self._scoped_for(text, form) as selection:
             out = complete(self.model, self.tokenizer, ids, max_new_tokens, temperature, top_p, seed, stop,
                            observe=selection.observe if selection is not None else None)
             return out, len(ids), self.version
