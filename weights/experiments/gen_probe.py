@@ -1,45 +1,27 @@
 """What greedy generation says after one scoped edit, through the service's Runtime in process (default settings).
 
     python weights/experiments/gen_probe.py zsre 30
+
+The 20-edit steps in weights/README.md were measured when this script had its own copy of the text rules, which
+counted a repeated target without overlaps; it now uses editor_core.fluency, as bench/says.py does.
 """
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from editor_core import EditRequest, join, load_records
+from editor_core import join, load_records
+from editor_core.fluency import ngram_entropy as entropy
+from editor_core.fluency import normalized as norm
+from editor_core.fluency import repeats
 from service.runtime import Runtime
 from service.settings import Settings
-
-
-def norm(s: str) -> str:
-    return " ".join(re.sub(r"[^\w]+", " ", s.lower()).split())
-
-
-def repeats(text: str, target: str) -> bool:
-    words = norm(text).split()
-    grams = Counter(tuple(words[i:i + 4]) for i in range(len(words) - 3))
-    t = norm(target)
-    return (bool(t) and f" {norm(text)} ".count(f" {t} ") >= 3) or any(c >= 3 for c in grams.values())
-
-
-def entropy(text: str) -> float:
-    words = norm(text).split()
-    out = []
-    for n, w in ((2, 2 / 3), (3, 4 / 3)):
-        c = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-        p = np.array(list(c.values()), dtype=float)
-        p = p / p.sum() if len(p) else p
-        out.append(w * float(-(p * np.log2(p)).sum()) if len(p) else 0.0)
-    return sum(out) / 2
 
 
 def main(kind: str, n: int) -> None:
