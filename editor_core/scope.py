@@ -259,22 +259,29 @@ class Scope:
 
     # ---- the codebook --------------------------------------------------------------------------------------
 
+    # add and remove compute the codebook's new fields first and assign them together: a failure part-way (a bad
+    # delta, an unknown id) leaves the codebook as it was, so a log event is applied whole or not at all.
+
     def add(self, edit_id: str, delta: LowRankDelta) -> None:
         if delta.key is None:
             raise ValueError("a scoped edit needs its key (LowRankDelta.key)")
-        self.deltas[edit_id] = delta
-        self.keys = torch.cat([self.keys, delta.key.float()])
-        self.owner += [edit_id] * len(delta.key)
-        self.row_pieces += self.pieces(delta)
         targets = json.loads(delta.meta["targets"]) if "targets" in delta.meta else []
-        self.row_targets += targets if len(targets) == len(delta.key) else [None] * len(delta.key)
+        keys, pieces = torch.cat([self.keys, delta.key.float()]), self.pieces(delta)
+        self.keys, self.owner = keys, self.owner + [edit_id] * len(delta.key)
+        self.row_pieces = self.row_pieces + pieces
+        self.row_targets = self.row_targets + (targets if len(targets) == len(delta.key) else [None] * len(delta.key))
+        self.deltas[edit_id] = delta
 
-    def remove(self, edit_id: str) -> None:
-        del self.deltas[edit_id]
-        keep = [i for i, o in enumerate(self.owner) if o != edit_id]
+    def remove(self, *edit_ids: str) -> None:
+        """Forget these edits, all or none (KeyError, nothing forgotten, if one is not stored)."""
+        gone = set(edit_ids)
+        if not gone <= self.deltas.keys():
+            raise KeyError(f"not in the codebook: {sorted(gone - self.deltas.keys())}")
+        keep = [i for i, o in enumerate(self.owner) if o not in gone]
         self.keys, self.owner = self.keys[keep], [self.owner[i] for i in keep]
         self.row_pieces = [self.row_pieces[i] for i in keep]
         self.row_targets = [self.row_targets[i] for i in keep]
+        self.deltas = {k: v for k, v in self.deltas.items() if k not in gone}
 
     def clear(self) -> None:
         self.deltas.clear()
