@@ -27,6 +27,7 @@ import httpx
 import typer
 
 from editor_core.data import EditRecord, join, load_records
+from editor_core.evaluate import mean_metrics
 from editor_core.fluency import mentions, ngram_entropy, repeats, says
 
 from .common import command_line, make_profile, save, serving, setup_logging
@@ -62,22 +63,16 @@ def check(http: httpx.Client, rec: EditRecord, ref: dict) -> dict:
     long = generate(http, rec.edit.prompt, tokens=LONG)
     row = {"prompt": float(says(long, target)),
            "chat": float(mentions(generate(http, question=rec.edit.prompt), target)),
-           "unchanged": statistics.mean(generate(http, p) == b for p, b in zip(unrelated(rec), ref["unrelated"]))
-           if ref["unrelated"] else None,
            "repeat": float(repeats(long, target)), "entropy": ngram_entropy(long),
            "repeat_unedited": float(repeats(ref["long"], target)), "entropy_unedited": ngram_entropy(ref["long"]),
            "repeat_answer_in": float(repeats(ref["answer_in"], target)),
            "entropy_answer_in": ngram_entropy(ref["answer_in"])}
+    if ref["unrelated"]:
+        row["unchanged"] = statistics.mean(generate(http, p) == b for p, b in zip(unrelated(rec), ref["unrelated"]))
     if reph:
         row["rephrase"] = statistics.mean(says(generate(http, p), target) for p in reph)
         row["chat_rephrase"] = statistics.mean(mentions(generate(http, question=p), target) for p in reph)
     return row
-
-
-def mean_rows(rows: list[dict]) -> dict:
-    keys = sorted({k for r in rows for k in r})
-    return {k: statistics.mean(r[k] for r in rows if r.get(k) is not None) for k in keys
-            if any(r.get(k) is not None for r in rows)}
 
 
 def edit(http: httpx.Client, recs: list[EditRecord]) -> tuple[str, float]:
@@ -104,7 +99,7 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int) -> di
                 log.info("%d/%d edits", n * batch, len(records))
         if sequential:
             rows = [check(http, rec, ref) for rec, ref in zip(records, refs)]
-    return {"n": len(rows), **mean_rows(rows), "edit_ms_p50": statistics.median(edit_ms),
+    return {"n": len(rows), **mean_metrics(rows), "edit_ms_p50": statistics.median(edit_ms),
             "wall_s": time.perf_counter() - t0}
 
 
