@@ -9,9 +9,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Two records in the zsRE format: the test needs no data folder beside the checkout.
+RECORDS = [{"subject": "Federico Almerares", "src": "Where was Federico Almerares born?", "rephrase":
+            "Where's Federico Almerares born?", "alt": "Madrid", "answers": ["Mar del Plata"],
+            "loc": "nq question: the roman name for a liberal arts education is known as", "loc_ans": "artes liberales"},
+           {"subject": "Welcome Party", "src": "What series is Welcome Party in?", "rephrase":
+            "Which series is Welcome Party part of?", "alt": "30 Rock", "answers": ["Frasier"],
+            "loc": "nq question: who sang the theme song to the jeffersons", "loc_ans": "Ja'Net DuBois"}]
+
+
 def test_generation_scores_come_out_of_a_real_server(tmp_path: Path):
-    cmd = [sys.executable, "-m", "bench.says", "--smoke", "-n", "2", "--out", str(tmp_path), "--sequential"]
-    subprocess.run(cmd, cwd=ROOT, check=True, timeout=600, capture_output=True)
+    data = tmp_path / "zsre.json"
+    data.write_text(json.dumps(RECORDS))
+    cmd = [sys.executable, "-m", "bench.says", "--smoke", "--data", f"zsre:{data}", "-n", "2", "--out",
+           str(tmp_path), "--sequential"]
+    run = subprocess.run(cmd, cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
     doc = json.loads((tmp_path / "says_zsre_scoped_seq2.json").read_text())
     res = doc["results"]
     assert doc["command"].startswith("python -m bench.says") and res["n"] == 2 and res["method"] == "scoped"
