@@ -1,0 +1,23 @@
+"""Time of one /edit at the default (scoped) settings, in process: 7 zsRE dev edits after a warm-up, under cProfile.
+
+    python weights/experiments/edit_time.py
+Measured 2026-12-01 on the quiet 2-core CPU: 681-997 ms, p50 893 ms (README status).
+"""
+import tempfile
+import time
+from pathlib import Path
+from editor_core import load_records
+from service.runtime import Runtime
+from service.settings import Settings
+import cProfile
+import pstats
+rt = Runtime.start(Settings(data_dir=Path(tempfile.mkdtemp()), threads=2))
+recs = load_records("zsre:../shared/data/zsre/dev.json", 8, one_per_subject=True)
+rt.edit([recs[0].edit], "p", "", True)
+ms = []
+pr = cProfile.Profile()
+for r in recs[1:]:
+    pr.enable(); t = time.perf_counter(); o = rt.edit([r.edit], "p", "", True); ms.append((time.perf_counter()-t)*1000); pr.disable()
+print(sorted(ms))
+pstats.Stats(pr).sort_stats("cumulative").print_stats(25)
+rt.close()
