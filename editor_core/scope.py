@@ -22,6 +22,7 @@ import re
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -71,6 +72,53 @@ class Selection:
         return self.released
 
 
+@dataclass(frozen=True)
+class Codebook:
+    """The stored edits at one moment: never changed, only replaced (`Scope.add`/`remove` build a new one). A
+    request that took the codebook once uses that one for its whole life, however many edits land meanwhile, so
+    scoped generation needs no lock and always sees one whole log version."""
+
+    keys: torch.Tensor  # (n_keys, d), unit rows
+    owner: tuple[str, ...]  # edit id of each key row
+    row_pieces: tuple[dict[str, LowRankDelta], ...]  # what each key row applies, by form (`Scope.pieces`)
+    row_targets: tuple[str | None, ...]  # the answer each key row installs (None: not stored)
+    deltas: MappingProxyType  # edit id -> its scoped delta; insertion order = age
+
+    @classmethod
+    def empty(cls, dim: int) -> Codebook:
+        return cls(torch.zeros(0, dim), (), (), (), MappingProxyType({}))
+
+    def added(self, edit_id: str, delta: LowRankDelta) -> Codebook:
+        if delta.key is None:
+            raise ValueError("a scoped edit needs its key (LowRankDelta.key)")
+        targets = json.loads(delta.meta["targets"]) if "targets" in delta.meta else []
+        n = len(delta.key)
+        return Codebook(torch.cat([self.keys, delta.key.float()]), self.owner + (edit_id,) * n,
+                        self.row_pieces + tuple(Scope.pieces(delta)),
+                        self.row_targets + tuple(targets if len(targets) == n else [None] * n),
+                        MappingProxyType({**self.deltas, edit_id: delta}))
+
+    def without(self, *edit_ids: str) -> Codebook:
+        """Without these edits (KeyError if one is not stored)."""
+        gone = set(edit_ids)
+        if not gone <= self.deltas.keys():
+            raise KeyError(f"not in the codebook: {sorted(gone - self.deltas.keys())}")
+        keep = [i for i, o in enumerate(self.owner) if o not in gone]
+        return Codebook(self.keys[keep], tuple(self.owner[i] for i in keep),
+                        tuple(self.row_pieces[i] for i in keep), tuple(self.row_targets[i] for i in keep),
+                        MappingProxyType({k: v for k, v in self.deltas.items() if k not in gone}))
+
+    def nearest(self, keys: torch.Tensor, radius: float) -> list[int | None]:
+        """Per prompt key: the most similar key row at cosine >= radius (ties: the newest)."""
+        if not self.owner:  # also: no keys computed, as nothing could be selected
+            return [None] * len(keys)
+        sim = keys.float() @ self.keys.T  # (B, n_keys)
+        # Later rows are newer: flip so that argmax's first maximum is the newest.
+        best = sim.flip(1).argmax(1)
+        rows = len(self.owner) - 1 - best
+        return [r if sim[b, r] >= radius else None for b, r in enumerate(rows.tolist())]
+
+
 @dataclass
 class ScopeConfig:
     key_block: int = 10  # keys are the output of this block (the input of the next), mean-pooled over the prompt
@@ -90,13 +138,16 @@ class Scope:
 
     def __init__(self, cfg: ScopeConfig, layers: list[EditedLayer], center: torch.Tensor) -> None:
         self.cfg, self.layers, self.center = cfg, layers, center
-        self.keys = torch.zeros(0, center.numel())  # (n_keys, d), unit rows
-        self.owner: list[str] = []  # edit id of each key row
-        self.row_pieces: list[dict[str, LowRankDelta]] = []  # what each key row applies, by form (`pieces`)
-        self.row_targets: list[str | None] = []  # the answer each key row installs (None: not stored)
-        self.deltas: dict[str, LowRankDelta] = {}  # insertion order = age
+        self.codebook = Codebook.empty(center.numel())  # replaced whole by add/remove, never changed in place
         self._local = threading.local()
         self._handles: list = []
+
+    # The current codebook's fields, for reading.
+    keys = property(lambda self: self.codebook.keys)
+    owner = property(lambda self: self.codebook.owner)
+    row_pieces = property(lambda self: self.codebook.row_pieces)
+    row_targets = property(lambda self: self.codebook.row_targets)
+    deltas = property(lambda self: self.codebook.deltas)
 
     # ---- keys ----------------------------------------------------------------------------------------------
 
@@ -141,13 +192,15 @@ class Scope:
                 owner.append(i)
         return self.prompt_keys(model, tok, texts), owner
 
-    def request_keys(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str]) -> torch.Tensor:
+    def request_keys(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
+                     book: Codebook | None = None) -> torch.Tensor:
         """(B, d): per prompt, the candidate key (see `candidate_keys`) most similar to a stored edit key; the
         whole prompt's key when nothing is stored or it is the best (ties go to the whole prompt). Measured on 200
         CounterFact train records in one codebook: paraphrases selecting their own edit 0.03 -> 0.56, neighbours
         captured 6.2% -> 6.8%; zsRE unchanged (0.93 rephrases, no locality prompt captured)."""
+        book = book or self.codebook
         keys, owner = self.candidate_keys(model, tok, prompts)
-        best = (keys @ self.keys.T).max(1).values if self.owner else torch.zeros(len(keys))
+        best = (keys @ book.keys.T).max(1).values if book.owner else torch.zeros(len(keys))
         out = []
         for i in range(len(prompts)):
             rows = [j for j, o in enumerate(owner) if o == i]
@@ -259,47 +312,20 @@ class Scope:
 
     # ---- the codebook --------------------------------------------------------------------------------------
 
-    # add and remove compute the codebook's new fields first and assign them together: a failure part-way (a bad
-    # delta, an unknown id) leaves the codebook as it was, so a log event is applied whole or not at all.
-
     def add(self, edit_id: str, delta: LowRankDelta) -> None:
-        if delta.key is None:
-            raise ValueError("a scoped edit needs its key (LowRankDelta.key)")
-        targets = json.loads(delta.meta["targets"]) if "targets" in delta.meta else []
-        keys, pieces = torch.cat([self.keys, delta.key.float()]), self.pieces(delta)
-        self.keys, self.owner = keys, self.owner + [edit_id] * len(delta.key)
-        self.row_pieces = self.row_pieces + pieces
-        self.row_targets = self.row_targets + (targets if len(targets) == len(delta.key) else [None] * len(delta.key))
-        self.deltas[edit_id] = delta
+        self.codebook = self.codebook.added(edit_id, delta)
 
     def remove(self, *edit_ids: str) -> None:
         """Forget these edits, all or none (KeyError, nothing forgotten, if one is not stored)."""
-        gone = set(edit_ids)
-        if not gone <= self.deltas.keys():
-            raise KeyError(f"not in the codebook: {sorted(gone - self.deltas.keys())}")
-        keep = [i for i, o in enumerate(self.owner) if o not in gone]
-        self.keys, self.owner = self.keys[keep], [self.owner[i] for i in keep]
-        self.row_pieces = [self.row_pieces[i] for i in keep]
-        self.row_targets = [self.row_targets[i] for i in keep]
-        self.deltas = {k: v for k, v in self.deltas.items() if k not in gone}
+        self.codebook = self.codebook.without(*edit_ids)
 
     def clear(self) -> None:
-        self.deltas.clear()
-        self.keys, self.owner, self.row_pieces, self.row_targets = self.keys[:0], [], [], []
+        self.codebook = Codebook.empty(self.center.numel())
 
-    def _nearest(self, keys: torch.Tensor) -> list[int | None]:
-        """Per prompt key: the most similar stored key row at cosine >= radius (ties: the newest)."""
-        if not self.owner:  # also: no keys computed, as nothing could be selected
-            return [None] * len(keys)
-        sim = keys.float() @ self.keys.T  # (B, n_keys)
-        # Later rows are newer: flip so that argmax's first maximum is the newest.
-        best = sim.flip(1).argmax(1)
-        rows = len(self.owner) - 1 - best
-        return [r if sim[b, r] >= self.cfg.radius else None for b, r in enumerate(rows.tolist())]
-
-    def select(self, keys: torch.Tensor) -> list[str | None]:
-        """Per prompt key: the edit whose key it selects (see `_nearest`), or None."""
-        return [None if r is None else self.owner[r] for r in self._nearest(keys)]
+    def select(self, keys: torch.Tensor, book: Codebook | None = None) -> list[str | None]:
+        """Per prompt key: the edit whose key it selects (`Codebook.nearest`), or None."""
+        book = book or self.codebook
+        return [None if r is None else book.owner[r] for r in book.nearest(keys, self.cfg.radius)]
 
     # ---- applying ------------------------------------------------------------------------------------------
 
@@ -333,22 +359,26 @@ class Scope:
         return hook
 
     @contextlib.contextmanager
-    def applying(self, keys: torch.Tensor, form: str = PLAIN):
+    def applying(self, keys: torch.Tensor, form: str = PLAIN, book: Codebook | None = None):
         """Within this context, this thread's forwards of a batch whose row b has key keys[b] add each row's
-        selected edit (see `select`), its piece for `form` (the plain one if it has none). Yields the
-        `Selection` (its edit ids; `observe` releases it)."""
-        rows = self._nearest(keys)
-        self._local.rows = [None if r is None else self.row_pieces[r].get(form, self.row_pieces[r][PLAIN])
+        selected edit (see `select`) of `book` (default: the current codebook), its piece for `form` (the plain
+        one if it has none). Yields the `Selection` (its edit ids; `observe` releases it)."""
+        book = book or self.codebook
+        rows = book.nearest(keys, self.cfg.radius)
+        self._local.rows = [None if r is None else book.row_pieces[r].get(form, book.row_pieces[r][PLAIN])
                             for r in rows]
         try:
-            yield Selection(self, [None if r is None else self.owner[r] for r in rows],
-                            [None if r is None else self.row_targets[r] for r in rows])
+            yield Selection(self, [None if r is None else book.owner[r] for r in rows],
+                            [None if r is None else book.row_targets[r] for r in rows])
         finally:
             self._local.rows = None
 
-    def applying_to(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], form: str = PLAIN):
-        return self.applying(self.request_keys(model, tok, prompts) if self.owner else torch.zeros(len(prompts), 0),
-                             form)
+    def applying_to(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
+                    form: str = PLAIN, book: Codebook | None = None):
+        """`applying` with the request keys of these prompts."""
+        book = book or self.codebook
+        keys = self.request_keys(model, tok, prompts, book) if book.owner else torch.zeros(len(prompts), 0)
+        return self.applying(keys, form, book)
 
     def fingerprint(self) -> str:
         # max_scale only picks the step of new edits, and the log stores each delta with its step already in it,

@@ -9,6 +9,7 @@ answer ({"prompt", "answer"}): the model is then teacher-forced on that text and
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -21,6 +22,7 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core import join
+from editor_core.hooks import SkipPrefix
 from editor_core.layers import find_blocks
 
 from .generation import end_token_ids
@@ -114,11 +116,8 @@ class CanarySet:
         for b in self.batches if first_block > 0 else []:
             b.hidden = model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
                              output_hidden_states=True, logits_to_keep=1).hidden_states[first_block].detach()
-        self.shadow, self._replay = shadow_of(model), _Replay()
-        _, blocks = find_blocks(self.shadow)
-        for j in range(first_block):
-            blocks[j] = self._replay  # every lower block returns the cached output of the last one
-        self._shadow_lock = threading.Lock()  # the shadow's weights are swapped and its replay set during a pass
+        self.shadow, self.first_block = shadow_of(model), first_block
+        self._shadow_lock = threading.Lock()  # the shadow's weights and its skipped blocks change during a pass
         self.reference = self._argmax({})
 
     def __len__(self) -> int:
@@ -150,13 +149,17 @@ class CanarySet:
     @torch.no_grad()
     def _argmax(self, weights: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """(B, ANSWER_TOKENS) teacher-forced argmax per batch on the shadow, `weights` replacing its own."""
-        out = []
+        out, (_, blocks) = [], find_blocks(self.shadow)
         with self._shadow_lock:
             for b in self.batches:
-                self._replay.hidden = b.hidden
                 kw = {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "position_ids": b.position_ids,
                       "logits_to_keep": ANSWER_TOKENS + 1}
-                logits = torch.func.functional_call(self.shadow, weights, (), kw).logits
+                # The blocks below the first edited one are skipped and their cached output fed in; SkipPrefix
+                # swaps blocks for every thread, which is safe on the shadow alone, under its lock.
+                skip = (SkipPrefix(blocks, self.first_block, b.hidden) if b.hidden is not None
+                        else contextlib.nullcontext())
+                with skip:
+                    logits = torch.func.functional_call(self.shadow, weights, (), kw).logits
                 out.append(logits[:, :-1].argmax(-1))  # column j predicts answer column j
         return out
 
@@ -185,17 +188,6 @@ class CanarySet:
         decode = self.tokenizer.decode
         return Change(self.prompts[i], decode(ref[start:].tolist()),
                       decode(ref[start:first].tolist() + [int(new[row, first])]) + "…")
-
-
-class _Replay(nn.Module):
-    """Stands in for the shadow's frozen lower blocks: returns their output on the current canary batch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hidden: torch.Tensor | None = None
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return self.hidden
 
 
 def _cut_at_end(tokens: list[int], ends: set[int]) -> list[int]:

@@ -19,6 +19,12 @@ class Unauthorized(ServiceError):
     status, message = 401, "missing or invalid API key: send 'Authorization: Bearer <key>'"
 
 
+class OpenWithoutKey(ServiceError):
+    status, message = 403, ("refusing a request that came in on a non-loopback address: this server has no API key, "
+                            "so anyone who can reach it could edit the model. Set MEND_API_KEY, bind a loopback "
+                            "address, or set MEND_ALLOW_NO_KEY=true if something else keeps the port private")
+
+
 class UnknownEdit(ServiceError):
     status, message = 404, "unknown edit_id"
 

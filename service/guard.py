@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from editor_core import LowRankDelta, NonFiniteDeltaError
+from editor_core.scope import Codebook
 
 from .canary import CanarySet, Change
 from .errors import EditRejected
@@ -51,8 +52,9 @@ def check_scoped_edit(model: nn.Module, delta: LowRankDelta, force: bool, canary
         raise EditRejected("edit rejected: it has non-finite values") from e
     if canary_keys is None or canary_prompts is None:
         return {}
-    rows = ((canary_keys @ delta.key.float().T).max(1).values >= radius).nonzero().flatten().tolist()
-    inside = sorted({canary_of[j] for j in rows})
+    # The scope's own rule: a canary is inside when it would select this edit were it the only one stored.
+    selected = Codebook.empty(canary_keys.shape[1]).added("new", delta).nearest(canary_keys, radius)
+    inside = sorted({canary_of[j] for j, row in enumerate(selected) if row is not None})
     total = len(canary_prompts)
     over = len(inside) / total > max_captured
     if over and not force:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from .deps import require_key
+from .deps import refuse_open_network, require_key
 from .errors import install_handlers
 from .metrics import Metrics
 from .routes import edits, generate, health
@@ -46,7 +46,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="MEND model-editing service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="MEND model-editing service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  dependencies=[Depends(refuse_open_network)])
     app.state.settings = settings or Settings()
     app.state.metrics = Metrics()
     app.state.runtime = None

@@ -185,7 +185,7 @@ def test_edits_sent_together_each_apply_only_their_own_delta(model, tokenizer):
             finally:
                 pieces[i].revert(model)
         scope.remove("batch")
-        assert scope.row_pieces == [] and scope.select(scope.prompt_keys(model, tokenizer, [reqs[0].prompt])) == [None]
+        assert scope.row_pieces == () and scope.select(scope.prompt_keys(model, tokenizer, [reqs[0].prompt])) == [None]
     finally:
         scope.detach()
 
@@ -210,7 +210,7 @@ def test_a_selection_releases_once_its_answer_is_said(setup):
         assert not sel.released and not torch.equal(logits(model, tok, REQS[:1]), plain)
         sel.observe(f"{target}, of course.")
         assert sel.released and torch.equal(logits(model, tok, REQS[:1]), plain)
-    assert scope.row_targets == [target]
+    assert scope.row_targets == (target,)
 
 
 def test_an_edit_logged_without_its_target_never_releases(setup):

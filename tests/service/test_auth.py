@@ -94,3 +94,26 @@ def test_allow_no_key_lets_a_public_host_start_without_a_key(monkeypatch):
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost"])
 def test_a_loopback_host_needs_no_key(host):
     assert Settings(host=host, api_key=None, allow_no_key=False).host == host
+
+
+def test_an_app_started_around_the_cli_refuses_non_loopback_connections_without_a_key(settings):
+    """`uvicorn service.main:create_app --factory --host 0.0.0.0` skips `mend serve`'s check of the bind address:
+    each request is checked by the address it came in on. A connection to a loopback address is served."""
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    assert settings.api_key is None and not settings.allow_no_key
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:8000") as local:
+        assert local.post("/generate", json={"prompt": "hi", "max_new_tokens": 1}).status_code == 200
+        for base in ("http://10.1.2.3:8000", "http://[2001:db8::1]:8000"):
+            remote = TestClient(local.app, base_url=base)
+            n = local.get("/edits").json()["count"]
+            for method, path, body in [("post", "/edit", EDIT), ("get", "/edits", None), ("get", "/health", None)]:
+                r = getattr(remote, method)(path, **({"json": body} if body else {}))
+                assert r.status_code == 403 and "non-loopback" in r.json()["detail"], (path, r.text)
+            assert local.get("/edits").json()["count"] == n
+        assert TestClient(local.app, base_url="http://[::ffff:127.0.0.1]:8000").get("/health").status_code == 200
+    keyed = settings.model_copy(update={"api_key": SecretStr(KEY)})
+    with TestClient(create_app(keyed), base_url="http://10.1.2.3:8000") as remote:
+        assert remote.get("/edits", headers=GOOD).status_code == 200

@@ -79,7 +79,7 @@ def test_generations_during_edits_each_see_one_whole_version(either_client):
 def test_computing_a_delta_does_not_block_generation(either_client):
     """The delta is computed under the read lock: a generation started meanwhile finishes without waiting."""
     client, rt = either_client, either_client.app.state.runtime
-    method = "compute_delta" if rt.scope is None else "compute_deltas"  # scoped: one delta per form of each edit
+    method = "compute_delta" if rt.method.name == "inplace" else "compute_deltas"  # scoped: one delta per form of each edit
     real, computing = getattr(rt.editor, method), threading.Event()
 
     def slow_compute(*args, **kw):  # the real computation, made long enough to overlap with a generation
@@ -97,6 +97,31 @@ def test_computing_a_delta_does_not_block_generation(either_client):
     editing.join()
     assert out["version"] == 0 and waited < 1.5, waited
     assert rt.version == 1
+
+
+def test_a_scoped_generation_never_waits_behind_an_apply(client):
+    """At the default method the weights never change, so a generation reads the published codebook and takes no
+    lock: it finishes while an edit is being applied (here made slow, holding the write lock), on the version
+    before it. In place, the same generation would wait for the apply to finish."""
+    rt = client.app.state.runtime
+    assert rt.method.weights_fixed
+    real, applying = rt.method.apply, threading.Event()
+
+    def slow_apply(*args, **kw):  # runs under the write lock
+        applying.set()
+        time.sleep(2.0)
+        return real(*args, **kw)
+
+    rt.method.apply = slow_apply
+    editing = threading.Thread(target=lambda: client.post("/edit", json=EDIT))
+    editing.start()
+    assert applying.wait(30)
+    t0 = time.perf_counter()
+    out = generate(client, prompt=EDIT["prompt"], max_new_tokens=2)
+    waited = time.perf_counter() - t0
+    editing.join()
+    assert out["version"] == 0 and waited < 1.5, waited
+    assert rt.version == 1 and generate(client, prompt=EDIT["prompt"], max_new_tokens=2)["version"] == 1
 
 
 def test_score_matches_what_edit_reports_and_changes_only_through_edits(client):

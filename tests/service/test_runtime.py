@@ -1,4 +1,4 @@
-"""The log as the source of truth (runtime.py, editlog.py): restart, replicas, Redis outages, fingerprints.
+"""The log as the source of truth (replica.py, runtime.py, editlog.py): restart, replicas, Redis outages, fingerprints.
 
 Mechanics both methods share run under each (the `either` fixture); the rest at the default (scoped), or in place
 where they are about the weights themselves (checkpoints)."""
@@ -95,7 +95,7 @@ def test_restart_from_a_checkpoint_replays_only_the_tail_and_is_exact(inplace, c
         rt = client.app.state.runtime
         assert rt.checkpoint_version == 4
         before, listing = edited_weights(client), client.get("/edits").json()
-    with caplog.at_level("INFO", logger="service.runtime"), serving(cfg) as client:
+    with caplog.at_level("INFO", logger="service.replica"), serving(cfg) as client:
         assert all(torch.equal(before[n], w) for n, w in edited_weights(client).items())
         assert client.get("/edits").json() == listing
         assert "1 events re-applied after the checkpoint at version 4" in caplog.text
@@ -104,7 +104,7 @@ def test_restart_from_a_checkpoint_replays_only_the_tail_and_is_exact(inplace, c
         after_rollback = edited_weights(client)
         rt = client.app.state.runtime
     full = inplace.model_copy(update={"checkpoint_every": 0})
-    with caplog.at_level("INFO", logger="service.runtime"), serving(full) as client:  # a full replay
+    with caplog.at_level("INFO", logger="service.replica"), serving(full) as client:  # a full replay
         assert "6 events re-applied after the checkpoint at version 0" in caplog.text
         assert all(torch.equal(after_rollback[n], w) for n, w in edited_weights(client).items())
 
@@ -118,7 +118,7 @@ def test_a_checkpoint_that_does_not_match_the_log_is_ignored(inplace, caplog):
         ckpt = rt.log.load_checkpoint()
         ckpt.event_id = "1-1"  # as if the stream had been rewritten under it
         rt.log.save_checkpoint(ckpt)
-    with caplog.at_level("WARNING", logger="service.runtime"), serving(cfg) as client:
+    with caplog.at_level("WARNING", logger="service.replica"), serving(cfg) as client:
         assert "ignoring the weights checkpoint" in caplog.text
         assert all(torch.equal(before[n], w) for n, w in edited_weights(client).items())
 

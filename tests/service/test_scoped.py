@@ -1,4 +1,4 @@
-"""MEND_METHOD=scoped (editor_core/scope.py through runtime.py): edits act inside their scope only, weights
+"""MEND_METHOD=scoped (editor_core/scope.py through service/methods.py): edits act inside their scope only, weights
 never change, rollback and restart are exact, the scoped log is its own log, and the guard counts captured
 canaries. The fixtures' tiny editor has a fitted scope (service_support.fit_scope) and scoped is the default method;
 its radius is 0.999: a prompt selects an edit only when it is (nearly) the edit's own prompt."""
