@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis
@@ -32,6 +35,53 @@ if #last > 0 then at = last[1][1] end
 if at ~= ARGV[1] then return {0, at} end
 return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))}
 """
+
+
+# The turn: a ticket lock over Redis, so replicas that edit at once take turns in the order they asked instead of
+# racing (a loser of the compare-and-set recomputes for nothing, and one replica could lose every race under
+# steady load from another). KEYS: next ticket, ticket served, when it started being served (ms), lease (the
+# holder's ticket, expiring). The lock is an optimisation of fairness only: the compare-and-set append keeps the
+# log right whatever the turn does.
+TAKE_TICKET = """
+local t = redis.call('INCR', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[2], t)
+  redis.call('SET', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000))
+end
+return t
+"""
+# ARGV: my ticket, lease ms, grace ms. 1: my turn (lease taken); 0: wait; -1: my ticket was passed over.
+# A ticket whose owner never shows up (killed while waiting) or whose lease ran out (killed while holding) is
+# passed over once it has been served for `grace` ms with no live lease.
+POLL_TURN = """
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local s = tonumber(redis.call('GET', KEYS[2]) or '0')
+local mine = tonumber(ARGV[1])
+if s == mine then
+  redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if s > mine then return -1 end
+if redis.call('GET', KEYS[4]) ~= tostring(s) and ms - tonumber(redis.call('GET', KEYS[3]) or '0') > tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], s + 1)
+  redis.call('SET', KEYS[3], ms)
+end
+return 0
+"""
+# ARGV: my ticket. Passes the turn on, if it is still mine.
+END_TURN = """
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+local now = redis.call('TIME')
+redis.call('SET', KEYS[2], tonumber(ARGV[1]) + 1)
+redis.call('SET', KEYS[3], now[1] * 1000 + math.floor(now[2] / 1000))
+redis.call('DEL', KEYS[4])
+return 1
+"""
+TURN_POLL_S = 0.02
+TURN_LEASE_MS = 30_000  # longer than any edit's compute; a holder killed mid-turn blocks the others this long
+TURN_GRACE_MS = 2_000  # how long a ticket's owner has to notice its turn before it is passed over
 
 
 class LogMoved(Exception):
@@ -96,10 +146,42 @@ class EditLog:
     that may have landed, LogOutcomeUnknown (both 503); never half-writes."""
 
     def __init__(self, url: str, log_fp: str) -> None:
-        self.key, self.ckpt_key = stream_key(log_fp), checkpoint_key(log_fp)
+        self.key, self.ckpt_key, self.turn_key = stream_key(log_fp), checkpoint_key(log_fp), f"mend:turn:{log_fp}"
         self.url = url
         # Short timeouts: a dead Redis must turn /edit into a quick 503, not a hung request.
         self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+    @contextmanager
+    def turn(self, wait_s: float) -> Iterator[bool]:
+        """Wait for this writer's turn among all replicas (first come, first served), at most `wait_s`; yields
+        whether it got it. Without it the writer goes ahead anyway: the compare-and-set append keeps the log
+        right, and a turn that cannot come (Redis trouble past the first call) must not stop every edit."""
+        if wait_s <= 0:
+            yield False
+            return
+        keys = [f"{self.turn_key}:{k}" for k in ("next", "serving", "since", "lease")]
+        try:
+            ticket = self.client.eval(TAKE_TICKET, 4, *keys)
+        except redis.RedisError as e:
+            raise LogUnavailable() from e
+        got, deadline = 0, time.monotonic() + wait_s
+        try:
+            while time.monotonic() < deadline:
+                got = self.client.eval(POLL_TURN, 4, *keys, ticket, TURN_LEASE_MS, TURN_GRACE_MS)
+                if got == -1:  # passed over (this process stalled past the grace): queue again
+                    ticket = self.client.eval(TAKE_TICKET, 4, *keys)
+                elif got == 1:
+                    break
+                time.sleep(TURN_POLL_S)
+        except redis.RedisError:
+            got = 0
+        try:
+            yield got == 1
+        finally:
+            try:
+                self.client.eval(END_TURN, 4, *keys, ticket)
+            except redis.RedisError:  # the lease runs out and the next ticket is served then
+                pass
 
     def append(self, event: Event, after: str) -> str:
         """Write `event` if the stream's last event is still `after`, else raise LogMoved; returns its id.

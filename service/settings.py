@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         "prompts within the scope radius of the edit's own (editor_core.scope), weights never change"))
     guard_max_captured: float = Field(0.05, ge=0.0, le=1.0, description="scoped edits: largest share of canary "
                                                                          "prompts an edit's scope may cover")
+    turn_wait_s: float = Field(30.0, ge=0, description="replicas sharing a log edit in turns, first come first served; "
+                                                       "how long an edit waits for its turn before it computes "
+                                                       "without it (0 = no turns: race, and retry on conflict)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 

@@ -46,9 +46,10 @@ def wait_for_version(client, version: int, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def replicas(settings, redis_server, tmp_path: Path):
-    """Settings of two replicas (own data folders) sharing one Redis."""
-    shared = settings.model_copy(update={"redis_url": redis_server.url})
+def replicas(settings, redis_server, tmp_path: Path, turns: bool = True):
+    """Settings of two replicas (own data folders) sharing one Redis. Without turns they race for the log, as
+    replicas do when a turn does not come in time: what the compare-and-set append alone must get right."""
+    shared = settings.model_copy(update={"redis_url": redis_server.url, "turn_wait_s": 30.0 if turns else 0.0})
     return shared, shared.model_copy(update={"data_dir": tmp_path / "b"})
 
 
@@ -139,7 +140,7 @@ def test_a_second_replica_converges(either, shared_redis, tmp_path: Path):
 
 def test_an_edit_that_lost_the_race_to_the_log_is_computed_again_on_the_winners_state(either, shared_redis,
                                                                                     tmp_path: Path):
-    a_cfg, b_cfg = replicas(either, shared_redis, tmp_path)
+    a_cfg, b_cfg = replicas(either, shared_redis, tmp_path, turns=False)
     with serving(a_cfg) as a, serving(b_cfg) as b:
         seen = {}
 
@@ -160,7 +161,7 @@ def test_an_edit_that_lost_the_race_to_the_log_is_computed_again_on_the_winners_
 
 
 def test_a_rollback_that_lost_the_race_is_decided_again_on_the_winners_state(either, shared_redis, tmp_path: Path):
-    a_cfg, b_cfg = replicas(either, shared_redis, tmp_path)
+    a_cfg, b_cfg = replicas(either, shared_redis, tmp_path, turns=False)
     with serving(a_cfg) as a, serving(b_cfg) as b:
         first = a.post("/edit", json=EDIT).json()["edit_id"]
         late = {}
@@ -172,7 +173,7 @@ def test_a_rollback_that_lost_the_race_is_decided_again_on_the_winners_state(eit
 
 
 def test_an_edit_that_keeps_losing_the_race_gives_up_and_writes_nothing(settings, shared_redis, tmp_path: Path):
-    a_cfg, b_cfg = replicas(settings, shared_redis, tmp_path)
+    a_cfg, b_cfg = replicas(settings, shared_redis, tmp_path, turns=False)
     with serving(a_cfg) as a, serving(b_cfg) as b:
         log, real = a.app.state.runtime.log, a.app.state.runtime.log.append
 
@@ -188,9 +189,12 @@ def test_an_edit_that_keeps_losing_the_race_gives_up_and_writes_nothing(settings
         assert all(e["requests"][0]["target"] == "B" for e in a.get("/edits").json()["data"])
 
 
-def test_replicas_editing_at_once_lose_and_duplicate_nothing(either, shared_redis, tmp_path: Path):
-    a_cfg, b_cfg = replicas(either, shared_redis, tmp_path)
-    n, retried = 10, []
+@pytest.mark.parametrize("turns", [True, False], ids=["turns", "racing"])
+def test_replicas_editing_at_once_lose_and_duplicate_nothing(either, shared_redis, tmp_path: Path, turns: bool):
+    """Two replicas under steady edit load. Taking turns, no request computes for nothing: each appends once,
+    first try. Racing, losers recompute, and one that loses every try gives up (its client retries)."""
+    a_cfg, b_cfg = replicas(either, shared_redis, tmp_path, turns)
+    n, retried, appends = 10, [], []
 
     def edits(client, name: str) -> list[dict]:
         out = []
@@ -206,11 +210,17 @@ def test_replicas_editing_at_once_lose_and_duplicate_nothing(either, shared_redi
         return out
 
     with serving(a_cfg) as a, serving(b_cfg) as b:
+        for client in (a, b):
+            log = client.app.state.runtime.log
+            log.append = lambda event, after, real=log.append: appends.append(after) or real(event, after)
         with ThreadPoolExecutor(2) as pool:
             done = [*pool.map(edits, (a, b), ("A", "B"))]
         replies = done[0] + done[1]
-        print(f"{len(retried)} requests retried after losing {APPEND_TRIES} races")
+        print(f"{len(appends) - 2 * n} appends lost the race; {len(retried)} requests retried after losing "
+              f"{APPEND_TRIES}")
         assert all(detail == LogContention.message for detail in retried)
+        if turns:
+            assert len(appends) == 2 * n and not retried
         wait_for_version(a, 2 * n)
         wait_for_version(b, 2 * n)
         assert sorted(r["version"] for r in replies) == list(range(1, 2 * n + 1))
