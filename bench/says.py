@@ -16,6 +16,7 @@ checks them all at the end; `--batch B` sends B edits in one /edit.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import statistics
@@ -58,7 +59,7 @@ def before(http: httpx.Client, rec: EditRecord) -> dict:
                                               tokens=max(LONG - len(target.split()) * 2, 8))}
 
 
-def check(http: httpx.Client, rec: EditRecord, ref: dict) -> dict:
+def check(http: httpx.Client, rec: EditRecord, ref: dict, samples: list[dict] | None = None) -> dict:
     target, reph = rec.edit.target, rec.rephrases[:2]
     long = generate(http, rec.edit.prompt, tokens=LONG)
     row = {"prompt": float(says(long, target)),
@@ -72,6 +73,9 @@ def check(http: httpx.Client, rec: EditRecord, ref: dict) -> dict:
     if reph:
         row["rephrase"] = statistics.mean(says(generate(http, p), target) for p in reph)
         row["chat_rephrase"] = statistics.mean(mentions(generate(http, question=p), target) for p in reph)
+    if samples is not None:  # what the averages hide: the replies themselves
+        samples.append({"prompt": rec.edit.prompt, "target": target, "reply": long, "unedited": ref["long"],
+                        "answer_in": ref["answer_in"], **row})
     return row
 
 
@@ -83,7 +87,8 @@ def edit(http: httpx.Client, recs: list[EditRecord]) -> tuple[str, float]:
     return r.json()["edit_id"], r.json()["elapsed_ms"]
 
 
-def run(url: str, records: list[EditRecord], sequential: bool, batch: int) -> dict:
+def run(url: str, records: list[EditRecord], sequential: bool, batch: int,
+        samples: list[dict] | None = None) -> dict:
     rows, edit_ms = [], []
     t0 = time.perf_counter()
     with httpx.Client(base_url=url, timeout=600.0) as http:
@@ -93,12 +98,12 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int) -> di
             eid, ms = edit(http, [records[i] for i in group])
             edit_ms.append(ms)
             if not sequential:
-                rows += [check(http, records[i], refs[i]) for i in group]
+                rows += [check(http, records[i], refs[i], samples) for i in group]
                 http.post("/rollback", json={"edit_id": eid}).raise_for_status()
             if n % 10 == 0:
                 log.info("%d/%d edits", n * batch, len(records))
         if sequential:
-            rows = [check(http, rec, ref) for rec, ref in zip(records, refs)]
+            rows = [check(http, rec, ref, samples) for rec, ref in zip(records, refs)]
     return {"n": len(rows), **mean_metrics(rows), "edit_ms_p50": statistics.median(edit_ms),
             "wall_s": time.perf_counter() - t0}
 
@@ -109,7 +114,8 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          batch: int = typer.Option(1, help="edits sent together in one /edit"),
          method: str = typer.Option("scoped", help="MEND_METHOD of the server (the default is scoped)"),
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
-         threads: Optional[int] = None, out: Optional[Path] = None) -> None:
+         threads: Optional[int] = None, out: Optional[Path] = None,
+         samples: Optional[Path] = typer.Option(None, help="also write each record's replies and scores here (JSON)")) -> None:
     setup_logging()
     p = make_profile(smoke, model, editor, threads, out)
     records = load_records(data, n, one_per_subject=True)
@@ -118,7 +124,10 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     work = p.out / "says" / f"{kind}-{method}-{mode}"
     shutil.rmtree(work, ignore_errors=True)
     with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256") as s:
-        result = run(s.url, records, sequential, batch)
+        rows: list[dict] | None = [] if samples else None
+        result = run(s.url, records, sequential, batch, rows)
+    if samples:
+        samples.write_text(json.dumps(rows, indent=1) + "\n")
     log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
     save(p, f"says_{kind}_{method}_{mode}", {"data": data, "method": method, "mode": mode, **result}, command_line())
 
