@@ -5,8 +5,13 @@ back, and re-check every edit so far at 10, 100, 300, 1000 ... over HTTP (POST /
     python -m bench.lifelong_story --data zsre:../shared/data/zsre/dev.json -k 1000 \
         --library weights/results/zsre_seq1000_mend-scoped.json
 
-The metrics are the library's own: `editor_core.evaluate.record_metrics` on scores from POST /score instead of
-the model (teacher-forced; `loc` compares argmax answer tokens with those of the unedited model, read before the
+What a user sees comes first: at every curve point the first `--says N` edits (the oldest, most exposed to the
+edits after them) are checked by greedy /generate as bench/says.py checks them (`says_*`: the reply starts with
+the new answer, to the prompt, its rephrases and in chat; unrelated replies unchanged; repetition and entropy of
+64-token replies, beside the unedited model's).
+
+The teacher-forced metrics are the library's own: `editor_core.evaluate.record_metrics` on scores from POST /score
+instead of the model (`loc` compares argmax answer tokens with those of the unedited model, read before the
 first edit). `loc_kl` needs full distributions, which /score does not serve. The guard runs as configured
 (BENCH_GUARD_CANARIES, see common.launch); an edit it refuses is counted and left out of the story.
 """
@@ -34,6 +39,7 @@ from editor_core.evaluate import (
 from service.canary import DEFAULT_CANARIES
 
 from .common import command_line, make_profile, save, serving, setup_logging
+from .says import before, check
 
 log = logging.getLogger("bench.lifelong_story")
 CURVE = (10, 25, 50, 100, 300, 1000, 3000, 10000)
@@ -68,9 +74,15 @@ def greedy(http: httpx.Client, prompts: list[str], tokens: int = 4) -> list[str]
     return [http.post("/generate", json={"prompt": q, "max_new_tokens": tokens}).json()["text"] for q in prompts]
 
 
-def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[str]) -> dict:
+def generated(http: httpx.Client, recs: list[EditRecord], refs: list[dict]) -> dict[str, float]:
+    """bench/says.py's checks of these edited records, averaged, each key prefixed `says_`."""
+    return {f"says_{k}": v for k, v in mean_metrics([check(http, r, ref) for r, ref in zip(recs, refs)]).items()}
+
+
+def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[str], says_n: int = 20) -> dict:
     with httpx.Client(base_url=url, timeout=600.0) as http:
         refs = loc_reference(http_scorer(http), records)  # the unedited model's answers
+        says_refs = [before(http, r) for r in records[:says_n]]  # ... and replies
         canary_before = greedy(http, canaries)
         done, refused, points, edit_ms = [], 0, [], []
         t0 = time.perf_counter()
@@ -87,7 +99,9 @@ def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[s
             n = len(done)
             if n in CURVE or n == len(records):
                 idx = done
-                point = {"edits": n, **recheck(http, [records[i] for i in idx], [refs[i] for i in idx]),
+                watched = [i for i in done if i < says_n]
+                point = {"edits": n, **generated(http, [records[i] for i in watched], [says_refs[i] for i in watched]),
+                         **recheck(http, [records[i] for i in idx], [refs[i] for i in idx]),
                          "edit_ms_p50_last": statistics.median(edit_ms[-min(len(edit_ms), 50):])}
                 points.append(point)
                 log.info("after %d edits: %s", n, {k: round(v, 3) for k, v in point.items()})
@@ -121,6 +135,7 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          method: str = typer.Option("scoped", help="MEND_METHOD of the server: scoped or inplace"),
          canaries: int = typer.Option(500, help="greedy 4-token answers of this many of the service's default "
                                                 "canaries (never edited, never evaluated) before and after"),
+         says: int = typer.Option(20, help="the first N edits are checked by generation at every curve point"),
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
          threads: Optional[int] = None, out: Optional[Path] = None) -> None:
     setup_logging()
@@ -132,7 +147,7 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     # MEND_MAX_NEW_TOKENS bounds a scored target too: some zsRE locality answers are 140 tokens long.
     with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256") as s:
         prompts = json.loads(DEFAULT_CANARIES.read_text())[:canaries]
-        result = run_story(s.url, records, force, [c if isinstance(c, str) else c["prompt"] for c in prompts])
+        result = run_story(s.url, records, force, [c if isinstance(c, str) else c["prompt"] for c in prompts], says)
     if library:
         result["vs_library"] = compare(result["curve"], library)
     name = f"lifelong_{data.split(':')[0]}_{method}_{k}"
