@@ -74,7 +74,7 @@ def check(http: httpx.Client, rec: EditRecord, ref: dict, samples: list[dict] | 
         row["rephrase"] = statistics.mean(says(generate(http, p), target) for p in reph)
         row["chat_rephrase"] = statistics.mean(mentions(generate(http, question=p), target) for p in reph)
     if samples is not None:  # what the averages hide: the replies themselves
-        samples.append({"prompt": rec.edit.prompt, "target": target, "reply": long, "unedited": ref["long"],
+        samples.append({"edit_prompt": rec.edit.prompt, "target": target, "reply": long, "unedited": ref["long"],
                         "answer_in": ref["answer_in"], **row})
     return row
 
