@@ -44,6 +44,10 @@ def sentence_suffixes(prompt: str) -> list[str]:
     return [prompt] + [prompt[m.end():] for m in re.finditer(r"[.?!]\s+|\n+", prompt) if prompt[m.end():].strip()]
 
 
+# Tokens a reply may run past the length of the answer it began before that answer counts as gone wrong.
+ANSWER_SLACK = 4
+
+
 class Selection:
     """The edits one request selected, and when they stop acting.
 
@@ -51,25 +55,44 @@ class Selection:
     the target, with the delta on at every position. Left on for the rest of a reply, it keeps pushing the answer
     at every later token ("mayor mayor mayor ..."). So a selection is released once the reply so far contains
     every selected edit's target: the forwards after it are the unedited model's, which continues after the new
-    answer as it would after any other. Edits logged before targets were stored (no meta["targets"]) never release.
+    answer as it would after any other.
+
+    It is also released when the reply began an answer and got it wrong: it starts like a target but has run
+    ANSWER_SLACK tokens past that target's length without saying it ("Hammanu Miru Miru Miru ..." for "Hammanu
+    Mirza"). The edit has failed for this request, and left on it only keeps the reply from recovering: on 40
+    sequential zsRE dev edits, two such replies were the whole entropy gap to the unedited model (2.21 vs 2.40).
+    A reply that does not begin with the answer (a chat preamble) keeps the edit until the answer is said.
+    Edits logged before targets were stored (no meta["targets"]) never release.
     """
 
-    def __init__(self, scope: "Scope", edit_ids: list[str | None], targets: list[str | None]) -> None:
+    def __init__(self, scope: "Scope", edit_ids: list[str | None], targets: list[str | None],
+                 lengths: list[int | None] | None = None) -> None:
         self.scope, self.edit_ids = scope, edit_ids
-        self._pending = {normalized(t) for e, t in zip(edit_ids, targets) if e is not None and t is not None}
+        chosen = [(normalized(t), n) for e, t, n in zip(edit_ids, targets, lengths or [None] * len(targets))
+                  if e is not None and t is not None]
+        self._pending = {t for t, _ in chosen}
+        self._lengths = {t: n for t, n in chosen if n is not None}  # each target's length in tokens, if known
         self._release_never = any(e is not None and t is None for e, t in zip(edit_ids, targets))
+        self._tokens = 0
         self.released = False
 
     def observe(self, reply: str) -> bool:
-        """Called with the reply generated so far (one row's): releases the edits once every target is said.
-        True when this call released them."""
+        """Called with the reply generated so far (one row's), once per new token: releases the edits once every
+        target is said, or once the answer the reply began has gone wrong. True when this call released them."""
+        self._tokens += 1
         if self.released or self._release_never or not self._pending:
             return False
         text = f" {normalized(reply)} "
-        if all(t and f" {t} " in text for t in self._pending):
+        unsaid = [t for t in self._pending if f" {t} " not in text]  # an empty target is never said
+        if not unsaid or any(self._went_wrong(t, text) for t in unsaid):
             self.scope._local.rows = None
             self.released = True
         return self.released
+
+    def _went_wrong(self, target: str, text: str) -> bool:
+        n = self._lengths.get(target)
+        first = target.split()[0] if target else ""
+        return n is not None and bool(first) and text.startswith(f" {first}") and self._tokens > n + ANSWER_SLACK
 
 
 @dataclass(frozen=True)
@@ -359,17 +382,21 @@ class Scope:
         return hook
 
     @contextlib.contextmanager
-    def applying(self, keys: torch.Tensor, form: str = PLAIN, book: Codebook | None = None):
+    def applying(self, keys: torch.Tensor, form: str = PLAIN, book: Codebook | None = None,
+                 tok: PreTrainedTokenizerBase | None = None):
         """Within this context, this thread's forwards of a batch whose row b has key keys[b] add each row's
         selected edit (see `select`) of `book` (default: the current codebook), its piece for `form` (the plain
-        one if it has none). Yields the `Selection` (its edit ids; `observe` releases it)."""
+        one if it has none). Yields the `Selection` (its edit ids; `observe` releases it; with `tok`, the
+        targets' token counts let it also release an answer gone wrong)."""
         book = book or self.codebook
         rows = book.nearest(keys, self.cfg.radius)
         self._local.rows = [None if r is None else book.row_pieces[r].get(form, book.row_pieces[r][PLAIN])
                             for r in rows]
+        targets = [None if r is None else book.row_targets[r] for r in rows]
+        lengths = [None if t is None or tok is None else len(tok(" " + t.strip(), add_special_tokens=False)["input_ids"])
+                   for t in targets]
         try:
-            yield Selection(self, [None if r is None else book.owner[r] for r in rows],
-                            [None if r is None else book.row_targets[r] for r in rows])
+            yield Selection(self, [None if r is None else book.owner[r] for r in rows], targets, lengths)
         finally:
             self._local.rows = None
 

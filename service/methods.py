@@ -201,7 +201,7 @@ class Scoped(EditMethod):
             yield None
             return
         keys = self.scope.request_keys(self.model, self.tokenizer, [text], view)
-        with self.scope.applying(keys, form, view) as selection:
+        with self.scope.applying(keys, form, view, self.tokenizer) as selection:
             yield selection.observe
 
     def scoring(self, prompts: list[str]) -> contextlib.AbstractContextManager:
