@@ -27,55 +27,32 @@ from typing import Optional
 import httpx
 import typer
 
-from editor_core.data import EditRecord, join, load_records
+from editor_core.data import EditRecord, load_records
 from editor_core.evaluate import mean_metrics
-from editor_core.fluency import mentions, ngram_entropy, repeats, says
+from editor_core.fluency import Generate, reply_metrics, reply_reference
 
 from .common import command_line, make_profile, save, serving, setup_logging
 
 log = logging.getLogger("bench.says")
-SHORT, LONG = 32, 64  # tokens of a checked reply, and of a fluency continuation
+def http_generate(http: httpx.Client) -> Generate:
+    def gen(prompt: str | None, question: str | None, tokens: int) -> str:
+        body = {"prompt": prompt} if question is None else {"messages": [{"role": "user", "content": question}]}
+        r = http.post("/generate", json={**body, "max_new_tokens": tokens})
+        r.raise_for_status()
+        return r.json()["text"]
 
-
-def generate(http: httpx.Client, prompt: str | None = None, question: str | None = None, tokens: int = SHORT) -> str:
-    body = {"prompt": prompt} if question is None else {"messages": [{"role": "user", "content": question}]}
-    r = http.post("/generate", json={**body, "max_new_tokens": tokens})
-    r.raise_for_status()
-    return r.json()["text"]
-
-
-def unrelated(rec: EditRecord, k: int = 2) -> list[str]:
-    return [q.prompt for q in rec.loc[:k]]
+    return gen
 
 
 def before(http: httpx.Client, rec: EditRecord) -> dict:
-    """What the unedited model says: the references of locality and fluency."""
-    target = rec.edit.target
-    answer_in = join(rec.edit.prompt, target)[1]
-    return {"unrelated": [generate(http, p) for p in unrelated(rec)],
-            "long": generate(http, rec.edit.prompt, tokens=LONG),
-            # minus the answer's own tokens, roughly, so both texts are about LONG tokens long
-            "answer_in": answer_in + generate(http, "".join(join(rec.edit.prompt, target)),
-                                              tokens=max(LONG - len(target.split()) * 2, 8))}
+    return reply_reference(http_generate(http), rec)
 
 
 def check(http: httpx.Client, rec: EditRecord, ref: dict, samples: list[dict] | None = None) -> dict:
-    target, reph = rec.edit.target, rec.rephrases[:2]
-    long = generate(http, rec.edit.prompt, tokens=LONG)
-    row = {"prompt": float(says(long, target)),
-           "chat": float(mentions(generate(http, question=rec.edit.prompt), target)),
-           "repeat": float(repeats(long, target)), "entropy": ngram_entropy(long),
-           "repeat_unedited": float(repeats(ref["long"], target)), "entropy_unedited": ngram_entropy(ref["long"]),
-           "repeat_answer_in": float(repeats(ref["answer_in"], target)),
-           "entropy_answer_in": ngram_entropy(ref["answer_in"])}
-    if ref["unrelated"]:
-        row["unchanged"] = statistics.mean(generate(http, p) == b for p, b in zip(unrelated(rec), ref["unrelated"]))
-    if reph:
-        row["rephrase"] = statistics.mean(says(generate(http, p), target) for p in reph)
-        row["chat_rephrase"] = statistics.mean(mentions(generate(http, question=p), target) for p in reph)
+    row, long = reply_metrics(http_generate(http), rec, ref)
     if samples is not None:  # what the averages hide: the replies themselves
-        samples.append({"edit_prompt": rec.edit.prompt, "target": target, "reply": long, "unedited": ref["long"],
-                        "answer_in": ref["answer_in"], **row})
+        samples.append({"edit_prompt": rec.edit.prompt, "target": rec.edit.target, "reply": long,
+                        "unedited": ref["long"], "answer_in": ref["answer_in"], **row})
     return row
 
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections import Counter
+from collections.abc import Callable
+
+from .data import EditRecord, join
+
+SHORT, LONG = 32, 64  # tokens of a checked reply, and of a fluency continuation
+# (prompt, chat question, max new tokens) -> the greedy reply; exactly one of prompt and question is given.
+# In process (editor_core.evaluate) or over HTTP (bench/says.py): the checks below are the same.
+Generate = Callable[[str | None, str | None, int], str]
 
 
 def normalized(text: str) -> str:
@@ -43,3 +52,40 @@ def ngram_entropy(text: str) -> float:
         total = sum(counts.values())
         out.append(w * -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0)
     return sum(out) / 2
+
+
+def unrelated(rec: EditRecord, k: int = 2) -> list[str]:
+    return [q.prompt for q in rec.loc[:k]]
+
+
+def reply_reference(gen: Generate, rec: EditRecord) -> dict:
+    """What the unedited model says: the references of locality and fluency. Take it before the edit."""
+    target = rec.edit.target
+    answer_in = join(rec.edit.prompt, target)[1]
+    return {"unrelated": [gen(p, None, SHORT) for p in unrelated(rec)],
+            "long": gen(rec.edit.prompt, None, LONG),
+            # minus the answer's own tokens, roughly, so both texts are about LONG tokens long
+            "answer_in": answer_in + gen("".join(join(rec.edit.prompt, target)), None,
+                                         max(LONG - len(target.split()) * 2, 8))}
+
+
+def reply_metrics(gen: Generate, rec: EditRecord, ref: dict) -> tuple[dict[str, float], str]:
+    """The record's generation-based scores after its edit, and the 64-token reply to its prompt. `prompt`: the
+    reply starts with the new answer; `rephrase`: so do the replies to the first two rephrases; `chat`,
+    `chat_rephrase`: the same questions as a chat message mention it; `unchanged`: each unrelated prompt's whole
+    reply is the unedited model's; `repeat` and `entropy` of the 64-token reply, beside the unedited model's own
+    reply (`*_unedited`) and its continuation with the answer written in (`*_answer_in`)."""
+    target, reph = rec.edit.target, rec.rephrases[:2]
+    long = gen(rec.edit.prompt, None, LONG)
+    row = {"prompt": float(says(long, target)),
+           "chat": float(mentions(gen(None, rec.edit.prompt, SHORT), target)),
+           "repeat": float(repeats(long, target)), "entropy": ngram_entropy(long),
+           "repeat_unedited": float(repeats(ref["long"], target)), "entropy_unedited": ngram_entropy(ref["long"]),
+           "repeat_answer_in": float(repeats(ref["answer_in"], target)),
+           "entropy_answer_in": ngram_entropy(ref["answer_in"])}
+    if ref["unrelated"]:
+        row["unchanged"] = statistics.mean(gen(p, None, SHORT) == b for p, b in zip(unrelated(rec), ref["unrelated"]))
+    if reph:
+        row["rephrase"] = statistics.mean(says(gen(p, None, SHORT), target) for p in reph)
+        row["chat_rephrase"] = statistics.mean(mentions(gen(None, p, SHORT), target) for p in reph)
+    return row, long
