@@ -57,21 +57,22 @@ class Selection:
     every selected edit's target: the forwards after it are the unedited model's, which continues after the new
     answer as it would after any other.
 
-    It is also released when the reply began an answer and got it wrong: it starts like a target but has run
-    ANSWER_SLACK tokens past that target's length without saying it ("Hammanu Miru Miru Miru ..." for "Hammanu
-    Mirza"). The edit has failed for this request, and left on it only keeps the reply from recovering: on 40
-    sequential zsRE dev edits, two such replies were the whole entropy gap to the unedited model (2.21 vs 2.40).
-    A reply that does not begin with the answer (a chat preamble) keeps the edit until the answer is said.
+    It is also released when the reply began an answer and got it wrong: it starts with a target's first word,
+    then leaves that target's text ("Hammanu Miru" for "Hammanu Mirza", "Arthur Stewart,   " for "Arthur
+    Stewart, 1st Duke of Rothesay"), or runs ANSWER_SLACK tokens past its length without saying it. The edit has
+    failed for this request, and left on it only keeps the reply from recovering ("Hammanu Miru Miru Miru ..."):
+    on 40 sequential zsRE dev edits, two such replies were the whole entropy gap to the unedited model (2.21 vs
+    2.40). A reply that does not begin with the answer (a chat preamble) keeps the edit until the answer is said.
     Edits logged before targets were stored (no meta["targets"]) never release.
     """
 
     def __init__(self, scope: "Scope", edit_ids: list[str | None], targets: list[str | None],
                  lengths: list[int | None] | None = None) -> None:
         self.scope, self.edit_ids = scope, edit_ids
-        chosen = [(normalized(t), n) for e, t, n in zip(edit_ids, targets, lengths or [None] * len(targets))
+        chosen = [(t, n) for e, t, n in zip(edit_ids, targets, lengths or [None] * len(targets))
                   if e is not None and t is not None]
-        self._pending = {t for t, _ in chosen}
-        self._lengths = {t: n for t, n in chosen if n is not None}  # each target's length in tokens, if known
+        self._pending = {normalized(t): t.strip().lower() for t, _ in chosen}  # normalised -> as written
+        self._lengths = {normalized(t): n for t, n in chosen if n is not None}  # in tokens, when known
         self._release_never = any(e is not None and t is None for e, t in zip(edit_ids, targets))
         self._tokens = 0
         self.released = False
@@ -84,15 +85,18 @@ class Selection:
             return False
         text = f" {normalized(reply)} "
         unsaid = [t for t in self._pending if f" {t} " not in text]  # an empty target is never said
-        if not unsaid or any(self._went_wrong(t, text) for t in unsaid):
+        if not unsaid or any(self._went_wrong(t, reply, text) for t in unsaid):
             self.scope._local.rows = None
             self.released = True
         return self.released
 
-    def _went_wrong(self, target: str, text: str) -> bool:
+    def _went_wrong(self, target: str, reply: str, text: str) -> bool:
+        if not target or not text.startswith(f" {target.split()[0]}"):
+            return False  # not begun: the answer may still come after a preamble
+        written, said = self._pending[target], reply.lstrip().lower()
+        left = not written.startswith(said)  # what is said so far is no longer the start of the answer
         n = self._lengths.get(target)
-        first = target.split()[0] if target else ""
-        return n is not None and bool(first) and text.startswith(f" {first}") and self._tokens > n + ANSWER_SLACK
+        return left or (n is not None and self._tokens > n + ANSWER_SLACK)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from editor_support import REQS
 from editor_core import LowRankDelta, MENDEditor
 from editor_core.data import tokenize_edits
 from editor_core.gradients import token_factors
-from editor_core.scope import ANSWER_SLACK, Scope, ScopeConfig
+from editor_core.scope import ANSWER_SLACK, Scope, ScopeConfig, Selection
 
 PROMPTS = ["Paris is a city in", "The sun rises in the", "My favourite food is", "Dogs like to"]
 
@@ -224,24 +224,27 @@ def test_an_edit_logged_without_its_target_never_releases(setup):
 
 
 def test_a_selection_releases_an_answer_gone_wrong_but_not_a_preamble(setup):
-    """A reply that began the answer and ran ANSWER_SLACK tokens past its length without saying it has failed:
-    the edit stops acting ("Hammanu Miru Miru ..." for "Hammanu Mirza"). A reply that does not begin with the
-    answer (a chat preamble) keeps the edit however long it runs."""
-    model, tok, scope, delta = setup
-    scope.add("e1", LowRankDelta.from_bytes(delta.to_bytes()))
-    target = REQS[0].target
-    n = len(tok(" " + target.strip(), add_special_tokens=False)["input_ids"])
-    first = target.split()[0]
-    with scope.applying_to(model, tok, [REQS[0].prompt]) as sel:  # applying_to passes no tokenizer
-        for _ in range(n + ANSWER_SLACK + 5):
-            sel.observe(f" {first}zzz qq")
-        assert not sel.released  # without the target's length it cannot tell
-    keys = scope.prompt_keys(model, tok, [REQS[0].prompt])
-    with scope.applying(keys, tok=tok) as wrong, scope.applying(keys, tok=tok) as preamble:
-        for i in range(n + ANSWER_SLACK):
-            assert not wrong.observe(f" {first}zzz" + " qq" * i)
-            preamble.observe(" Well, let me think" + " qq" * i)
-        assert wrong.observe(f" {first}zzz qq qq") and wrong.released
-        for _ in range(20):
-            preamble.observe(" Well, let me think about it")
-        assert not preamble.released
+    """A reply that began the answer and then left it ("Jane Austin", "Jane   ") or stalls ANSWER_SLACK tokens past
+    its length has failed: the edit stops acting. On its way to the answer, or after a preamble that does not
+    begin with it (chat), the edit stays on however long the reply runs."""
+    _, _, scope, _ = setup
+    target = "Jane Austen"
+
+    def selection(tokens: int | None = 3) -> Selection:
+        return Selection(scope, ["e"], [target], [tokens])
+
+    right, wrong, spaces, stalled, preamble = selection(len(target)), *(selection() for _ in range(4))
+    for i in range(1, len(target)):  # the answer a character (token) at a time: on its way, never released
+        assert not right.observe(" " + target[:i]) and not right.released
+    assert right.observe(f" {target}, the novelist")
+    assert not wrong.observe(" Jane Aust") and wrong.observe(" Jane Austin")
+    assert not spaces.observe(" Jane") and spaces.observe(" Jane   ")
+    for _ in range(3 + ANSWER_SLACK):  # a token that adds no text (say, one that decodes to nothing)
+        assert not stalled.observe(" Jane")
+    assert stalled.observe(" Jane")
+    for _ in range(50):
+        assert not preamble.observe(" Well, the author of that novel is not Jane")
+    assert preamble.observe(" Well, the author of that novel is Jane Austen")
+    unknown = selection(None)  # without its length only leaving the answer releases it
+    for _ in range(50):
+        assert not unknown.observe(" Jane")
