@@ -107,16 +107,18 @@ def fit_scope(
                                           "0.60 / rephrase 0.43, 2x 0.83 / 0.70, 3x 0.78 / 0.73)"),
     max_scale: float = typer.Option(8.0, help="double the step of an edit that does not take, up to this "
                                               "(weights/experiments/scoped_step.py; 0: never)"),
+    whiten: bool = typer.Option(True, help="try whitening the keys against how rephrases differ (kept only if the "
+                                           "objective improves)"),
 ) -> None:
-    """Fit the scoped-edit keys (editor_core.scope) for this model: centre, key block and radius."""
+    """Fit the scoped-edit keys (editor_core.scope) for this model: centre, whitening, key block and radius."""
     from .scope import ScopeConfig
 
     _fit_and_save_scope(model, editor, data, n, ScopeConfig(window=window, scale=scale, max_scale=max_scale),
-                        loc_weight, key_block, radius)
+                        loc_weight, key_block, radius, whiten)
 
 
 def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, loc_weight: float = 3.0,
-                        blocks: list[int] | None = None, radius: float | None = None) -> None:
+                        blocks: list[int] | None = None, radius: float | None = None, whiten: bool = True) -> None:
     import random
 
     from .data import load_records
@@ -128,12 +130,13 @@ def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, 
     ed = MENDEditor.load(editor, m)
     recs = [r for spec in data for r in load_records(spec, n, one_per_subject=True) if r.rephrases]
     random.Random(0).shuffle(recs)  # both data sets in both halves
-    scope, report = fit_scope(m, tok, ed.layers, recs, cfg, loc_weight, blocks or None, radius)
+    scope, report = fit_scope(m, tok, ed.layers, recs, cfg, loc_weight, blocks or None, radius, whiten)
     scope.save(editor)
-    typer.echo("| key block | radius | rephrase hits | loc hits | objective |")
-    typer.echo("|---|---|---|---|---|")
+    typer.echo("| key block | whitening ridge | radius | rephrase hits | loc hits | objective |")
+    typer.echo("|---|---|---|---|---|---|")
     for block, r in report.items():
-        typer.echo(f"| {block} | {r['radius']:.2f} | {r['rephrase_hits']:.3f} | {r['loc_hits']:.3f} | "
+        ridge = "none" if r["ridge"] is None else r["ridge"]
+        typer.echo(f"| {block} | {ridge} | {r['radius']:.2f} | {r['rephrase_hits']:.3f} | {r['loc_hits']:.3f} | "
                    f"{r['objective']:.3f} |")
     rates = report[scope.cfg.key_block]["rates"]
     kinds = sorted({r.kind for r in recs})

@@ -248,3 +248,24 @@ def test_a_selection_releases_an_answer_gone_wrong_but_not_a_preamble(setup):
     unknown = selection(None)  # without its length only leaving the answer releases it
     for _ in range(50):
         assert not unknown.observe(" Jane")
+
+
+def test_a_whitening_projection_keys_prompts_and_travels_with_the_scope(setup, tmp_path):
+    """Scope.proj is applied to the centred state before normalising, is saved and loaded with the centre, and
+    is part of the fingerprint (keys stored under one projection mean nothing under another)."""
+    model, tok, scope, _ = setup
+    plain = scope.prompt_keys(model, tok, PROMPTS)
+    d = scope.center.numel()
+    torch.manual_seed(0)
+    scope.proj = torch.eye(d) + 0.5 * torch.randn(d, d) / d ** 0.5
+    keys = scope.prompt_keys(model, tok, PROMPTS)
+    pooled = scope._pooled_prompts(model, tok, PROMPTS)
+    expected = (pooled - scope.center) @ scope.proj.T
+    assert torch.allclose(keys, expected / expected.norm(dim=-1, keepdim=True), atol=1e-5)
+    assert not torch.allclose(keys, plain, atol=1e-3)
+    scope.save(tmp_path)
+    loaded = Scope.load(tmp_path, scope.layers)
+    assert torch.equal(loaded.proj, scope.proj) and loaded.fingerprint() == scope.fingerprint()
+    loaded.proj = None
+    assert loaded.fingerprint() != scope.fingerprint()
+    assert torch.allclose(loaded.prompt_keys(model, tok, PROMPTS), plain, atol=1e-6)
