@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 import uvicorn
@@ -39,6 +40,21 @@ def serve(host: str = typer.Option(None, help="default: MEND_HOST or 127.0.0.1")
     # force: the library callback may already have configured the root logger at WARNING
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+
+
+@app.command("rekey-log")
+def rekey_log(old_scope: Path = typer.Option(..., help="folder holding the scope the log was written with "
+                                                       "(scope.json + scope.safetensors)")) -> None:
+    """Copy a scoped edit log written under an old scope into the log of the scope beside MEND_EDITOR, each edit
+    keyed again (servers of that log stopped; the old log is left as it is)."""
+    from .rekey import rekey_log as rekey  # imports torch
+
+    try:
+        old, new, n = rekey(Settings(), old_scope)
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"mend rekey-log: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"copied {n} events from {old} to {new}")
 
 
 if __name__ == "__main__":

@@ -156,8 +156,7 @@ class Scoped(EditMethod):
             log.info("edit guard: %d canaries keyed in %.2f s", len(canaries), time.perf_counter() - t0)
 
     def fingerprint(self, editor_fp: str) -> str:
-        # Scoped events are a different log: in-place and scoped events can never be replayed into each other.
-        return f"{editor_fp}+scope-{self.scope.fingerprint()}"
+        return scoped_fingerprint(editor_fp, self.scope)
 
     def forms(self) -> tuple[str, ...]:
         return (PLAIN, CHAT) if self.tokenizer.chat_template else (PLAIN,)
@@ -217,6 +216,12 @@ class Scoped(EditMethod):
 
     def state_digest(self, active: dict[str, LowRankDelta]) -> bytes:
         return " ".join(active).encode()  # the weights never change: the state is the set of stored edits
+
+
+def scoped_fingerprint(editor_fp: str, scope: Scope) -> str:
+    # Scoped events are a different log: in-place and scoped events can never be replayed into each other, nor
+    # events keyed by one scope into a server keying requests with another (`mend rekey-log` moves them).
+    return f"{editor_fp}+scope-{scope.fingerprint()}"
 
 
 def load_scope(path: Path, editor: MENDEditor) -> Scope:
