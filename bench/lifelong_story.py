@@ -29,8 +29,8 @@ import httpx
 import typer
 
 from editor_core.data import EditRecord, EditRequest, load_records
+from editor_core.scoring import TargetScore
 from editor_core.evaluate import (
-    Scored,
     Scorer,
     loc_reference,
     mean_metrics,
@@ -58,14 +58,13 @@ def score(http: httpx.Client, reqs: list[EditRequest]) -> list[dict]:
 def http_scorer(http: httpx.Client) -> Scorer:
     """editor_core.evaluate's Scorer over POST /score, so `record_metrics` itself computes the story's metrics.
     /score serves no full distributions: no log-probs, hence no `loc_kl`."""
-    def run(reqs: list[EditRequest], keep_logp: bool = False) -> list[Scored]:
-        return [Scored(-s["logprob"] / max(len(s["argmax_ids"]), 1), s["exact"], s["argmax_ids"], None)
-                for s in score(http, reqs)]
+    def run(reqs: list[EditRequest], keep_logp: bool = False) -> list[TargetScore]:
+        return [TargetScore(s["logprob"], s["exact"], tuple(s["argmax_ids"])) for s in score(http, reqs)]
 
     return run
 
 
-def recheck(http: httpx.Client, recs: list[EditRecord], refs: list[list[Scored]]) -> dict[str, float]:
+def recheck(http: httpx.Client, recs: list[EditRecord], refs: list[list[TargetScore]]) -> dict[str, float]:
     score_fn = http_scorer(http)
     return mean_metrics([record_metrics(score_fn, rec, ref) for rec, ref in zip(recs, refs)])
 

@@ -12,17 +12,16 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .baselines import finetune_delta
-from .data import EditRecord, EditRequest, answer_positions, target_nll, tokenize_edits
+from .data import EditRecord, EditRequest, target_nll, tokenize_edits
 from .delta import LowRankDelta, restore, snapshot
 from .layers import EditedLayer
 from .scope import Scope
-from .scoring import answer_logits
+from .scoring import TargetScore, answer_logits, score_targets
 
 # Scoring is not bound by the editor's 64-token window: a long locality answer is scored after its whole prompt
 # (as POST /score does), not after a prompt cut to make room for it.
@@ -31,28 +30,15 @@ FLOOR_SAMPLES = 20  # batches whose plain forward+backward is timed for the late
 Method = Callable[[list[EditRecord]], LowRankDelta]  # computes a delta on the current model, leaves it unchanged
 
 
-@dataclass
-class Scored:
-    mean_nll: float
-    exact: bool
-    answer_ids: list[int]  # teacher-forced argmax at the answer positions
-    answer_logp: torch.Tensor | None  # (n_answer, V) log-probs at the answer positions, when asked for
-
-
 @torch.no_grad()
 def score(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reqs: list[EditRequest], keep_logp: bool = False,
-          chunk: int = 32, scope: Scope | None = None) -> list[Scored]:
+          chunk: int = 32, scope: Scope | None = None) -> list[TargetScore]:
+    """`score_targets` in chunks, scoped edits selected by each prompt when a scope is given."""
     out = []
     for i in range(0, len(reqs), chunk):
-        b = {k: v.to(model.device) for k, v in tokenize_edits(tok, reqs[i : i + chunk], SCORE_MAX_LENGTH).items()}
-        with scope.applying_to(model, tok, [r.prompt for r in reqs[i : i + chunk]]) if scope else nullcontext():
-            logits = answer_logits(model, b).float()
-        mask = answer_positions(b["labels"])
-        counts = mask.sum(1).tolist()
-        for lp, lab in zip(torch.log_softmax(logits, -1).split(counts), b["labels"][:, 1:][mask].split(counts)):
-            nll = -lp.gather(-1, lab[:, None]).mean().item()
-            ids = lp.argmax(-1)
-            out.append(Scored(nll, bool((ids == lab).all()), ids.tolist(), lp.half().cpu() if keep_logp else None))
+        part = reqs[i : i + chunk]
+        with scope.applying_to(model, tok, [r.prompt for r in part]) if scope else nullcontext():
+            out += score_targets(model, tok, part, SCORE_MAX_LENGTH, keep_logp)
     return out
 
 
@@ -73,7 +59,7 @@ def forward_backward_ms(model: PreTrainedModel, tok, reqs: list[EditRequest], ma
     return (time.perf_counter() - t0) * 1000
 
 
-Scorer = Callable[..., list[Scored]]  # (requests, keep_logp=False) -> one Scored per request
+Scorer = Callable[..., list[TargetScore]]  # (requests, keep_logp=False) -> one score per request
 
 
 def scorer(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: Scope | None = None) -> Scorer:
@@ -81,17 +67,17 @@ def scorer(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: Scope | 
     return lambda reqs, keep_logp=False: score(model, tok, reqs, keep_logp, scope=scope)
 
 
-def _score_loc(score_fn: Scorer, loc: list[EditRequest]) -> list[Scored]:
+def _score_loc(score_fn: Scorer, loc: list[EditRequest]) -> list[TargetScore]:
     """Answers on locality prompts; log-probs (a vocabulary row per token) only for the first, which the KL uses."""
     return score_fn(loc[:1], keep_logp=True) + score_fn(loc[1:]) if loc else []
 
 
-def loc_reference(score_fn: Scorer, records: list[EditRecord]) -> list[list[Scored]]:
+def loc_reference(score_fn: Scorer, records: list[EditRecord]) -> list[list[TargetScore]]:
     """Pre-edit answers on every record's locality prompts."""
     return [_score_loc(score_fn, r.loc) for r in records]
 
 
-def record_metrics(score_fn: Scorer, rec: EditRecord, ref: list[Scored]) -> dict[str, float]:
+def record_metrics(score_fn: Scorer, rec: EditRecord, ref: list[TargetScore]) -> dict[str, float]:
     new = [rec.edit] + [EditRequest(p, rec.edit.target) for p in rec.rephrases]
     scored = score_fn(new)
     loc = _score_loc(score_fn, rec.loc)
@@ -99,11 +85,11 @@ def record_metrics(score_fn: Scorer, rec: EditRecord, ref: list[Scored]) -> dict
     if rec.rephrases:
         m["rephrase"] = statistics.mean(float(s.exact) for s in scored[1:])
     if loc:
-        m["loc"] = statistics.mean(float(a.answer_ids == b.answer_ids) for a, b in zip(loc, ref))
-        same = [x == y for a, b in zip(loc, ref) for x, y in zip(a.answer_ids, b.answer_ids)]
+        m["loc"] = statistics.mean(float(a.argmax == b.argmax) for a, b in zip(loc, ref))
+        same = [x == y for a, b in zip(loc, ref) for x, y in zip(a.argmax, b.argmax)]
         m["loc_token"] = sum(same) / max(len(same), 1)
-        if ref[0].answer_logp is not None and loc[0].answer_logp is not None:  # not served over HTTP
-            p, q = ref[0].answer_logp.float(), loc[0].answer_logp.float()
+        if ref[0].logp is not None and loc[0].logp is not None:  # not served over HTTP
+            p, q = ref[0].logp.float(), loc[0].logp.float()
             m["loc_kl"] = float((p.exp() * (p - q)).sum(-1).mean())
     if rec.true_target is not None:
         true = score_fn([EditRequest(x.prompt, rec.true_target) for x in new])

@@ -1,7 +1,7 @@
 """Teacher-forced scores of targets under a model: what /edit reports and what evaluation counts."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.func import functional_call
@@ -33,12 +33,23 @@ class TargetScore:
     logprob: float  # summed log-probability of the target tokens given the prompt
     exact: bool  # every target token is the teacher-forced argmax (whole-answer match, as in the paper)
     argmax: tuple[int, ...] = ()  # the teacher-forced argmax token at each target position: locality compares them
+    # (n_target, V) log-probabilities at the target positions, fp16 on the CPU, when asked for (a KL needs them)
+    logp: torch.Tensor | None = field(default=None, compare=False)
+
+    @property
+    def mean_nll(self) -> float:
+        return -self.logprob / max(len(self.argmax), 1)
 
 
 @torch.no_grad()
 def score_targets(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest],
-                  max_length: int = 64) -> list[TargetScore]:
+                  max_length: int = 64, keep_logp: bool = False) -> list[TargetScore]:
+    """The one teacher-forced scorer: what /edit and /score report and what `mend eval` counts."""
     batch = {k: v.to(model.device) for k, v in tokenize_edits(tokenizer, requests, max_length).items()}
-    logp, exact, argmax = target_scores(answer_logits(model, batch), batch["labels"])
-    ids = argmax.split(answer_positions(batch["labels"]).sum(1).tolist())
-    return [TargetScore(float(a), bool(b), tuple(i.tolist())) for a, b, i in zip(logp, exact, ids)]
+    logits = answer_logits(model, batch)
+    logp, exact, argmax = target_scores(logits, batch["labels"])
+    counts = answer_positions(batch["labels"]).sum(1).tolist()
+    rows = (torch.log_softmax(logits.float(), -1).half().cpu().split(counts) if keep_logp
+            else [None] * len(requests))
+    return [TargetScore(float(a), bool(b), tuple(i.tolist()), r)
+            for a, b, i, r in zip(logp, exact, argmax.split(counts), rows)]
