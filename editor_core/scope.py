@@ -39,6 +39,25 @@ CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
 PLAIN, CHAT = "plain", "chat"  # the forms a request comes in: a bare prompt, or a question in the chat template
 
 
+def forms_of(tok: PreTrainedTokenizerBase) -> tuple[str, ...]:
+    """The forms a request to this model can come in."""
+    return (PLAIN, CHAT) if tok.chat_template else (PLAIN,)
+
+
+def in_forms(tok: PreTrainedTokenizerBase, requests: list[EditRequest]) -> list[EditRequest]:
+    """Each edit in every form a request can ask it in (`forms_of`): the plain prompt, and the same question as
+    the user's message in the chat template, the target being the assistant's reply. A delta computed on the
+    plain prompt alone said the new answer in only 0.60 of chat replies (20 zsRE dev edits)."""
+    out, chat_too = [], CHAT in forms_of(tok)
+    for r in requests:
+        out.append(r)
+        if chat_too:
+            chat = tok.apply_chat_template([{"role": "user", "content": r.prompt}], add_generation_prompt=True,
+                                           tokenize=False)
+            out.append(EditRequest(chat, r.target.strip()))
+    return out
+
+
 def sentence_suffixes(prompt: str) -> list[str]:
     """The prompt, then what follows each sentence end in it."""
     return [prompt] + [prompt[m.end():] for m in re.finditer(r"[.?!]\s+|\n+", prompt) if prompt[m.end():].strip()]
@@ -420,6 +439,19 @@ class Scope:
             yield Selection(self, [None if r is None else book.owner[r] for r in rows], targets, lengths)
         finally:
             self._local.rows = None
+
+    @contextlib.contextmanager
+    def selecting(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, text: str, form: str = PLAIN,
+                  book: Codebook | None = None):
+        """For one generation: the edit of `book` (default: the current codebook) that the question `text`, asked
+        in `form`, selects, its piece for that form, acting until its answer is said or has gone wrong. Yields
+        the `observe` to give the decoding loop, or None when nothing is selected."""
+        book = book or self.codebook
+        if not book.owner or not text.strip():
+            yield None
+            return
+        with self.applying(self.request_keys(model, tok, [text], book), form, book, tok) as selection:
+            yield selection.observe
 
     def applying_to(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
                     form: str = PLAIN, book: Codebook | None = None):

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core import EditRequest, LowRankDelta, MENDEditor, restore, snapshot
 from editor_core.model import DTYPES
-from editor_core.scope import CHAT, PLAIN, Codebook, Scope
+from editor_core.scope import Codebook, Scope, forms_of, in_forms
 
 from .canary import CanarySet, load_canaries
 from .guard import check_edit, check_scoped_edit
@@ -158,28 +158,12 @@ class Scoped(EditMethod):
     def fingerprint(self, editor_fp: str) -> str:
         return scoped_fingerprint(editor_fp, self.scope)
 
-    def forms(self) -> tuple[str, ...]:
-        return (PLAIN, CHAT) if self.tokenizer.chat_template else (PLAIN,)
-
-    def _in_forms(self, requests: list[EditRequest]) -> list[EditRequest]:
-        """Each edit in every form a request can ask it in: the plain prompt, and the same question as the user's
-        message in the chat template, the target being the assistant's reply. A delta computed on the plain prompt
-        alone said the new answer in only 0.60 of chat replies (20 zsRE dev edits)."""
-        out, chat_too = [], CHAT in self.forms()
-        for r in requests:
-            out.append(r)
-            if chat_too:
-                chat = self.tokenizer.apply_chat_template([{"role": "user", "content": r.prompt}],
-                                                          add_generation_prompt=True, tokenize=False)
-                out.append(EditRequest(chat, r.target.strip()))
-        return out
-
     def compute(self, requests: list[EditRequest], force: bool) -> tuple[LowRankDelta, dict]:
         # Computed on the base weights: the scope's hooks act only inside `selecting` and `scoring`.
-        forms = self._in_forms(requests)
+        forms = in_forms(self.tokenizer, requests)
         pieces = self.editor.compute_deltas(self.model, self.tokenizer, forms)
         delta = self.scope.scoped(self.model, self.tokenizer, [p.compressed(**self.compress) for p in pieces],
-                                  forms, [r.prompt for r in requests], self.forms())
+                                  forms, [r.prompt for r in requests], forms_of(self.tokenizer))
         guard = check_scoped_edit(self.model, delta, force, self.canary_keys, self.canary_of, self.canary_prompts,
                                   self.scope.cfg.radius, self.settings.guard_max_captured)
         return delta, guard
@@ -193,15 +177,8 @@ class Scoped(EditMethod):
     def view(self) -> Codebook:
         return self.scope.codebook
 
-    @contextlib.contextmanager
-    def selecting(self, text: str, form: str, view: Codebook) -> Iterator[Observe | None]:
-        """The edit this question selects in `view`, its piece for the request's form, until its answer is said."""
-        if not view.owner or not text.strip():
-            yield None
-            return
-        keys = self.scope.request_keys(self.model, self.tokenizer, [text], view)
-        with self.scope.applying(keys, form, view, self.tokenizer) as selection:
-            yield selection.observe
+    def selecting(self, text: str, form: str, view: Codebook) -> contextlib.AbstractContextManager[Observe | None]:
+        return self.scope.selecting(self.model, self.tokenizer, text, form, view)
 
     def scoring(self, prompts: list[str]) -> contextlib.AbstractContextManager:
         return self.scope.applying_to(self.model, self.tokenizer, prompts)
