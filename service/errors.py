@@ -6,17 +6,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 
+# The OpenAI-compatible routes' prefix: their errors take OpenAI's shape (see install_handlers).
+OPENAI_PREFIX = "/v1"
+
+
 class ServiceError(Exception):
     status = 500
     message = "internal error"
+    param: str | None = None  # the request field at fault, and a machine-readable code: for OpenAI's error shape
+    code: str | None = None
 
-    def __init__(self, detail: str | None = None) -> None:
+    def __init__(self, detail: str | None = None, param: str | None = None) -> None:
         super().__init__(detail or self.message)
         self.detail = detail or self.message
+        self.param = param or self.param
 
 
 class Unauthorized(ServiceError):
-    status, message = 401, "missing or invalid API key: send 'Authorization: Bearer <key>'"
+    status, message, code = 401, "missing or invalid API key: send 'Authorization: Bearer <key>'", "invalid_api_key"
 
 
 class OpenWithoutKey(ServiceError):
@@ -27,6 +34,11 @@ class OpenWithoutKey(ServiceError):
 
 class UnknownEdit(ServiceError):
     status, message = 404, "unknown edit_id"
+
+
+class UnknownModel(ServiceError):
+    status, message = 404, "this model is not served here: GET /v1/models lists the one that is"
+    param, code = "model", "model_not_found"
 
 
 class AlreadyRolledBack(ServiceError):
@@ -77,30 +89,60 @@ class FingerprintMismatch(ServiceError):
     status, message = 503, "edit log fingerprint does not match the loaded model and editor"
 
 
+def _where(exc: RequestValidationError) -> str:
+    return ".".join(str(p) for p in exc.errors()[0].get("loc", ()) if p != "body")
+
+
 def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
         return 400, "malformed JSON body"
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    where = _where(exc)
     return 422, f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
 
 
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
+                      "param": param, "code": code}}
+
+
+def _is_openai(request: Request) -> bool:
+    route = request.scope.get("route")  # the matched route's template: right behind a proxy's root_path too
+    return route is not None and route.path.startswith(OPENAI_PREFIX + "/")
+
+
+def _openai_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                     headers: dict | None = None) -> JSONResponse:
+    # OpenAI answers invalid input with 400, where the rest of this API uses 422.
+    return JSONResponse(openai_error(status, message, param, code), status_code=400 if status == 422 else status,
+                        headers=headers)
+
+
 def install_handlers(app: FastAPI) -> None:
+    """Errors are {"detail": ...}, but on the OpenAI-compatible routes, whose clients read OpenAI's shape:
+    {"error": {"message", "type", "param", "code"}}."""
+
     @app.exception_handler(ServiceError)
-    async def service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if _is_openai(request):
+            return _openai_response(exc.status, exc.detail, exc.param, exc.code, headers)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
     # FastAPI's own validation errors come as a list; clients get one fixed sentence like every other error.
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, detail = _validation_detail(exc)
+        if _is_openai(request):
+            return _openai_response(status, detail, _where(exc) or None)
         return JSONResponse({"detail": detail, "errors": jsonable(exc.errors())}, status_code=status)
 
     # A bug must still answer in the API's shape, never Starlette's plain-text page. The exception is raised on
     # after the response, so the server logs it with its traceback.
     @app.exception_handler(Exception)
-    async def internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+    async def internal_error(request: Request, _exc: Exception) -> JSONResponse:
+        if _is_openai(request):
+            return _openai_response(500, ServiceError.message)
         return JSONResponse({"detail": ServiceError.message}, status_code=500)
 
 

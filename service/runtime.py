@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +37,8 @@ from .errors import (
     NotReady,
     UnknownEdit,
 )
-from .generation import Completion, complete
+from .generation import Completion, complete, stream_tokens
+from .methods import Observe
 from .replica import EditEntry, Replica
 from .settings import Settings
 
@@ -79,6 +80,22 @@ class RollbackOutcome:
     rolled_back: list[str]
     version: int
     repeated: bool = False
+
+
+@dataclass
+class Generation:
+    """A generation request checked against the model's limits, and what running it reported."""
+
+    ids: list[int]  # the prompt's tokens
+    text: str  # what a scoped edit is selected by
+    form: str  # PLAIN or CHAT
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: list[str]
+    version: int | None = None  # the version it runs on, set when it starts
+    completion: Completion | None = None  # set when a stream ends
 
 
 def question(messages: list[dict]) -> str:
@@ -258,23 +275,51 @@ class Runtime(Replica):
             raise BadRequest(f"prompt is longer than the limit of {self.settings.max_prompt_tokens} tokens")
         return ids
 
-    def generate(self, prompt: str | None, messages: list[dict] | None, max_new_tokens: int | None,
-                 temperature: float, top_p: float, seed: int | None, stop: list[str]) -> tuple[Completion, int, int]:
-        """(completion, prompt tokens, version): the whole generation runs on one version of the weights."""
-        self._pin_threads()
+    def checked(self, prompt: str | None, messages: list[dict] | None, max_new_tokens: int | None,
+                temperature: float, top_p: float, seed: int | None, stop: list[str]) -> Generation:
+        """A generation request checked against the model's limits (raises BadRequest), its prompt tokenized."""
         max_new_tokens = max_new_tokens or min(DEFAULT_NEW_TOKENS, self.settings.max_new_tokens)
         if max_new_tokens > self.settings.max_new_tokens:
             raise BadRequest(f"max_new_tokens is over the limit of {self.settings.max_new_tokens}")
         ids = self.prompt_ids(prompt, messages)
         text, form = (prompt, PLAIN) if messages is None else (question(messages), CHAT)
-        # One whole version: the selection is made with the version it reports (an edit applied between the two
-        # would give a reply of one version labelled with the next). Weights that never change need no lock.
+        return Generation(ids, text, form, max_new_tokens, temperature, top_p, seed, stop)
+
+    @contextlib.contextmanager
+    def _one_version(self, g: Generation) -> Iterator[Observe | None]:
+        """The forwards of `g` within this context run on one whole version, `g.version`. The selection is made with
+        the version it reports (an edit applied between the two would give a reply of one version labelled with
+        the next). Weights that never change need no lock."""
+        self._pin_threads()
         with contextlib.nullcontext() if self.method.weights_fixed else self.rw.read():
             state = self.published
-            with self.method.selecting(text, form, state.view) as observe:
-                out = complete(self.model, self.tokenizer, ids, max_new_tokens, temperature, top_p, seed, stop,
-                               observe=observe)
-        return out, len(ids), state.version
+            g.version = state.version
+            with self.method.selecting(g.text, g.form, state.view) as observe:
+                yield observe
+
+    def generate(self, prompt: str | None, messages: list[dict] | None, max_new_tokens: int | None,
+                 temperature: float, top_p: float, seed: int | None, stop: list[str]) -> tuple[Completion, int, int]:
+        """(completion, prompt tokens, version): the whole generation runs on one version of the weights."""
+        g = self.checked(prompt, messages, max_new_tokens, temperature, top_p, seed, stop)
+        with self._one_version(g) as observe:
+            out = complete(self.model, self.tokenizer, g.ids, g.max_new_tokens, g.temperature, g.top_p, g.seed,
+                           g.stop, observe=observe)
+        return out, len(g.ids), g.version
+
+    @contextlib.contextmanager
+    def streaming(self, g: Generation) -> Iterator[Iterator[str]]:
+        """`generate` as it is made: the reply's text in pieces (generation.stream_tokens), on one version,
+        `g.version`, from the first piece to the last; `g.completion` is set after the last. Held for the whole
+        context: enter it in the thread that iterates, since a scoped edit's selection is per thread."""
+        with self._one_version(g) as observe:
+            tokens = stream_tokens(self.model, self.tokenizer, g.ids, g.max_new_tokens, g.temperature, g.top_p,
+                                   g.seed, g.stop, observe=observe)
+
+            def pieces() -> Iterator[str]:
+                g.completion = yield from tokens
+
+            with contextlib.closing(pieces()) as it:
+                yield it
 
     def score(self, requests: list[EditRequest]) -> tuple[list[TargetScore], int]:
         """Teacher-forced scores on one version of the weights (what /edit reports as pre/post). Not bound by the

@@ -25,6 +25,7 @@ JOIN_DOC = ("The target is appended to the prompt with one space in between unle
 MAX_TEXT_CHARS = 32_000  # one prompt, target or message
 MAX_REQUEST_CHARS = 128_000  # all the prompts, targets or messages of one request together
 MAX_ITEMS = 64  # edits in a batch, items to score, messages of a chat
+MAX_STOPS = 16  # stop strings of a generation
 MAX_SEED = 2**63 - 1  # the signed 64-bit range: what most clients hold as an integer, and torch accepts
 
 
@@ -43,7 +44,7 @@ def text(max_chars: int):  # a type, for annotations: str of at most max_chars, 
     return Annotated[str, StringConstraints(max_length=max_chars), BeforeValidator(_unicode)]
 
 
-Text, Author, Note = text(MAX_TEXT_CHARS), text(200), text(2000)
+Text, Author, Note, Stop = text(MAX_TEXT_CHARS), text(200), text(2000), text(200)
 
 
 def _not_blank(v: str) -> str:
@@ -222,8 +223,10 @@ class GenerateRequest(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy (deterministic)")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="fixes sampling; greedy needs none")
-    stop: list[text(200)] = Field(default_factory=list, max_length=16,
-                                  description="text ends before the first of these")
+    stop: list[Stop] = Field(default_factory=list, max_length=MAX_STOPS,
+                             description="text ends before the first of these")
+    stream: bool = Field(False, description="send the reply as server-sent events as it is made: `{\"text\"}` "
+                                            "pieces, then one event with the rest of GeneratePublic (`text` empty)")
 
     @field_validator("prompt")
     @classmethod
@@ -248,6 +251,10 @@ class GeneratePublic(BaseModel):
     completion_tokens: int
     finish_reason: Literal["stop", "length"]
     version: int = Field(description="log version of the weights the whole generation ran on")
+
+
+class GenerateChunk(BaseModel):
+    text: str = Field(description="the next piece of the reply: never taken back, never past a stop string")
 
 
 class RollbackRequest(BaseModel):
@@ -286,3 +293,153 @@ class Ready(BaseModel):
     model_fingerprint: str
     editor_fingerprint: str
     log_key: str
+
+
+# ---- OpenAI-compatible (/v1) ---------------------------------------------------------------------------------
+# The fields of OpenAI's completions and chat completions that this server acts on, under /generate's limits; any
+# other field is ignored, as OpenAI-compatible servers do.
+
+
+def _stop_list(v: object) -> object:
+    return [] if v is None else [v] if isinstance(v, str) else v  # OpenAI takes one string, a list, or null
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(False, description="one more chunk before [DONE], with `usage` and no choices")
+
+
+class OpenAIRequest(BaseModel):
+    model: text(200) = Field(description="the id GET /v1/models lists")
+    max_tokens: int | None = Field(None, ge=1, description="default 64 (or the server limit if lower); at most "
+                                                           "MEND_MAX_NEW_TOKENS")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="OpenAI's default, 1; 0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="fixes sampling; greedy needs none")
+    stop: Annotated[list[Stop], BeforeValidator(_stop_list), Field(max_length=MAX_STOPS)] = Field(
+        default_factory=list, description="text ends before the first of these: a string or a list")
+    n: int = Field(1, description="choices per request: only 1")
+    stream: bool = Field(False, description="server-sent events: `data: <chunk>` as the reply is made, then "
+                                            "`data: [DONE]`")
+    stream_options: StreamOptions | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, v: int) -> int:
+        if v != 1:
+            raise PydanticCustomError("n", "only n=1 is supported: this server makes one choice per request")
+        return v
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(OpenAIRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}]})
+
+    prompt: Text = Field(description="raw text, continued as is")
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        return _not_blank(v)
+
+
+class ChatCompletionRequest(OpenAIRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+         "max_tokens": 32, "temperature": 0.7, "top_p": 0.9, "seed": 1, "stop": ["\n"], "stream": True}]})
+
+    messages: list[Message] = Field(min_length=1, max_length=MAX_ITEMS,
+                                    description="run through the model's chat template; a scoped edit is selected "
+                                                "by the last user message")
+    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+
+    @model_validator(mode="after")
+    def _total(self) -> "ChatCompletionRequest":
+        _check_total(m.content for m in self.messages)
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise PydanticCustomError("max_tokens", "send max_tokens or max_completion_tokens, not both")
+        return self
+
+    @property
+    def tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class OpenAIResponse(BaseModel):
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str = Field(description="`v<version>`: the edit log version that made the reply")
+    mend_version: int = Field(description="the edit log version the whole reply was made on (/generate's `version`)")
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = Field(description="null in a stream but in its last chunk")
+
+
+class CompletionPublic(OpenAIResponse):
+    """A completion, or one chunk of a streamed one."""
+
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+    usage: Usage | None = Field(description="null in a stream but in its usage chunk (stream_options)")
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletionPublic(OpenAIResponse):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(OpenAIResponse):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = Field(None, description="null but in the usage chunk (stream_options)")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="when this server started serving it")
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

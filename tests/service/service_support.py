@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from transformers import LlamaForCausalLM
 
@@ -61,6 +65,26 @@ def serving(settings: Settings) -> Iterator[TestClient]:
     """The app with its lifespan run (model loaded, log replayed), spoken to over httpx."""
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
+
+
+@contextlib.contextmanager
+def http_serving(settings: Settings) -> Iterator[tuple[FastAPI, str]]:
+    """The app behind a real uvicorn on a free loopback port, for clients that need a URL (openai's): the app and
+    its base URL."""
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start (see the log above)"
+        time.sleep(0.05)
+    try:
+        yield app, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def weights_hash(client: TestClient) -> str:

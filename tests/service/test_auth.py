@@ -20,6 +20,8 @@ KEY = "s3cret-key"
 GOOD = {"Authorization": f"Bearer {KEY}"}
 BAD = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}]
 UNAUTHORIZED = {"detail": "missing or invalid API key: send 'Authorization: Bearer <key>'"}
+OPENAI_UNAUTHORIZED = {"error": {"message": UNAUTHORIZED["detail"], "type": "invalid_request_error", "param": None,
+                                 "code": "invalid_api_key"}}  # the OpenAI-compatible routes answer in OpenAI's shape
 PROBES = {"/health", "/ready"}
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # the API's description, no data
 
@@ -41,7 +43,8 @@ def assert_only_open(client, open_paths: set[str]) -> None:
             if path in open_paths:
                 assert r.status_code == 200, (method, path, r.text)
             else:
-                assert (r.status_code, r.json()) == (401, UNAUTHORIZED), (method, path, headers)
+                expected = OPENAI_UNAUTHORIZED if path.startswith("/v1/") else UNAUTHORIZED
+                assert (r.status_code, r.json()) == (401, expected), (method, path, headers)
                 assert r.headers["www-authenticate"] == "Bearer"
 
 
@@ -55,11 +58,15 @@ def test_with_a_key_every_route_but_the_probes_and_the_docs_needs_it_and_works_w
     assert_only_open(keyed, PROBES | DOCS)
     assert keyed.app.state.runtime.version == 0  # nothing refused reached the log
 
-    edit_id = keyed.post("/edit", json=EDIT, headers=GOOD).json()["edit_id"]
+    edit_id, model = keyed.post("/edit", json=EDIT, headers=GOOD).json()["edit_id"], keyed.app.state.settings.model
     calls = {("POST", "/edit"): {"json": EDIT2}, ("POST", "/rollback"): {"json": {"edit_id": edit_id}},
              ("POST", "/generate"): {"json": {"prompt": "hi", "max_new_tokens": 2}},
              ("POST", "/score"): {"json": {"items": [EDIT]}},
-             ("GET", "/edits"): {}, ("GET", "/edits/{edit_id}"): {}, ("GET", "/metrics"): {}}
+             ("GET", "/edits"): {}, ("GET", "/edits/{edit_id}"): {}, ("GET", "/metrics"): {},
+             ("GET", "/v1/models"): {},
+             ("POST", "/v1/completions"): {"json": {"model": model, "prompt": "hi", "max_tokens": 2}},
+             ("POST", "/v1/chat/completions"): {"json": {"model": model, "stream": True, "max_tokens": 2,
+                                                         "messages": [{"role": "user", "content": "hi"}]}}}
     for method, path in served(keyed):
         if path in PROBES | DOCS:
             continue

@@ -1,13 +1,17 @@
-"""POST /generate (routes/generate.py, generation.py) and how it interleaves with edits (runtime.py): at the default
-method (scoped), the interleavings under each method."""
+"""POST /generate (routes/generate.py, generation.py), streamed or not, and how it interleaves with edits
+(runtime.py): at the default method (scoped), the interleavings under each method."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import defaultdict
 
 import pytest
 from service_support import EDIT, EDIT2, EDIT3, serving
+
+import service.generation
+from service.generation import settled
 
 
 @pytest.fixture()
@@ -16,10 +20,23 @@ def either_client(either):
         yield client
 
 
+@pytest.fixture()
+def strict_client(settings):
+    with serving(settings.model_copy(update={"max_new_tokens": 8})) as client:
+        yield client
+
+
 def generate(client, **body) -> dict:
     r = client.post("/generate", json=body)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def streamed(client, **body) -> list[dict]:
+    """The events of /generate with stream: true, each event's data."""
+    r = client.post("/generate", json={**body, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    return [json.loads(line.removeprefix("data: ")) for line in r.text.splitlines() if line.startswith("data: ")]
 
 
 def test_greedy_is_deterministic_and_reports_counts(client):
@@ -50,6 +67,86 @@ def test_messages_go_through_the_chat_template(client):
     text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert out["prompt_tokens"] == len(tok(text, add_special_tokens=False)["input_ids"])
     assert out["text"] == generate(client, prompt=text, max_new_tokens=3)["text"]
+
+
+SAMPLED = {"prompt": "Once upon a time", "max_new_tokens": 24, "temperature": 1.5, "top_p": 0.95, "seed": 3}
+
+
+@pytest.mark.parametrize("body", [
+    {"prompt": "Once upon a time", "max_new_tokens": 12},
+    SAMPLED,
+    {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_new_tokens": 12,
+     "temperature": 0.8, "seed": 5},
+])
+def test_a_streamed_generation_adds_up_to_the_whole_one(client, body):
+    whole = generate(client, **body)
+    *pieces, last = streamed(client, **body)
+    assert len(pieces) > 1 and all(set(e) == {"text"} and e["text"] for e in pieces)
+    assert "".join(e["text"] for e in pieces) == whole["text"]
+    assert last == {**whole, "text": ""}  # the last event: finish_reason, counts and version
+
+
+def test_a_stream_never_sends_text_past_a_stop_string(client):
+    pieces = [e["text"] for e in streamed(client, **SAMPLED)[:-1]]
+    full, boundary = "".join(pieces), len("".join(pieces[:3]))
+    crossing = full[boundary - 2: boundary + 3]  # starts inside the third piece, ends inside the fourth
+    never = full[boundary - 2: boundary + 2] + "\x00"  # its start is held back, then sent at the end
+    for stop in ([crossing], [never, crossing], [never]):
+        whole = generate(client, **SAMPLED, stop=stop)
+        *sent, last = streamed(client, **SAMPLED, stop=stop)
+        assert "".join(e["text"] for e in sent) == whole["text"] == full[: full.find(crossing) if crossing in
+                                                                          stop else len(full)]
+        assert last["finish_reason"] == whole["finish_reason"] == ("stop" if crossing in stop else "length")
+
+
+@pytest.mark.parametrize("text,stop,end", [
+    ("Hello wor", [" world"], 5),  # may become the stop string
+    ("Hello wor", ["x", "wor!", " w"], 6),  # the earliest possible start
+    ("a\n", ["\n\n"], 1),
+    ("Hello ", [], 5),  # a trailing space may be dropped by the next token (clean_up_tokenization_spaces)
+    ("caf\ufffd", [], 3),  # an incomplete UTF-8 sequence
+    ("Hello", [], 5),
+])
+def test_settled_holds_back_what_the_next_token_may_change(text, stop, end):
+    assert settled(text, stop) == end
+
+
+def test_a_bad_streamed_request_is_refused_before_the_stream(strict_client):
+    r = strict_client.post("/generate", json={"prompt": "hi", "max_new_tokens": 9, "stream": True})
+    assert r.status_code == 422 and r.json() == {"detail": "max_new_tokens is over the limit of 8"}
+
+
+def test_a_stream_during_an_edit_sees_one_version(either_client, monkeypatch):
+    """A stream paused mid-way while an edit is made finishes on the version it started on: the edit is applied
+    meanwhile (scoped) or waits for the stream's read lock (in place)."""
+    client, rt = either_client, either_client.app.state.runtime
+    body = {"prompt": EDIT["prompt"], "max_new_tokens": 12}
+    before = generate(client, **body)
+    real_pick, paused, resume, picked = service.generation.pick, threading.Event(), threading.Event(), []
+
+    def pausing_pick(*args):  # the real sampling, held at the third token until the edit had its chance
+        picked.append(rt.version)
+        if len(picked) == 3:
+            paused.set()
+            assert resume.wait(60)
+        return real_pick(*args)
+
+    monkeypatch.setattr(service.generation, "pick", pausing_pick)
+    events = []
+    streaming = threading.Thread(target=lambda: events.extend(streamed(client, **body)))
+    streaming.start()
+    assert paused.wait(30)
+    editing = threading.Thread(target=lambda: client.post("/edit", json=EDIT))
+    editing.start()
+    editing.join(timeout=60 if rt.method.weights_fixed else 2)
+    assert rt.version == (1 if rt.method.weights_fixed else 0)  # applied, or waiting for the stream to end
+    resume.set()
+    streaming.join()
+    editing.join()
+    monkeypatch.undo()
+    assert "".join(e["text"] for e in events[:-1]) == before["text"] and events[-1]["version"] == 0
+    after = generate(client, **body)
+    assert after["version"] == 1 and after["text"] != before["text"]
 
 
 def test_generations_during_edits_each_see_one_whole_version(either_client):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from service_support import EDIT
 
+from service.settings import Settings
+
 
 def test_health_and_ready(client):
     assert client.get("/health").json() == {"status": "ok"}
@@ -26,7 +28,8 @@ def test_openapi_has_an_example_for_every_request(client):
     doc = client.get("/openapi.json").json()
     bodies = [op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
               for ops in doc["paths"].values() for op in ops.values() if "requestBody" in op]
-    assert sorted(bodies) == ["EditCreate", "GenerateRequest", "RollbackRequest", "ScoreRequest"]
+    assert sorted(bodies) == ["ChatCompletionRequest", "CompletionRequest", "EditCreate", "GenerateRequest",
+                              "RollbackRequest", "ScoreRequest"]
     assert all(doc["components"]["schemas"][b]["examples"] for b in bodies)
     assert "space" in doc["info"]["description"]  # how prompt and target are joined
     assert client.get("/docs").status_code == 200
@@ -41,3 +44,8 @@ def test_examples_are_valid_requests(client):
     for example in doc["EditCreate"]["examples"]:
         assert client.post("/edit", json=example).status_code == 201
     assert client.post("/rollback", json=doc["RollbackRequest"]["examples"][1]).status_code == 200
+    for name, path in (("CompletionRequest", "/v1/completions"), ("ChatCompletionRequest", "/v1/chat/completions")):
+        for example in doc[name]["examples"]:  # for the default model; this test serves a tiny one
+            assert example["model"] == Settings.model_fields["model"].default
+            served = {**example, "model": client.app.state.settings.model, "max_tokens": 2}
+            assert client.post(path, json=served).status_code == 200
