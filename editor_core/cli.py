@@ -192,6 +192,8 @@ def evaluate_cmd(
     device: str = "cpu", dtype: str = "float32",
     delta_rel_tol: float = typer.Option(0.0, help="compress MEND's deltas as the service does (it uses 0.03)"),
     delta_dtype: str | None = typer.Option(None, help="store MEND's deltas in this dtype (the service: float16)"),
+    generate: int = typer.Option(0, help="also check the first N records by what the model says (greedy replies "
+                                         "to the prompt, rephrases, chat, unrelated prompts; fluency): says_*"),
 ) -> None:
     """Edit N dev records with each method, on the same records, and print a side-by-side table."""
     from .data import load_records
@@ -223,7 +225,8 @@ def evaluate_cmd(
             fn = ft_method(m, tok, layers, loc_pool=pool if name == "ft-kl" else None)
         else:
             raise typer.BadParameter(f"unknown method {name!r}")
-        results[name] = evaluate(m, tok, records, fn, [l.name for l in layers], batch_size, sequential, curve, scope)
+        results[name] = evaluate(m, tok, records, fn, [l.name for l in layers], batch_size, sequential, curve, scope,
+                                 generate)
     typer.echo(_table(results))
     if json_out:
         json_out.write_text(json.dumps({"data": data, "n": n, "batch_size": batch_size, "sequential": sequential,

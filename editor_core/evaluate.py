@@ -20,7 +20,9 @@ from .baselines import finetune_delta
 from .data import EditRecord, EditRequest, target_nll, tokenize_edits
 from .delta import LowRankDelta, restore, snapshot
 from .layers import EditedLayer
-from .scope import Scope
+from .fluency import Generate, reply_metrics, reply_reference
+from .generation import complete
+from .scope import CHAT, PLAIN, Scope, forms_of, in_forms
 from .scoring import TargetScore, answer_logits, score_targets
 
 # Scoring is not bound by the editor's 64-token window: a long locality answer is scored after its whole prompt
@@ -107,15 +109,35 @@ def mean_metrics(rows: list[dict]) -> dict[str, float]:
     return {k: statistics.mean(r[k] for r in rows if k in r) for k in keys}
 
 
+def local_generate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: Scope | None = None) -> Generate:
+    """`fluency.Generate` in this process, as the service generates: greedy, a chat question in the chat template,
+    the scoped edit the question selects acting until its answer is said (`Scope.selecting`)."""
+    def gen(prompt: str | None, question: str | None, tokens: int) -> str:
+        if question is None:
+            ids, text, form = tok(prompt)["input_ids"], prompt, PLAIN
+        else:
+            chat = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                           tokenize=False)
+            ids, text, form = tok(chat, add_special_tokens=False)["input_ids"], question, CHAT
+        with scope.selecting(model, tok, text, form) if scope else nullcontext() as observe:
+            return complete(model, tok, ids, tokens, observe=observe).text
+
+    return gen
+
+
 def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Method, names: list[str],
              batch_size: int = 1, sequential: int | None = None, curve: tuple[int, ...] = (),
-             scope: Scope | None = None) -> dict:
+             scope: Scope | None = None, generate: int = 0) -> dict:
     """Single/batched: each batch's delta is applied, scored, and the base restored exactly.
     Sequential: deltas accumulate without reverting; every edit so far is re-checked at each curve point.
     With a scope, the method's deltas are scoped edits (`scoped_mend_method`), stored in it instead of added to
-    the weights."""
+    the weights. With `generate`, the first `generate` records are also checked by what the model says
+    (`fluency.reply_metrics`, keys prefixed `says_`): right after their edit, or after the last edit when
+    sequential."""
     refs = loc_reference(scorer(model, tok), records)
     score_fn = scorer(model, tok, scope)
+    gen_refs = [reply_reference(local_generate(model, tok), r) for r in records[:generate]]  # the unedited model
+    gen_fn = local_generate(model, tok, scope)
     base = snapshot(model, names)
     rows, latencies, floors, points = [], [], [], []
     recs = records[: sequential] if sequential else records
@@ -134,9 +156,13 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
             done = i + len(chunk)
             if not sequential:
                 rows += [record_metrics(score_fn, r, ref) for r, ref in zip(chunk, refs[i:done])]
+                for j in range(i, min(done, generate)):
+                    rows[j].update(_says(gen_fn, recs[j], gen_refs[j]))
                 scope.clear() if scope else restore(model, base)
             elif done in curve or done == len(recs):
                 so_far = mean_metrics([record_metrics(score_fn, r, ref) for r, ref in zip(recs[:done], refs[:done])])
+                if done == len(recs) and generate:
+                    so_far.update(mean_metrics([_says(gen_fn, r, ref) for r, ref in zip(recs, gen_refs)]))
                 points.append({"edits": done, **so_far})
     finally:
         restore(model, base)
@@ -157,6 +183,10 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
     return {"summary": summary, "curve": points}
 
 
+def _says(gen: Generate, rec: EditRecord, ref: dict) -> dict[str, float]:
+    return {f"says_{k}": v for k, v in reply_metrics(gen, rec, ref)[0].items()}
+
+
 def mend_method(model, tok, editor, rel_tol: float = 0.0, dtype: torch.dtype | None = None) -> Method:
     """MEND's delta; with rel_tol/dtype, compressed exactly as the service logs and applies it."""
     def run(recs: list[EditRecord]) -> LowRankDelta:
@@ -168,11 +198,13 @@ def mend_method(model, tok, editor, rel_tol: float = 0.0, dtype: torch.dtype | N
 
 def scoped_mend_method(model, tok, editor, scope: Scope, rel_tol: float = 0.0,
                        dtype: torch.dtype | None = None) -> Method:
-    """Each edit's own delta (compressed like mend_method's), scoped as the service does."""
+    """Each edit's own delta (compressed like mend_method's), in every form (`in_forms`), scoped as the service
+    does."""
     def run(recs: list[EditRecord]) -> LowRankDelta:
-        pieces = editor.compute_deltas(model, tok, [r.edit for r in recs])
+        forms = in_forms(tok, [r.edit for r in recs])
+        pieces = editor.compute_deltas(model, tok, forms)
         pieces = [p.compressed(rel_tol, dtype) for p in pieces] if rel_tol or dtype else pieces
-        return scope.scoped(model, tok, pieces, [r.edit for r in recs])
+        return scope.scoped(model, tok, pieces, forms, [r.edit.prompt for r in recs], forms_of(tok))
 
     return run
 

@@ -25,7 +25,7 @@ from editor_core import join
 from editor_core.hooks import SkipPrefix
 from editor_core.layers import find_blocks
 
-from .generation import end_token_ids
+from editor_core.generation import end_token_ids
 
 DEFAULT_CANARIES = Path(__file__).with_name("canaries.json")
 ANSWER_TOKENS = 4  # enough to see an answer change; each token costs a vocabulary projection per canary per check

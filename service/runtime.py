@@ -37,7 +37,7 @@ from .errors import (
     NotReady,
     UnknownEdit,
 )
-from .generation import Completion, complete, stream_tokens
+from editor_core.generation import Completion, complete, stream_tokens
 from .methods import Observe
 from .replica import EditEntry, Replica
 from .settings import Settings

@@ -82,11 +82,14 @@ def test_fit_scope_then_eval_with_scoped_edits(llama_dir, editor_dir, data_files
                                                                  "max_scale": 12.0}
     out = tmp_path / "scoped.json"
     res = _eval(editor_core.cli.app, llama_dir, ed, data_files, "--method", "mend-scoped", "--sequential", "2",
-                "--json", str(out))
+                "--generate", "2", "--json", str(out))
     assert res.exit_code == 0, res.output
     assert "| mend-scoped | 2 |" in res.stdout
     summary = json.loads(out.read_text())["results"]["mend-scoped"]["summary"]
     assert summary["n"] == 2 and {"edit", "rephrase", "loc"} <= set(summary)
+    said = {k: v for k, v in summary.items() if k.startswith("says_")}  # --generate: what the model says
+    assert {"says_prompt", "says_chat", "says_unchanged", "says_entropy", "says_entropy_answer_in"} <= set(said)
+    assert all(0 <= v <= 1 for k, v in said.items() if "entropy" not in k)
 
 
 def test_train_fits_a_scope_that_the_service_runs_at_its_default_method(tokenizer, data_files, tmp_path):

@@ -1,4 +1,4 @@
-"""POST /generate (routes/generate.py, generation.py), streamed or not, and how it interleaves with edits
+"""POST /generate (routes/generate.py, editor_core/generation.py), streamed or not, and how it interleaves with edits
 (runtime.py): at the default method (scoped), the interleavings under each method."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections import defaultdict
 import pytest
 from service_support import EDIT, EDIT2, EDIT3, serving
 
-import service.generation
-from service.generation import settled
+import editor_core.generation
+from editor_core.generation import settled
 
 
 @pytest.fixture()
@@ -122,7 +122,7 @@ def test_a_stream_during_an_edit_sees_one_version(either_client, monkeypatch):
     client, rt = either_client, either_client.app.state.runtime
     body = {"prompt": EDIT["prompt"], "max_new_tokens": 12}
     before = generate(client, **body)
-    real_pick, paused, resume, picked = service.generation.pick, threading.Event(), threading.Event(), []
+    real_pick, paused, resume, picked = editor_core.generation.pick, threading.Event(), threading.Event(), []
 
     def pausing_pick(*args):  # the real sampling, held at the third token until the edit had its chance
         picked.append(rt.version)
@@ -131,7 +131,7 @@ def test_a_stream_during_an_edit_sees_one_version(either_client, monkeypatch):
             assert resume.wait(60)
         return real_pick(*args)
 
-    monkeypatch.setattr(service.generation, "pick", pausing_pick)
+    monkeypatch.setattr(editor_core.generation, "pick", pausing_pick)
     events = []
     streaming = threading.Thread(target=lambda: events.extend(streamed(client, **body)))
     streaming.start()
@@ -248,3 +248,17 @@ def test_score_rejects_bad_input(client):
     assert r.status_code == 422 and r.json()["detail"] == f"target is longer than the limit of {limits.max_new_tokens} tokens"
     # beyond the editor's 64-token window but within the limits: scored, not refused
     assert client.post("/score", json={"items": [{"prompt": "word " * 70, "target": "x"}]}).status_code == 200
+
+
+def test_the_library_says_what_the_service_serves(client):
+    """`mend eval --generate` judges replies made in process (evaluate.local_generate); they are the service's
+    /generate replies, plain and chat, with the scoped edit selected and released the same way."""
+    from editor_core.evaluate import local_generate
+
+    rt = client.app.state.runtime
+    assert client.post("/edit", json=EDIT).status_code == 201
+    lib = local_generate(rt.model, rt.tokenizer, rt.method.scope)
+    for prompt in (EDIT["prompt"], EDIT2["prompt"]):
+        assert lib(prompt, None, 8) == generate(client, prompt=prompt, max_new_tokens=8)["text"]
+        messages = [{"role": "user", "content": prompt}]
+        assert lib(None, prompt, 8) == generate(client, messages=messages, max_new_tokens=8)["text"]

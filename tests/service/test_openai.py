@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 from service_support import EDIT, http_serving
 
-import service.generation
+import editor_core.generation
 
 QUESTION = [{"role": "user", "content": EDIT["prompt"]}]
 
@@ -166,7 +166,7 @@ def test_a_key_is_needed_and_works(settings):
 def slowed(monkeypatch, delay: float, fail_after: int | None = None) -> list[int]:
     """Sampling made slow (and, with fail_after, failing after that many tokens): the real pick, called from the
     generation's thread. Returns a list that grows by one a token."""
-    real_pick, seen = service.generation.pick, []
+    real_pick, seen = editor_core.generation.pick, []
 
     def pick(*args):
         seen.append(0)
@@ -175,14 +175,14 @@ def slowed(monkeypatch, delay: float, fail_after: int | None = None) -> list[int
         time.sleep(delay)
         return real_pick(*args)
 
-    monkeypatch.setattr(service.generation, "pick", pick)
+    monkeypatch.setattr(editor_core.generation, "pick", pick)
     return seen
 
 
 def test_a_chat_stream_during_an_edit_sees_one_version(server, monkeypatch):
     before = server.openai.chat.completions.create(model=server.model, messages=QUESTION, max_tokens=12,
                                                    temperature=0).choices[0].message.content
-    real_pick, paused, resume, picked = service.generation.pick, threading.Event(), threading.Event(), []
+    real_pick, paused, resume, picked = editor_core.generation.pick, threading.Event(), threading.Event(), []
 
     def pausing_pick(*args):  # the real sampling, held at the third token until the edit is applied
         picked.append(0)
@@ -191,7 +191,7 @@ def test_a_chat_stream_during_an_edit_sees_one_version(server, monkeypatch):
             assert resume.wait(60)
         return real_pick(*args)
 
-    monkeypatch.setattr(service.generation, "pick", pausing_pick)
+    monkeypatch.setattr(editor_core.generation, "pick", pausing_pick)
     stream = server.openai.chat.completions.create(model=server.model, messages=QUESTION, max_tokens=12,
                                                    temperature=0, stream=True)
     assert paused.wait(30)
