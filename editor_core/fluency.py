@@ -78,14 +78,21 @@ def reply_metrics(gen: Generate, rec: EditRecord, ref: dict) -> tuple[dict[str, 
     target, reph = rec.edit.target, rec.rephrases[:2]
     long = gen(rec.edit.prompt, None, LONG)
     row = {"prompt": float(says(long, target)),
-           "chat": float(mentions(gen(None, rec.edit.prompt, SHORT), target)),
-           "repeat": float(repeats(long, target)), "entropy": ngram_entropy(long),
-           "repeat_unedited": float(repeats(ref["long"], target)), "entropy_unedited": ngram_entropy(ref["long"]),
-           "repeat_answer_in": float(repeats(ref["answer_in"], target)),
-           "entropy_answer_in": ngram_entropy(ref["answer_in"])}
+           "chat": float(mentions(gen(None, rec.edit.prompt, SHORT), target)), **fluency(long, ref, target)}
     if ref["unrelated"]:
         row["unchanged"] = statistics.mean(gen(p, None, SHORT) == b for p, b in zip(unrelated(rec), ref["unrelated"]))
     if reph:
         row["rephrase"] = statistics.mean(says(gen(p, None, SHORT), target) for p in reph)
         row["chat_rephrase"] = statistics.mean(mentions(gen(None, p, SHORT), target) for p in reph)
     return row, long
+
+
+def fluency(reply: str, ref: dict, target: str) -> dict[str, float]:
+    """Repetition and entropy of the reply and of its references, each judged on as many words as the shorter of
+    the reply and the answer-written-in reference: the references are a token or two shorter, and a loop's third
+    repeat can fall just past the end of one text and not the other (the same text then counted as 1 and 0)."""
+    texts = {"": reply, "_unedited": ref["long"], "_answer_in": ref["answer_in"]}
+    n = min(len(normalized(reply).split()), len(normalized(ref["answer_in"]).split()))
+    cut = {k: " ".join(normalized(t).split()[:n]) for k, t in texts.items()}
+    return {**{f"repeat{k}": float(repeats(t, target)) for k, t in cut.items()},
+            **{f"entropy{k}": ngram_entropy(t) for k, t in cut.items()}}
