@@ -7,6 +7,7 @@ safetensors bytes). Nothing here ever deletes or trims the stream.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -80,7 +81,7 @@ redis.call('DEL', KEYS[4])
 return 1
 """
 TURN_POLL_S = 0.02
-TURN_LEASE_MS = 30_000  # longer than any edit's compute; a holder killed mid-turn blocks the others this long
+TURN_LEASE_MS = 10_000  # longer than an edit's compute; a holder killed mid-turn blocks the others this long
 TURN_GRACE_MS = 2_000  # how long a ticket's owner has to notice its turn before it is passed over
 
 
@@ -147,6 +148,7 @@ class EditLog:
 
     def __init__(self, url: str, log_fp: str) -> None:
         self.key, self.ckpt_key, self.turn_key = stream_key(log_fp), checkpoint_key(log_fp), f"mend:turn:{log_fp}"
+        self._unreturned: list[int] = []  # tickets of turns whose return did not reach Redis
         self.url = url
         # Short timeouts: a dead Redis must turn /edit into a quick 503, not a hung request.
         self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
@@ -160,6 +162,12 @@ class EditLog:
             yield False
             return
         keys = [f"{self.turn_key}:{k}" for k in ("next", "serving", "since", "lease")]
+        # A turn whose return failed (Redis went away during it) still holds up every writer until its lease
+        # runs out, this replica's next edit included: return it first (after a Redis restart: 30 s -> 0).
+        for old in list(self._unreturned):
+            with contextlib.suppress(redis.RedisError):
+                self.client.eval(END_TURN, 4, *keys, old)
+                self._unreturned.remove(old)
         try:
             ticket = self.client.eval(TAKE_TICKET, 4, *keys)
         except redis.RedisError as e:
@@ -180,8 +188,8 @@ class EditLog:
         finally:
             try:
                 self.client.eval(END_TURN, 4, *keys, ticket)
-            except redis.RedisError:  # the lease runs out and the next ticket is served then
-                pass
+            except redis.RedisError:  # returned at this replica's next turn, or the lease runs out first
+                self._unreturned.append(ticket)
 
     def append(self, event: Event, after: str) -> str:
         """Write `event` if the stream's last event is still `after`, else raise LogMoved; returns its id.

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from service import editlog
 from service.editlog import EditLog
@@ -74,3 +75,25 @@ def test_a_turn_that_does_not_come_in_time_lets_the_writer_go_ahead(redis_url):
             assert got_a and not got_b and time.monotonic() - t0 < 1.0
     with b.turn(0) as got:  # 0: no turns at all
         assert not got
+
+
+def test_a_turn_whose_return_failed_is_returned_by_the_next_one(redis_url, monkeypatch):
+    """Redis went away while a writer held its turn (killed and restarted from its append-only file): the return
+    failed, and the lease would hold up every writer, this one included, for TURN_LEASE_MS. The writer's next
+    turn returns it first and is served at once."""
+    log = EditLog(redis_url, "fp")
+    real = log.client.eval
+
+    def eval_fails_on_return(script, *args):
+        if script == editlog.END_TURN:
+            raise redis.ConnectionError("Redis went away")
+        return real(script, *args)
+
+    monkeypatch.setattr(log.client, "eval", eval_fails_on_return)
+    with log.turn(10) as got:
+        assert got
+    monkeypatch.setattr(log.client, "eval", real)
+    t0 = time.monotonic()
+    with log.turn(10) as got:
+        assert got
+    assert time.monotonic() - t0 < 1.0
