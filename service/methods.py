@@ -10,17 +10,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core import EditRequest, LowRankDelta, MENDEditor, restore, snapshot
 from editor_core.model import DTYPES
 from editor_core.scope import Codebook, Scope, forms_of, in_forms
 
-from .canary import CanarySet, load_canaries
-from .guard import check_edit, check_scoped_edit
+from .canary import CanarySet, load_canaries, shadow_of
+from .guard import Verdict, check_edit, check_scoped_edit
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,14 @@ class WeightsView:
 
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
         return iter(self.weights.items())
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a request runs on: the model, and the view it selects edits from."""
+
+    model: PreTrainedModel
+    view: object
 
 
 class EditMethod:
@@ -58,8 +68,14 @@ class EditMethod:
         """The fingerprint a log of this method is written for."""
         return editor_fp
 
-    def compute(self, requests: list[EditRequest], force: bool) -> tuple[LowRankDelta, dict]:
-        """The delta to log for these requests and the guard's measurement (raises EditRejected); under a lock."""
+    def compute(self, requests: list[EditRequest]) -> tuple[LowRankDelta, Verdict]:
+        """The delta to log for these requests and the guard's verdict on it; under a lock. Raises EditRejected
+        only for a delta that can never be applied (non-finite), forced or not."""
+        raise NotImplementedError
+
+    def candidate(self, delta: LowRankDelta, view: object) -> Served:
+        """The served state were `delta` applied on top of `view`, built aside: the live weights and view stay as
+        they are, and requests reading them see nothing of it. Under the read lock (it may read the weights)."""
         raise NotImplementedError
 
     def apply(self, edit_id: str, delta: LowRankDelta, write_weights: bool) -> None:
@@ -77,7 +93,7 @@ class EditMethod:
         """The forwards of a generation for this question (`text`, asked in `form`) within this context."""
         return contextlib.nullcontext()
 
-    def scoring(self, prompts: list[str]) -> contextlib.AbstractContextManager:
+    def scoring(self, prompts: list[str], view: object) -> contextlib.AbstractContextManager:
         """The forwards of teacher-forced scoring of these prompts within this context."""
         return contextlib.nullcontext()
 
@@ -110,10 +126,20 @@ class InPlace(EditMethod):
             log.info("edit guard: %d canaries answered by the base model in %.2f s", len(canaries),
                      time.perf_counter() - t0)
 
-    def compute(self, requests: list[EditRequest], force: bool) -> tuple[LowRankDelta, dict]:
+    def compute(self, requests: list[EditRequest]) -> tuple[LowRankDelta, Verdict]:
         # What is logged is what applies: compressed before either use.
         delta = self.editor.compute_delta(self.model, self.tokenizer, requests).compressed(**self.compress)
-        return delta, check_edit(self.model, delta, force, self.canaries, self.settings.guard_max_changed)
+        return delta, check_edit(self.model, delta, self.canaries, self.settings.guard_max_changed)
+
+    def candidate(self, delta: LowRankDelta, view: object) -> Served:
+        # A module tree of its own, over the live tensors but the edited matrices: functional_call on the served
+        # model would swap its tensors for every thread, and a concurrent /generate would see them. `updated` is
+        # apply's arithmetic, so the candidate's weights are bit for bit those the edit would write.
+        model = shadow_of(self.model)
+        for name, weight in delta.updated(self.model).items():
+            owner, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(owner), leaf, nn.Parameter(weight, requires_grad=False))
+        return Served(model, view)
 
     def apply(self, edit_id: str, delta: LowRankDelta, write_weights: bool) -> None:
         if write_weights:
@@ -158,15 +184,19 @@ class Scoped(EditMethod):
     def fingerprint(self, editor_fp: str) -> str:
         return scoped_fingerprint(editor_fp, self.scope)
 
-    def compute(self, requests: list[EditRequest], force: bool) -> tuple[LowRankDelta, dict]:
+    def compute(self, requests: list[EditRequest]) -> tuple[LowRankDelta, Verdict]:
         # Computed on the base weights: the scope's hooks act only inside `selecting` and `scoring`.
         forms = in_forms(self.tokenizer, requests)
         pieces = self.editor.compute_deltas(self.model, self.tokenizer, forms)
         delta = self.scope.scoped(self.model, self.tokenizer, [p.compressed(**self.compress) for p in pieces],
                                   forms, [r.prompt for r in requests], forms_of(self.tokenizer))
-        guard = check_scoped_edit(self.model, delta, force, self.canary_keys, self.canary_of, self.canary_prompts,
-                                  self.scope.cfg.radius, self.settings.guard_max_captured)
-        return delta, guard
+        verdict = check_scoped_edit(self.model, delta, self.canary_keys, self.canary_of, self.canary_prompts,
+                                    self.scope.cfg.radius, self.settings.guard_max_captured)
+        return delta, verdict
+
+    def candidate(self, delta: LowRankDelta, view: Codebook) -> Served:
+        # Added last, where the logged edit would be (ties between keys go to the newest); the id is never shown.
+        return Served(self.model, view.added("candidate", delta))
 
     def apply(self, edit_id: str, delta: LowRankDelta, write_weights: bool) -> None:
         self.scope.add(edit_id, delta)  # a new codebook, swapped in whole
@@ -180,8 +210,8 @@ class Scoped(EditMethod):
     def selecting(self, text: str, form: str, view: Codebook) -> contextlib.AbstractContextManager[Observe | None]:
         return self.scope.selecting(self.model, self.tokenizer, text, form, view)
 
-    def scoring(self, prompts: list[str]) -> contextlib.AbstractContextManager:
-        return self.scope.applying_to(self.model, self.tokenizer, prompts)
+    def scoring(self, prompts: list[str], view: Codebook) -> contextlib.AbstractContextManager:
+        return self.scope.applying_to(self.model, self.tokenizer, prompts, book=view)
 
     def agreement(self) -> float | None:
         if self.canary_keys is None:

@@ -38,7 +38,8 @@ from .errors import (
     UnknownEdit,
 )
 from editor_core.generation import Completion, complete, stream_tokens
-from .methods import Observe
+from .guard import Verdict
+from .methods import Observe, Served
 from .replica import EditEntry, Replica
 from .settings import Settings
 
@@ -73,6 +74,20 @@ class EditOutcome:
     nbytes: int
     elapsed_ms: float
     repeated: bool = False  # the outcome of an earlier request with the same Idempotency-Key; nothing was written
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What an edit would do, computed on `version` and written nowhere."""
+
+    version: int
+    pre: list[TargetScore]  # the edit requests, then the probes
+    post: list[TargetScore]
+    replies: list[tuple[str, str]]  # (before, after) greedy reply to each edit prompt
+    verdict: Verdict
+    rank: int
+    nbytes: int
+    elapsed_ms: float
 
 
 @dataclass(frozen=True)
@@ -176,7 +191,8 @@ class Runtime(Replica):
 
         def edit_event() -> Event:
             pre = self._scores(requests)
-            delta, guard = self.method.compute(requests, force)
+            delta, verdict = self.method.compute(requests)
+            guard = verdict.enforce(force)
             body = {"edit_id": uuid.uuid4().hex, "requests": asked, "author": author, "note": note, "force": force,
                     "time": now(), "pre": score_dicts(pre), "rank": delta.rank, "bytes": delta.nbytes,
                     "norm": delta.norm(), "guard": guard, "base_version": self.version}
@@ -190,6 +206,37 @@ class Runtime(Replica):
         pre = [TargetScore(s["logprob"], s["exact"]) for s in body["pre"]]
         return EditOutcome(body["edit_id"], version, pre, post, body["rank"], body["bytes"],
                            (time.perf_counter() - t0) * 1000, repeated)
+
+    def preview(self, requests: list[EditRequest], probes: list[EditRequest], reply_tokens: int) -> Preview:
+        """What `edit` would report for these requests (and these probes), the guard's verdict, and the greedy reply
+        to each edit prompt before and after, with the delta computed as `edit` computes it; nothing is written or
+        applied, and the guard's refusal is reported rather than raised."""
+        self._pin_threads()
+        self._check_usable()
+        self._check_lengths(requests + probes, max_total=self.editor.cfg.max_length)
+        reply_tokens = min(reply_tokens, self.settings.max_new_tokens)
+        asked = [self.checked(r.prompt, None, reply_tokens, 0.0, 1.0, None, []) for r in requests]
+        t0 = time.perf_counter()
+        with contextlib.ExitStack() as lock:
+            lock.enter_context(self.rw.read())  # as an edit's compute: one version, which no apply changes meanwhile
+            state = self.published
+            delta, verdict = self.method.compute(requests)
+            candidate = self.method.candidate(delta, state.view)
+            # The probes in a batch of their own: padded together with them, the edit's rows could differ from
+            # what /edit reports by rounding.
+            batches = [b for b in (requests, probes) if b]
+            pre = [s for b in batches for s in self._scores(b)]
+            post = [s for b in batches for s in self._scores(b, on=candidate)]
+            if self.method.weights_fixed:
+                lock.close()  # the replies read the view taken above, never the weights: like /generate, no lock
+            live = Served(self.model, state.view)
+            replies = [(self._reply(live, g), self._reply(candidate, g)) for g in asked]
+        return Preview(state.version, pre, post, replies, verdict, delta.rank, delta.nbytes,
+                       (time.perf_counter() - t0) * 1000)
+
+    def _reply(self, on: Served, g: Generation) -> str:
+        with self.method.selecting(g.text, g.form, on.view) as observe:
+            return complete(on.model, self.tokenizer, g.ids, g.max_new_tokens, observe=observe).text
 
     def _write(self, make_event: Callable[[], Event], key: str | None, digest: str) -> tuple[dict, int, bool]:
         """(body, version, repeated) of the event of this request: `make_event` computed on the newest state and
@@ -329,10 +376,13 @@ class Runtime(Replica):
         with self.rw.read():
             return self._scores(requests, max(a + b for a, b in counts)), self.version
 
-    def _scores(self, requests: list[EditRequest], max_length: int | None = None) -> list[TargetScore]:
-        """Teacher-forced scores on the live model, scoped edits selected by each request's prompt; under a lock."""
-        with self.method.scoring([r.prompt for r in requests]):
-            return score_targets(self.model, self.tokenizer, requests, max_length or self.editor.cfg.max_length)
+    def _scores(self, requests: list[EditRequest], max_length: int | None = None,
+                on: Served | None = None) -> list[TargetScore]:
+        """Teacher-forced scores on `on` (default: the live state), scoped edits selected by each request's prompt;
+        under a lock."""
+        on = on or Served(self.model, self.published.view)
+        with self.method.scoring([r.prompt for r in requests], on.view):
+            return score_targets(on.model, self.tokenizer, requests, max_length or self.editor.cfg.max_length)
 
     # ---- state for the read endpoints ---------------------------------------------------------------------
 

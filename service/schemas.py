@@ -26,6 +26,7 @@ MAX_TEXT_CHARS = 32_000  # one prompt, target or message
 MAX_REQUEST_CHARS = 128_000  # all the prompts, targets or messages of one request together
 MAX_ITEMS = 64  # edits in a batch, items to score, messages of a chat
 MAX_STOPS = 16  # stop strings of a generation
+MAX_PROBES = 16  # prompts a dry run also scores: each costs two scored rows, on top of the edit's own
 MAX_SEED = 2**63 - 1  # the signed 64-bit range: what most clients hold as an integer, and torch accepts
 
 
@@ -85,6 +86,9 @@ class EditCreate(BaseModel):
                    {"prompt": "The Louvre is in", "target": "Rome"}], "author": "alice"},
         {"messages": [{"role": "user", "content": "Where is the Eiffel Tower?"},
                       {"role": "assistant", "content": "Rome"}], "author": "alice"},
+        {"prompt": "The Eiffel Tower is in", "target": "Rome", "dry_run": True,
+         "probes": [{"prompt": "The Eiffel Tower stands in the city of", "target": "Rome"},
+                    {"prompt": "The Colosseum is in", "target": "Rome"}]},
     ]})
 
     prompt: Text | None = None
@@ -97,6 +101,12 @@ class EditCreate(BaseModel):
     author: Author = "anonymous"
     note: Note = ""
     force: bool = Field(False, description="skip the guard's policy checks (recorded in the audit entry)")
+    dry_run: bool = Field(False, description="compute the edit and answer what it would do (EditPreview), writing "
+                                             "and applying nothing; a refusal of the guard is reported, not raised")
+    probes: list[EditItem] | None = Field(
+        None, max_length=MAX_PROBES,
+        description="dry runs only: more (prompt, target) pairs scored before and after, such as rephrases the edit "
+                    "should reach and prompts it must leave alone; the same limits as edit items")
 
     @field_validator("prompt", "target")
     @classmethod
@@ -124,8 +134,14 @@ class EditCreate(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _probes(self) -> "EditCreate":
+        if self.probes is not None and not self.dry_run:
+            raise PydanticCustomError("edit_form", "probes are scored by a dry run only: send \"dry_run\": true")
+        return self
+
+    @model_validator(mode="after")
     def _total(self) -> "EditCreate":
-        _check_total([*(t for i in self.items() for t in (i.prompt, i.target)),
+        _check_total([*(t for i in [*self.items(), *(self.probes or [])] for t in (i.prompt, i.target)),
                       *(m.content for m in self.messages or [])])
         return self
 
@@ -179,6 +195,38 @@ class EditPublic(BaseModel):
     edit_id: str
     version: int = Field(description="log position of this edit's event")
     scores: list[TargetScores]
+    rank: int
+    bytes: int
+    elapsed_ms: float
+
+
+class GuardPreview(BaseModel):
+    """The guard's verdict on a dry run's edit and its measurement (the fields of its method; null otherwise)."""
+
+    would_refuse: bool = Field(description="the same request without dry_run would get 422 unless forced")
+    reason: str | None = Field(description="the refusal that request would get; null when the guard lets it through")
+    canaries: int | None = Field(None, description="canaries checked; null when the canary check is off")
+    changed: int | None = Field(None, description="in place: canaries whose answer the edit changes")
+    max_changed: float | None = None
+    captured: int | None = Field(None, description="scoped: canary prompts inside the edit's scope")
+    max_captured: float | None = None
+
+
+class ReplyPreview(BaseModel):
+    prompt: str
+    before: str = Field(description="greedy reply to the edit prompt on the served model")
+    after: str = Field(description="the same with the edit applied: what /generate would say once it is committed")
+
+
+class EditPreview(BaseModel):
+    """What an edit would do (`dry_run`): nothing is written or applied, no Idempotency-Key is used up."""
+
+    dry_run: Literal[True] = True
+    version: int = Field(description="the log version it was computed on; committed on a later one, it may differ")
+    scores: list[TargetScores] = Field(description="the edit prompts, pre and post, as /edit would report them")
+    probes: list[TargetScores] = Field(description="the probes, in the order sent")
+    replies: list[ReplyPreview] = Field(description="per edit prompt, as a plain prompt")
+    guard: GuardPreview
     rank: int
     bytes: int
     elapsed_ms: float

@@ -2,24 +2,28 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Response
 
 from editor_core import EditRequest
 
 from ..deps import MetricsDep, RuntimeDep
-from ..runtime import EditEntry
+from ..runtime import EditEntry, Runtime
 from ..schemas import (
     EditCreate,
     EditItem,
+    EditPreview,
     EditPublic,
     EditRecord,
     EditsPage,
+    GuardPreview,
+    ReplyPreview,
     RollbackPublic,
     RollbackRequest,
     TargetScores,
 )
 
 router = APIRouter(tags=["edits"])
+REPLY_TOKENS = 24  # of a dry run's replies: enough to read what the model now says, at 48 tokens of generation
 
 # A retry with the key of an earlier request gets that request's outcome and writes nothing: safe to retry after a
 # timeout, when the client cannot know whether its edit was recorded.
@@ -35,18 +39,37 @@ def to_record(e: EditEntry) -> EditRecord:
                       guard=b.get("guard", {}), rollback=e.rollback)  # events from before the guard have none
 
 
-@router.post("/edit", status_code=201)
+def target_scores(items: list[EditItem], pre: list, post: list) -> list[TargetScores]:
+    return [TargetScores(prompt=i.prompt, target=i.target, pre_logprob=a.logprob, pre_exact=a.exact,
+                         post_logprob=b.logprob, post_exact=b.exact) for i, a, b in zip(items, pre, post)]
+
+
+# A dry run answers 200 with another body: returned as a Response, which the 201's response model does not check.
+@router.post("/edit", status_code=201, response_model=EditPublic,
+             responses={200: {"model": EditPreview, "description": "dry_run: what the edit would do; nothing written"}})
 def create_edit(body: EditCreate, runtime: RuntimeDep, metrics: MetricsDep,
-                idempotency_key: IdempotencyKey = None) -> EditPublic:
+                idempotency_key: IdempotencyKey = None) -> EditPublic | Response:
     items = body.items()
+    if body.dry_run:  # writes nothing, so the Idempotency-Key is not used up
+        return Response(preview(items, body.probes or [], runtime).model_dump_json(), media_type="application/json")
     out = runtime.edit([EditRequest(i.prompt, i.target) for i in items], body.author, body.note, body.force,
                        idempotency_key)
     if not out.repeated:
         metrics.edits.inc()
-    scores = [TargetScores(prompt=i.prompt, target=i.target, pre_logprob=a.logprob, pre_exact=a.exact,
-                           post_logprob=b.logprob, post_exact=b.exact) for i, a, b in zip(items, out.pre, out.post)]
-    return EditPublic(edit_id=out.edit_id, version=out.version, scores=scores, rank=out.rank, bytes=out.nbytes,
-                      elapsed_ms=out.elapsed_ms)
+    return EditPublic(edit_id=out.edit_id, version=out.version, scores=target_scores(items, out.pre, out.post),
+                      rank=out.rank, bytes=out.nbytes, elapsed_ms=out.elapsed_ms)
+
+
+def preview(items: list[EditItem], probes: list[EditItem], runtime: Runtime) -> EditPreview:
+    out = runtime.preview([EditRequest(i.prompt, i.target) for i in items],
+                          [EditRequest(p.prompt, p.target) for p in probes], REPLY_TOKENS)
+    n, v = len(items), out.verdict
+    return EditPreview(version=out.version, scores=target_scores(items, out.pre[:n], out.post[:n]),
+                       probes=target_scores(probes, out.pre[n:], out.post[n:]),
+                       replies=[ReplyPreview(prompt=i.prompt, before=a, after=b)
+                                for i, (a, b) in zip(items, out.replies)],
+                       guard=GuardPreview(would_refuse=v.reason is not None, reason=v.reason, **v.measurement),
+                       rank=out.rank, bytes=out.nbytes, elapsed_ms=out.elapsed_ms)
 
 
 @router.post("/rollback")
