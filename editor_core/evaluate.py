@@ -21,7 +21,7 @@ from .data import EditRecord, EditRequest, target_nll, tokenize_edits
 from .delta import LowRankDelta, restore, snapshot
 from .layers import EditedLayer
 from .fluency import Generate, reply_metrics, reply_reference
-from .generation import complete
+from .generation import complete, prompt_ids
 from .scope import CHAT, PLAIN, Scope, forms_of, in_forms
 from .scoring import TargetScore, answer_logits, score_targets
 
@@ -113,12 +113,9 @@ def local_generate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: 
     """`fluency.Generate` in this process, as the service generates: greedy, a chat question in the chat template,
     the scoped edit the question selects acting until its answer is said (`Scope.selecting`)."""
     def gen(prompt: str | None, question: str | None, tokens: int) -> str:
-        if question is None:
-            ids, text, form = tok(prompt)["input_ids"], prompt, PLAIN
-        else:
-            chat = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           tokenize=False)
-            ids, text, form = tok(chat, add_special_tokens=False)["input_ids"], question, CHAT
+        messages = None if question is None else [{"role": "user", "content": question}]
+        text, form = (prompt, PLAIN) if question is None else (question, CHAT)
+        ids = prompt_ids(tok, prompt, messages)
         with scope.selecting(model, tok, text, form) if scope else nullcontext() as observe:
             return complete(model, tok, ids, tokens, observe=observe).text
 

@@ -21,6 +21,19 @@ class Completion:
     finish_reason: str  # "stop" (end of sequence or a stop string) or "length"
 
 
+def chat_text(tok: PreTrainedTokenizerBase, messages: list[dict]) -> str:
+    """A chat request as the model reads it: the messages in its chat template, ready for the assistant's reply."""
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+    """The token ids of a plain prompt, or of chat messages in the chat template (which brings its own special
+    tokens)."""
+    if messages is None:
+        return tok(prompt)["input_ids"]
+    return tok(chat_text(tok, messages), add_special_tokens=False)["input_ids"]
+
+
 def end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     ids = {tokenizer.eos_token_id}
     gen_eos = getattr(model.generation_config, "eos_token_id", None)

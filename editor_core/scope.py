@@ -31,6 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .data import EditRequest
 from .delta import LowRankDelta
 from .fluency import normalized
+from .generation import chat_text
 from .hooks import input_of_block
 from .layers import EditedLayer, find_blocks
 from .scoring import score_targets
@@ -52,9 +53,7 @@ def in_forms(tok: PreTrainedTokenizerBase, requests: list[EditRequest]) -> list[
     for r in requests:
         out.append(r)
         if chat_too:
-            chat = tok.apply_chat_template([{"role": "user", "content": r.prompt}], add_generation_prompt=True,
-                                           tokenize=False)
-            out.append(EditRequest(chat, r.target.strip()))
+            out.append(EditRequest(chat_text(tok, [{"role": "user", "content": r.prompt}]), r.target.strip()))
     return out
 
 
@@ -576,6 +575,7 @@ def fit_scope(model: PreTrainedModel, tok: PreTrainedTokenizerBase, layers: list
         if whiten:
             fit_set = _KeySet.of(scope, model, tok, fit, with_loc=False)
             options += [(ridge, _whitening(scope, fit_set, ridge)) for ridge in WHITENING_RIDGES]
+        chosen_proj = None
         for ridge, proj in options:
             scope.proj = proj
             rates = calibration_rates(scope, cal, cal_set)
@@ -585,10 +585,9 @@ def fit_scope(model: PreTrainedModel, tok: PreTrainedTokenizerBase, layers: list
             row = {"radius": t, "ridge": ridge, "rephrase_hits": hits, "loc_hits": loc_hits,
                    "objective": hits - loc_weight * loc_hits, "rates": rates}
             if block not in report or row["objective"] > report[block]["objective"]:
-                report[block] = row
+                report[block], chosen_proj = row, proj
+        scope.cfg.radius, scope.proj = report[block]["radius"], chosen_proj
         chosen = report[block]
-        scope.cfg.radius = chosen["radius"]
-        scope.proj = None if chosen["ridge"] is None else _whitening(scope, fit_set, chosen["ridge"])
         if best is None or chosen["objective"] > best[0]:
             best = (chosen["objective"], scope)
     return best[1], report

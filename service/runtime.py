@@ -37,7 +37,7 @@ from .errors import (
     NotReady,
     UnknownEdit,
 )
-from editor_core.generation import Completion, complete, stream_tokens
+from editor_core.generation import Completion, complete, prompt_ids, stream_tokens
 from .guard import Verdict
 from .methods import Observe, Served
 from .replica import EditEntry, Replica
@@ -311,13 +311,9 @@ class Runtime(Replica):
         return ids
 
     def prompt_ids(self, prompt: str | None, messages: list[dict] | None) -> list[int]:
-        if messages is None:
-            ids = self.tokenizer(prompt)["input_ids"]
-        elif not self.tokenizer.chat_template:
+        if messages is not None and not self.tokenizer.chat_template:
             raise BadRequest("this model has no chat template: send 'prompt' instead of 'messages'")
-        else:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own
+        ids = prompt_ids(self.tokenizer, prompt, messages)
         if len(ids) > self.settings.max_prompt_tokens:
             raise BadRequest(f"prompt is longer than the limit of {self.settings.max_prompt_tokens} tokens")
         return ids
