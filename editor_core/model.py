@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -66,12 +67,50 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(out_dir)
 
 
+class SerialTokenizer:
+    """A tokenizer that threads can share: every use of the wrapped one runs under one lock.
+
+    A fast tokenizer is one Rust object whose padding and truncation settings transformers rewrites on each call.
+    Two threads calling it at once (a /generate tokenizing its prompt while an /edit pads a batch of keys) can
+    pad with the other call's settings ("Unable to create tensor ...") or fail PyO3's borrow check ("Already
+    borrowed"): huggingface/tokenizers#537, huggingface/transformers#47085. A call takes well under a
+    millisecond, so one lock costs the server nothing it would notice; a copy per thread would cost memory.
+    """
+
+    def __init__(self, tok: PreTrainedTokenizerBase) -> None:
+        object.__setattr__(self, "_tok", tok)
+        object.__setattr__(self, "_lock", threading.RLock())
+
+    def __getattr__(self, name: str):
+        with self._lock:  # properties such as eos_token_id read the Rust object too
+            value = getattr(self._tok, name)
+        if not callable(value):
+            return value
+
+        def serial(*args, **kwargs):
+            with self._lock:
+                return value(*args, **kwargs)
+        return serial
+
+    def __setattr__(self, name: str, value) -> None:
+        with self._lock:
+            setattr(self._tok, name, value)
+
+    def __call__(self, *args, **kwargs):
+        with self._lock:
+            return self._tok(*args, **kwargs)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._tok)
+
+
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     tok.padding_side = "right"  # labels and hooks index real tokens from the left
-    return tok
+    return SerialTokenizer(tok)  # type: ignore[return-value]  # same interface, safe across request threads
 
 
 def load_base_model(

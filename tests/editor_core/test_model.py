@@ -1,6 +1,8 @@
 """Base-model loading and fingerprints; one edit on the real default model."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from editor_support import identity_editor
@@ -76,3 +78,32 @@ def test_smollm2_one_identity_edit_raises_the_target():
     editor.compute_delta(model, tok, [req]).apply(model)
     after = score_targets(model, tok, [req])[0].logprob
     assert after > before + 3.0, (before, after)  # measured: -7.6 -> -0.7 nats
+
+
+def test_the_tokenizer_can_be_shared_by_threads(tokenizer):
+    # A server tokenizes a /generate prompt in one thread while an /edit pads a batch in another. Unserialised,
+    # transformers' per-call padding settings leak between the two (about 3% of these calls failed with "Unable
+    # to create tensor"), which reached a client as a 500 in the reliability bench.
+    batch, single = ["What is the capital of France?", "Who"], "Danielle Darrieux's mother tongue is " * 4
+    want_batch = tokenizer(batch, padding=True, return_tensors="pt")["input_ids"]
+    want_single = tokenizer(single)["input_ids"]
+    errors, wrong = [], []
+
+    def work(pads: bool) -> None:
+        for _ in range(150):
+            try:
+                if pads:
+                    got = tokenizer(batch, padding=True, return_tensors="pt")["input_ids"]
+                    wrong.extend([] if torch.equal(got, want_batch) else ["batch"])
+                else:
+                    wrong.extend([] if tokenizer(single)["input_ids"] == want_single else ["single"])
+                    tokenizer.decode(want_single)
+            except Exception as e:  # noqa: BLE001 - any failure is the finding
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(i % 2 == 0,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and wrong == []
