@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -136,6 +137,16 @@ class LowRankDelta:
         names = sorted({k.rsplit("::", 1)[0] for k in tensors})
         return cls({n: (tensors[f"{n}::left"], tensors[f"{n}::right"]) for n in names},
                    json.loads(meta.get("meta", "{}")), key)
+
+
+class WeightsView:
+    """Named tensors, read as LowRankDelta.updated reads a model: to compute on weights not (yet) written to it."""
+
+    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
+        self.weights = weights
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return iter(self.weights.items())
 
 
 def safetensors_metadata(data: bytes) -> dict[str, str]:

@@ -57,5 +57,39 @@ def rekey_log(old_scope: Path = typer.Option(..., help="folder holding the scope
     typer.echo(f"copied {n} events from {old} to {new}")
 
 
+@app.command("export-edits")
+def export_edits(out: Path = typer.Option(..., help="the folder to write (must not exist)"),
+                 fmt: str = typer.Option("peft", "--format", help="peft: a PEFT LoRA adapter (scoped: one per edit, "
+                                                                   "with their keys); merged: a merged checkpoint "
+                                                                   "(in place only)")) -> None:
+    """Write the edits active in the edit log (the MEND_* settings, as `mend serve` reads them) as a PEFT adapter
+    or a merged safetensors checkpoint, with manifest.json. With the embedded Redis, stop the server first (or use
+    GET /export)."""
+    from .errors import ServiceError
+    from .export import export_edits as export
+    from .runtime import Runtime  # imports torch
+    from .schemas import EXPORT_FORMATS
+
+    if fmt not in EXPORT_FORMATS:
+        typer.echo(f"mend export-edits: --format must be one of {', '.join(EXPORT_FORMATS)}", err=True)
+        raise typer.Exit(2)
+    if out.exists():
+        typer.echo(f"mend export-edits: {out} exists: export into a new folder", err=True)
+        raise typer.Exit(2)
+    try:
+        rt = Runtime.start(Settings(), follow=False)
+    except (RuntimeError, FileNotFoundError, ServiceError) as e:  # Redis unreachable or in use, no editor, mismatch
+        typer.echo(f"mend export-edits: {e}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        manifest = export(rt, fmt, out)
+    except ServiceError as e:  # scoped edits cannot be merged; no edit to export
+        typer.echo(f"mend export-edits: {e.detail}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        rt.close()
+    typer.echo(f"exported {len(manifest['edits'])} active edits at version {manifest['version']} to {out}")
+
+
 if __name__ == "__main__":
     app()

@@ -49,6 +49,18 @@ class NothingToRollBack(ServiceError):
     status, message = 409, "no active edit after that version"
 
 
+class MergedScopedExport(ServiceError):
+    status, message = 409, ("format=merged is refused with MEND_METHOD=scoped: a scoped edit applies only to prompts "
+                            "whose key selects it, at a larger step than an in-place edit, and merged weights would "
+                            "apply every edit to every prompt. Export format=peft instead: one adapter per edit, "
+                            "with the keys and the manifest that say which prompts select it")
+
+
+class NothingToExport(ServiceError):
+    status, message = 409, ("no active edit to export as an adapter: it would change nothing (format=merged gives "
+                            "the base model)")
+
+
 class BadRequest(ServiceError):
     """Input that passes the schema but not the model's limits (token counts, chat template)."""
 

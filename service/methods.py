@@ -7,37 +7,34 @@ only to the forwards of requests that select it (editor_core.scope); the weights
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core import EditRequest, LowRankDelta, MENDEditor, restore, snapshot
+from editor_core.delta import WeightsView
+from editor_core.export import merged, to_peft
 from editor_core.model import DTYPES
-from editor_core.scope import Codebook, Scope, forms_of, in_forms
+from editor_core.scope import PLAIN, Codebook, Scope, forms_of, in_forms
 
 from .canary import CanarySet, load_canaries, shadow_of
+from .errors import MergedScopedExport, NothingToExport
 from .guard import Verdict, check_edit, check_scoped_edit
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+KEYS_FILE = "keys.safetensors"  # of a scoped export: row i is the key of the manifest's adapters[i]
+
 Observe = Callable[[str], bool]  # sees the reply so far; True when the forwards from now on compute something else
-
-
-class WeightsView:
-    """Named tensors, read as LowRankDelta.updated reads a model: to compute on weights not (yet) written to it."""
-
-    def __init__(self, weights: dict[str, torch.Tensor]) -> None:
-        self.weights = weights
-
-    def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return iter(self.weights.items())
 
 
 @dataclass(frozen=True)
@@ -88,6 +85,12 @@ class EditMethod:
 
     def view(self) -> object:
         return None
+
+    def export(self, active: dict[str, LowRankDelta], fmt: str, out: Path, metadata: dict[str, str]) -> dict:
+        """Write these active edits (edit id -> delta, in log order) into the new folder `out` as `fmt` ("peft" or
+        "merged"), `metadata` in each adapter's safetensors header; returns what the manifest says of the files.
+        Reads neither the lock nor the view: the deltas are one version's, and what else it reads never changes."""
+        raise NotImplementedError
 
     def selecting(self, text: str, form: str, view: object) -> contextlib.AbstractContextManager[Observe | None]:
         """The forwards of a generation for this question (`text`, asked in `form`) within this context."""
@@ -165,6 +168,16 @@ class InPlace(EditMethod):
     def agreement(self) -> float | None:
         return None if self.canaries is None else self.canaries.agreement()
 
+    def export(self, active: dict[str, LowRankDelta], fmt: str, out: Path, metadata: dict[str, str]) -> dict:
+        # The served weights are base + the active deltas: one adapter of their sum, or the sum merged into the base.
+        if fmt == "merged":
+            merged(list(active.values()), self.model, out, base=self.base, tokenizer=self.tokenizer)
+            return {"checkpoint": "."}
+        if not active:
+            raise NothingToExport()
+        to_peft(list(active.values()), self.model, out, metadata)
+        return {"adapter": "."}
+
 
 class Scoped(EditMethod):
     name, weights_fixed, checkpoints = "scoped", True, False
@@ -223,6 +236,29 @@ class Scoped(EditMethod):
 
     def state_digest(self, active: dict[str, LowRankDelta]) -> bytes:
         return " ".join(active).encode()  # the weights never change: the state is the set of stored edits
+
+    def export(self, active: dict[str, LowRankDelta], fmt: str, out: Path, metadata: dict[str, str]) -> dict:
+        """One adapter per key row: the piece that a plain prompt selecting that row gets, as it gets it; and the
+        keys, row for row, with the scope that keys prompts. Never merged: merged weights would apply every edit to
+        every prompt."""
+        if fmt == "merged":
+            raise MergedScopedExport()
+        rows, keys = [], []
+        for edit_id, delta in active.items():
+            steps = json.loads(delta.meta.get("scope_scale", "[]"))
+            n_forms = len(json.loads(delta.meta.get("forms", '["plain"]')))
+            for row, pieces in enumerate(Scope.pieces(delta)):
+                path = f"adapters/{edit_id}-{row}"
+                to_peft([pieces[PLAIN]], self.model, out / path,
+                        {**metadata, "mend_edit_id": edit_id, "mend_key_row": str(row)})
+                rows.append({"adapter": path, "edit_id": edit_id, "key_row": row, "keys_index": len(rows),
+                             "step": steps[row * n_forms] if steps else None})
+            keys.append(delta.key.float())
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({"keys": torch.cat(keys) if keys else self.scope.codebook.keys[:0].float()}, out / KEYS_FILE,
+                  metadata={"format": "mend-scope-keys", **metadata})
+        self.scope.save(out / "scope")
+        return {"adapters": rows, "keys": KEYS_FILE, "scope": "scope", "radius": self.scope.cfg.radius}
 
 
 def scoped_fingerprint(editor_fp: str, scope: Scope) -> str:

@@ -21,7 +21,16 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from editor_core import EditRequest, MENDEditor, TargetScore, join, load_base_model, model_fingerprint, score_targets
+from editor_core import (
+    EditRequest,
+    LowRankDelta,
+    MENDEditor,
+    TargetScore,
+    join,
+    load_base_model,
+    model_fingerprint,
+    score_targets,
+)
 from editor_core.scope import CHAT, PLAIN
 
 from .editlog import EDIT, ROLLBACK, Event, LogMoved
@@ -97,6 +106,15 @@ class RollbackOutcome:
     repeated: bool = False
 
 
+@dataclass(frozen=True)
+class ActiveEdits:
+    """The edits active at one version, in log order: what an export writes."""
+
+    version: int
+    entries: list[EditEntry]
+    deltas: dict[str, LowRankDelta]  # edit id -> delta
+
+
 @dataclass
 class Generation:
     """A generation request checked against the model's limits, and what running it reported."""
@@ -139,8 +157,9 @@ class Runtime(Replica):
         self._agreement: tuple[int, float | None] = (-1, None)
 
     @classmethod
-    def start(cls, settings: Settings) -> "Runtime":
-        """Load everything, replay the log, start following it. Any failure stops what was started and raises."""
+    def start(cls, settings: Settings, follow: bool = True) -> "Runtime":
+        """Load everything, replay the log, start following it (unless not `follow`: a command that reads one
+        version). Any failure stops what was started and raises."""
         embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir / "redis").start()
         try:
             if settings.threads:
@@ -155,7 +174,8 @@ class Runtime(Replica):
             if embedded:
                 embedded.stop()
             raise
-        rt.start_following()
+        if follow:
+            rt.start_following()
         return rt
 
     # ---- commands: /edit and /rollback ---------------------------------------------------------------------
@@ -412,6 +432,12 @@ class Runtime(Replica):
             if self._agreement[0] != self.version:
                 self._agreement = (self.version, self.method.agreement())
             return self._agreement[1]
+
+    def active_edits(self) -> ActiveEdits:
+        """The active edits of one whole version: the table, the deltas and the version change together, under the
+        write lock."""
+        with self.rw.read():
+            return ActiveEdits(self.version, [self.edits[i] for i in self.active], dict(self.active))
 
     def entry(self, edit_id: str) -> EditEntry:
         with self.rw.read():  # the table changes under the write lock

@@ -343,6 +343,12 @@ class Ready(BaseModel):
     log_key: str
 
 
+EXPORT_FORMATS = ("peft", "merged")
+ExportFormat = Annotated[Literal[EXPORT_FORMATS], Field(description=(
+    "peft: a PEFT LoRA adapter of the active edits (scoped: one per edit, with the keys that select it); merged: the "
+    "base model with the edits added to its weights (in place only)"))]
+
+
 # ---- OpenAI-compatible (/v1) ---------------------------------------------------------------------------------
 # The fields of OpenAI's completions and chat completions that this server acts on, under /generate's limits; any
 # other field is ignored, as OpenAI-compatible servers do.

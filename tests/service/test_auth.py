@@ -63,6 +63,7 @@ def test_with_a_key_every_route_but_the_probes_and_the_docs_needs_it_and_works_w
              ("POST", "/generate"): {"json": {"prompt": "hi", "max_new_tokens": 2}},
              ("POST", "/score"): {"json": {"items": [EDIT]}},
              ("GET", "/edits"): {}, ("GET", "/edits/{edit_id}"): {}, ("GET", "/metrics"): {},
+             ("GET", "/export"): {"params": {"format": "peft"}},
              ("GET", "/v1/models"): {},
              ("POST", "/v1/completions"): {"json": {"model": model, "prompt": "hi", "max_tokens": 2}},
              ("POST", "/v1/chat/completions"): {"json": {"model": model, "stream": True, "max_tokens": 2,
