@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
+from service.client import MendClient, MendError
 
 log = logging.getLogger("bench")
 
@@ -232,14 +232,14 @@ def launch(p: Profile, data_dir: Path, logfile: Path, **settings: str) -> Server
 def wait_ready(s: Server, timeout: float = 600.0) -> float:
     """Poll /ready until 200; returns seconds since the process was started."""
     deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=s.url, timeout=5.0) as http:
+    with MendClient(s.url, timeout=5.0, retries=0) as mend:  # this loop is the retry
         while time.monotonic() < deadline:
             if s.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {s.proc.returncode}:\n{s.log_text()[-3000:]}")
             try:
-                if http.get("/ready").status_code == 200:
+                if mend.ready().ready:
                     return time.perf_counter() - s.started
-            except httpx.TransportError:
+            except MendError:  # not listening yet, or starting
                 pass
             time.sleep(0.02)  # 20 ms: the resolution of the restart measurement
     stop(s)

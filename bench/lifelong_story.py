@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import httpx
 import typer
 
 from editor_core.data import EditRecord, EditRequest, load_records
@@ -37,6 +36,7 @@ from editor_core.evaluate import (
     record_metrics,
 )
 from service.canary import DEFAULT_CANARIES
+from service.client import MendClient, Rejected
 
 from .common import command_line, make_profile, save, serving, setup_logging
 from .says import before, check
@@ -46,66 +46,58 @@ CURVE = (10, 25, 50, 100, 300, 1000, 3000, 10000)
 PAGE = 64  # the most items one /score takes
 
 
-def score(http: httpx.Client, reqs: list[EditRequest]) -> list[dict]:
-    out = []
-    for i in range(0, len(reqs), PAGE):
-        r = http.post("/score", json={"items": [{"prompt": q.prompt, "target": q.target} for q in reqs[i:i + PAGE]]})
-        r.raise_for_status()
-        out += r.json()["scores"]
-    return out
-
-
-def http_scorer(http: httpx.Client) -> Scorer:
+def http_scorer(mend: MendClient) -> Scorer:
     """editor_core.evaluate's Scorer over POST /score, so `record_metrics` itself computes the story's metrics.
     /score serves no full distributions: no log-probs, hence no `loc_kl`."""
     def run(reqs: list[EditRequest], keep_logp: bool = False) -> list[TargetScore]:
-        return [TargetScore(s["logprob"], s["exact"], tuple(s["argmax_ids"])) for s in score(http, reqs)]
+        pages = [mend.score([{"prompt": q.prompt, "target": q.target} for q in reqs[i:i + PAGE]])
+                 for i in range(0, len(reqs), PAGE)]
+        return [TargetScore(s.logprob, s.exact, tuple(s.argmax_ids)) for page in pages for s in page.scores]
 
     return run
 
 
-def recheck(http: httpx.Client, recs: list[EditRecord], refs: list[list[TargetScore]]) -> dict[str, float]:
-    score_fn = http_scorer(http)
+def recheck(mend: MendClient, recs: list[EditRecord], refs: list[list[TargetScore]]) -> dict[str, float]:
+    score_fn = http_scorer(mend)
     return mean_metrics([record_metrics(score_fn, rec, ref) for rec, ref in zip(recs, refs)])
 
 
-def greedy(http: httpx.Client, prompts: list[str], tokens: int = 4) -> list[str]:
-    return [http.post("/generate", json={"prompt": q, "max_new_tokens": tokens}).json()["text"] for q in prompts]
+def greedy(mend: MendClient, prompts: list[str], tokens: int = 4) -> list[str]:
+    return [mend.generate(q, max_new_tokens=tokens).text for q in prompts]
 
 
-def generated(http: httpx.Client, recs: list[EditRecord], refs: list[dict]) -> dict[str, float]:
+def generated(mend: MendClient, recs: list[EditRecord], refs: list[dict]) -> dict[str, float]:
     """bench/says.py's checks of these edited records, averaged, each key prefixed `says_`."""
-    return {f"says_{k}": v for k, v in mean_metrics([check(http, r, ref) for r, ref in zip(recs, refs)]).items()}
+    return {f"says_{k}": v for k, v in mean_metrics([check(mend, r, ref) for r, ref in zip(recs, refs)]).items()}
 
 
 def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[str], says_n: int = 20) -> dict:
-    with httpx.Client(base_url=url, timeout=600.0) as http:
-        refs = loc_reference(http_scorer(http), records)  # the unedited model's answers
-        says_refs = [before(http, r) for r in records[:says_n]]  # ... and replies
-        canary_before = greedy(http, canaries)
+    with MendClient(url, timeout=600.0) as mend:
+        refs = loc_reference(http_scorer(mend), records)  # the unedited model's answers
+        says_refs = [before(mend, r) for r in records[:says_n]]  # ... and replies
+        canary_before = greedy(mend, canaries)
         done, refused, points, edit_ms = [], 0, [], []
         t0 = time.perf_counter()
         for rec in records:
-            r = http.post("/edit", json={"prompt": rec.edit.prompt, "target": rec.edit.target, "force": force,
-                                         "author": "lifelong-story"})
-            if r.status_code == 422:
+            try:
+                out = mend.edit(rec.edit.prompt, rec.edit.target, force=force, author="lifelong-story")
+            except Rejected as e:
                 refused += 1
-                log.warning("guard refused edit %d: %s", len(done) + refused, r.json().get("detail"))
+                log.warning("guard refused edit %d: %s", len(done) + refused, e.detail)
                 continue
-            r.raise_for_status()
-            edit_ms.append(r.json()["elapsed_ms"])
+            edit_ms.append(out.elapsed_ms)
             done.append(len(done) + refused)
             n = len(done)
             if n in CURVE or n == len(records):
                 idx = done
                 watched = [i for i in done if i < says_n]
-                point = {"edits": n, **generated(http, [records[i] for i in watched], [says_refs[i] for i in watched]),
-                         **recheck(http, [records[i] for i in idx], [refs[i] for i in idx]),
+                point = {"edits": n, **generated(mend, [records[i] for i in watched], [says_refs[i] for i in watched]),
+                         **recheck(mend, [records[i] for i in idx], [refs[i] for i in idx]),
                          "edit_ms_p50_last": statistics.median(edit_ms[-min(len(edit_ms), 50):])}
                 points.append(point)
                 log.info("after %d edits: %s", n, {k: round(v, 3) for k, v in point.items()})
-        metrics = http.get("/metrics").text
-        canary_after = greedy(http, canaries)
+        metrics = mend.metrics()
+        canary_after = greedy(mend, canaries)
     same = sum(a == b for a, b in zip(canary_before, canary_after))
     return {"curve": points, "refused": refused, "wall_s": time.perf_counter() - t0,
             "canaries": {"prompts": len(canaries), "greedy_tokens": 4, "unchanged": same,

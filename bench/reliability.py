@@ -87,6 +87,8 @@ SMOKE = Sizes(cycles=3, redis_kills=1, replica_edits=10, seconds=15.0, clients=1
 
 
 # ---- HTTP ----------------------------------------------------------------------------------------------------
+# Raw httpx here, not service/client.py: the figures are the status of every single try (None when no answer came),
+# and the retries with a key are the experiment itself; the client's own retries would hide both.
 
 def post(http: httpx.Client, path: str, body: dict, key: str | None = None) -> tuple[int | None, dict]:
     """(status, JSON body); status None when no answer came (refused, reset, timed out)."""

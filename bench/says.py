@@ -24,63 +24,63 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import httpx
 import typer
 
 from editor_core.data import EditRecord, load_records
 from editor_core.evaluate import mean_metrics
 from editor_core.fluency import Generate, reply_metrics, reply_reference
+from service.client import MendClient
 
 from .common import command_line, make_profile, save, serving, setup_logging
 
 log = logging.getLogger("bench.says")
-def http_generate(http: httpx.Client) -> Generate:
+
+
+def http_generate(mend: MendClient) -> Generate:
     def gen(prompt: str | None, question: str | None, tokens: int) -> str:
-        body = {"prompt": prompt} if question is None else {"messages": [{"role": "user", "content": question}]}
-        r = http.post("/generate", json={**body, "max_new_tokens": tokens})
-        r.raise_for_status()
-        return r.json()["text"]
+        if question is None:
+            return mend.generate(prompt, max_new_tokens=tokens).text
+        return mend.generate(messages=[{"role": "user", "content": question}], max_new_tokens=tokens).text
 
     return gen
 
 
-def before(http: httpx.Client, rec: EditRecord) -> dict:
-    return reply_reference(http_generate(http), rec)
+def before(mend: MendClient, rec: EditRecord) -> dict:
+    return reply_reference(http_generate(mend), rec)
 
 
-def check(http: httpx.Client, rec: EditRecord, ref: dict, samples: list[dict] | None = None) -> dict:
-    row, long = reply_metrics(http_generate(http), rec, ref)
+def check(mend: MendClient, rec: EditRecord, ref: dict, samples: list[dict] | None = None) -> dict:
+    row, long = reply_metrics(http_generate(mend), rec, ref)
     if samples is not None:  # what the averages hide: the replies themselves
         samples.append({"edit_prompt": rec.edit.prompt, "target": rec.edit.target, "reply": long,
                         "unedited": ref["long"], "answer_in": ref["answer_in"], **row})
     return row
 
 
-def edit(http: httpx.Client, recs: list[EditRecord]) -> tuple[str, float]:
+def edit(mend: MendClient, recs: list[EditRecord]) -> tuple[str, float]:
     items = [{"prompt": r.edit.prompt, "target": r.edit.target} for r in recs]
-    body = items[0] if len(items) == 1 else {"edits": items}
-    r = http.post("/edit", json={**body, "force": True, "author": "bench.says"})
-    r.raise_for_status()
-    return r.json()["edit_id"], r.json()["elapsed_ms"]
+    out = (mend.edit(**items[0], force=True, author="bench.says") if len(items) == 1
+           else mend.edit_batch(items, force=True, author="bench.says"))
+    return out.edit_id, out.elapsed_ms
 
 
 def run(url: str, records: list[EditRecord], sequential: bool, batch: int,
         samples: list[dict] | None = None) -> dict:
     rows, edit_ms = [], []
     t0 = time.perf_counter()
-    with httpx.Client(base_url=url, timeout=600.0) as http:
-        refs = [before(http, r) for r in records]  # all before the first edit: sequential runs need them so
+    with MendClient(url, timeout=600.0) as mend:
+        refs = [before(mend, r) for r in records]  # all before the first edit: sequential runs need them so
         groups = [list(range(i, min(i + batch, len(records)))) for i in range(0, len(records), batch)]
         for n, group in enumerate(groups, 1):
-            eid, ms = edit(http, [records[i] for i in group])
+            eid, ms = edit(mend, [records[i] for i in group])
             edit_ms.append(ms)
             if not sequential:
-                rows += [check(http, records[i], refs[i], samples) for i in group]
-                http.post("/rollback", json={"edit_id": eid}).raise_for_status()
+                rows += [check(mend, records[i], refs[i], samples) for i in group]
+                mend.rollback(eid)
             if n % 10 == 0:
                 log.info("%d/%d edits", n * batch, len(records))
         if sequential:
-            rows = [check(http, rec, ref, samples) for rec, ref in zip(records, refs)]
+            rows = [check(mend, rec, ref, samples) for rec, ref in zip(records, refs)]
     return {"n": len(rows), **mean_metrics(rows), "edit_ms_p50": statistics.median(edit_ms),
             "wall_s": time.perf_counter() - t0}
 

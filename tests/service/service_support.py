@@ -16,6 +16,7 @@ from transformers import LlamaForCausalLM
 from editor_core import MENDEditor, prepare_model
 from editor_core.model import load_tokenizer
 from editor_core.scope import Scope, ScopeConfig
+from service.client import MendClient
 from service.main import create_app
 from service.settings import Settings
 
@@ -85,6 +86,14 @@ def http_serving(settings: Settings) -> Iterator[tuple[FastAPI, str]]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextlib.contextmanager
+def client_serving(settings: Settings, **kw) -> Iterator[tuple[FastAPI, MendClient]]:
+    """The app behind a real uvicorn, spoken to by the project's own client (kw: MendClient's options)."""
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    with http_serving(settings) as (app, url), MendClient(url, api_key=key, **kw) as client:
+        yield app, client
 
 
 def weights_hash(client: TestClient) -> str:

@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from service_support import EDIT, EDIT2, edited_weights, save_editor, serving
+from service_support import EDIT, EDIT2, client_serving, edited_weights, save_editor, serving
+
+from service.client import Rejected
 
 OTHER = {"prompt": "Once upon a time there was", "target": "a dragon"}
 
@@ -39,16 +41,16 @@ def test_a_scoped_edit_acts_on_its_prompt_only_and_never_touches_the_weights(sco
 
 
 def test_rollback_and_restart_of_scoped_edits_are_exact(scoped):
-    with serving(scoped) as client:
-        before = scores(client, EDIT, EDIT2)
-        ids = [client.post("/edit", json=e).json()["edit_id"] for e in (EDIT, EDIT2)]
-        both = scores(client, EDIT, EDIT2)
-        client.post("/rollback", json={"edit_id": ids[0]})
-        one = scores(client, EDIT, EDIT2)
+    with client_serving(scoped) as (_, mend):
+        before = mend.score([EDIT, EDIT2]).scores
+        ids = [mend.edit(**e).edit_id for e in (EDIT, EDIT2)]
+        both = mend.score([EDIT, EDIT2]).scores
+        mend.rollback(ids[0])
+        one = mend.score([EDIT, EDIT2]).scores
         assert one[0] == before[0] and one[1] == both[1]
-    with serving(scoped) as client:
-        assert client.get("/ready").json()["active_edits"] == 1
-        assert scores(client, EDIT, EDIT2) == one
+    with client_serving(scoped) as (_, mend):
+        assert mend.ready().active_edits == 1
+        assert mend.score([EDIT, EDIT2]).scores == one
 
 
 def test_the_scoped_log_is_not_the_in_place_log(scoped, inplace):
@@ -64,15 +66,14 @@ def test_the_guard_refuses_a_scope_that_covers_canaries_unless_forced(scoped, tm
     canaries = tmp_path / "canaries.json"
     canaries.write_text(json.dumps([EDIT["prompt"], "Dogs like to", "The sun rises in the"]))
     cfg = scoped.model_copy(update={"canaries": canaries, "guard_canaries": 3, "guard_max_captured": 0.2})
-    with serving(cfg) as client:
-        r = client.post("/edit", json=EDIT)
-        assert r.status_code == 422 and "covers 1 of 3 canary prompts" in r.json()["detail"]
-        assert client.get("/ready").json()["version"] == 0
-        r = client.post("/edit", json={**EDIT, "force": True})
-        assert r.status_code == 201
-        guard = client.get(f"/edits/{r.json()['edit_id']}").json()["guard"]
-        assert guard == {"canaries": 3, "captured": 1, "max_captured": 0.2, "overridden": True}
-        assert client.post("/edit", json=EDIT2).status_code == 201  # covers none of them
+    with client_serving(cfg) as (_, mend):
+        with pytest.raises(Rejected, match="covers 1 of 3 canary prompts") as refused:
+            mend.edit(**EDIT)
+        assert refused.value.status == 422 and mend.ready().version == 0
+        forced = mend.edit(**EDIT, force=True)
+        assert mend.get_edit(forced.edit_id).guard == {"canaries": 3, "captured": 1, "max_captured": 0.2,
+                                                      "overridden": True}
+        assert mend.edit(**EDIT2).version == 2  # covers none of them
 
 
 def test_scoped_needs_a_fitted_scope(settings, tiny_model_dir: Path, tmp_path: Path):
