@@ -55,7 +55,8 @@ def test_console_paths_that_are_not_its_files_are_not_found(keyed):
 
 
 def test_the_console_files_are_in_the_wheel(tmp_path: Path):
-    # An installed service must serve its console: the files are package data (pyproject.toml), not just in a checkout.
+    # An installed service (the Docker image runs `pip install .`) must serve its console and find the guard's
+    # default canaries: they are package data (pyproject.toml), not just files in a checkout.
     # Built from a copy: pip builds in the source tree, and would leave build/ and *.egg-info in the checkout.
     src = tmp_path / "src"
     for name in ("service", "editor_core"):
@@ -66,6 +67,7 @@ def test_the_console_files_are_in_the_wheel(tmp_path: Path):
     (wheel,) = tmp_path.glob("mend_service-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"service/console/{n}" for n in ("index.html", "console.js", "console.css")} <= names
+    assert "service/canaries.json" in names
 
 
 # ---- the console in a browser
