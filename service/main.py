@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from .deps import refuse_open_network, require_key
 from .errors import install_handlers
 from .metrics import Metrics
-from .routes import edits, export, generate, health, openai
+from .routes import console, edits, export, generate, health, openai
 from .runtime import Runtime
 from .schemas import JOIN_DOC
 from .settings import Settings
@@ -55,8 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics.install(app)
     # With MEND_API_KEY set, every route needs it but the probes orchestrators call without one (/health, /ready)
     # and /metrics, which has its own check (MEND_METRICS_PUBLIC). The key is required per router, not per route,
-    # so a new route is protected unless it is put beside the probes. /docs and /openapi.json hold no data.
+    # so a new route is protected unless it is put beside the probes. /docs, /openapi.json and the console's files
+    # hold no data (the console asks for the key and sends it on its API calls: routes/console.py).
     for module in (edits, export, generate, openai):
         app.include_router(module.router, dependencies=[Depends(require_key)])
     app.include_router(health.router)
+    app.include_router(console.router)
     return app

@@ -445,9 +445,13 @@ class Runtime(Replica):
                 raise UnknownEdit()
             return self.edits[edit_id]
 
-    def list_edits(self, status: str | None, offset: int, limit: int) -> tuple[list[EditEntry], int]:
+    def list_edits(self, status: str | None, author: str | None, newest_first: bool, offset: int,
+                   limit: int) -> tuple[list[EditEntry], int]:
         with self.rw.read():
-            rows = [e for e in self.edits.values() if status is None or e.status == status]
+            rows = [e for e in self.edits.values()
+                    if (status is None or e.status == status) and (author is None or e.body["author"] == author)]
+        if newest_first:
+            rows.reverse()
         return rows[offset: offset + limit], len(rows)
 
     def touch_device(self) -> None:

@@ -83,8 +83,10 @@ def rollback(body: RollbackRequest, runtime: RuntimeDep, metrics: MetricsDep,
 
 @router.get("/edits")
 def list_edits(runtime: RuntimeDep, status: Literal["active", "rolled_back"] | None = None,
+               author: Annotated[str | None, Query(max_length=200, description="exactly this author")] = None,
+               order: Annotated[Literal["oldest", "newest"], Query(description="oldest first is log order")] = "oldest",
                offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> EditsPage:
-    rows, count = runtime.list_edits(status, offset, limit)
+    rows, count = runtime.list_edits(status, author, order == "newest", offset, limit)
     return EditsPage(data=[to_record(e) for e in rows], count=count, offset=offset, limit=limit)
 
 

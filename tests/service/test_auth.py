@@ -24,6 +24,8 @@ OPENAI_UNAUTHORIZED = {"error": {"message": UNAUTHORIZED["detail"], "type": "inv
                                  "code": "invalid_api_key"}}  # the OpenAI-compatible routes answer in OpenAI's shape
 PROBES = {"/health", "/ready"}
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # the API's description, no data
+# The web console's files, no data: the page asks for the key and sends it on its calls (test_console.py)
+CONSOLE = {"/console", "/console/console.js", "/console/console.css"}
 
 
 def served(client) -> list[tuple[str, str]]:
@@ -55,7 +57,7 @@ def keyed(settings):
 
 
 def test_with_a_key_every_route_but_the_probes_and_the_docs_needs_it_and_works_with_it(keyed):
-    assert_only_open(keyed, PROBES | DOCS)
+    assert_only_open(keyed, PROBES | DOCS | CONSOLE)
     assert keyed.app.state.runtime.version == 0  # nothing refused reached the log
 
     edit_id, model = keyed.post("/edit", json=EDIT, headers=GOOD).json()["edit_id"], keyed.app.state.settings.model
@@ -69,7 +71,7 @@ def test_with_a_key_every_route_but_the_probes_and_the_docs_needs_it_and_works_w
              ("POST", "/v1/chat/completions"): {"json": {"model": model, "stream": True, "max_tokens": 2,
                                                          "messages": [{"role": "user", "content": "hi"}]}}}
     for method, path in served(keyed):
-        if path in PROBES | DOCS:
+        if path in PROBES | DOCS | CONSOLE:
             continue
         assert (method, path) in calls, f"{method} {path}: a new route; add a call here"
         r = keyed.request(method, url(path, edit_id), headers=GOOD, **calls[method, path])
@@ -78,7 +80,7 @@ def test_with_a_key_every_route_but_the_probes_and_the_docs_needs_it_and_works_w
 
 def test_metrics_public_opens_metrics_and_nothing_else(settings):
     with serving(settings.model_copy(update={"api_key": SecretStr(KEY), "metrics_public": True})) as client:
-        assert_only_open(client, PROBES | DOCS | {"/metrics"})
+        assert_only_open(client, PROBES | DOCS | CONSOLE | {"/metrics"})
 
 
 def test_blank_key_means_no_auth(monkeypatch, settings):

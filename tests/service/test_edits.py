@@ -88,6 +88,28 @@ def test_edits_are_paged_in_log_order(client):
     assert client.get("/edits", params={"status": "rolled_back"}).json()["count"] == 0
 
 
+def test_edits_filter_by_status_and_author_and_page_newest_first(client):
+    ids = [client.post("/edit", json={**e, "author": a}).json()["edit_id"]
+           for e, a in ((EDIT, "alice"), (EDIT2, "bob"), (EDIT3, "alice"))]
+    client.post("/rollback", json={"edit_id": ids[0], "author": "bob"})
+
+    def listed(**params) -> tuple[list[str], int]:
+        r = client.get("/edits", params=params)
+        assert r.status_code == 200, r.text
+        return [e["edit_id"] for e in r.json()["data"]], r.json()["count"]
+
+    assert listed(author="alice") == ([ids[0], ids[2]], 2)
+    assert listed(author="bob") == ([ids[1]], 1)  # the author of the edit, not of its rollback
+    assert listed(author="alice", status="active") == ([ids[2]], 1)
+    assert listed(author="alice", status="rolled_back") == ([ids[0]], 1)
+    assert listed(author="Alice") == ([], 0) and listed(author="ali") == ([], 0)  # exact match only
+    assert listed(order="newest") == (ids[::-1], 3)
+    assert listed(order="newest", offset=1, limit=1) == ([ids[1]], 3)
+    assert listed(order="newest", author="alice", limit=1) == ([ids[2]], 2)
+    for bad in ({"order": "random"}, {"author": "x" * 201}, {"status": "deleted"}):
+        assert client.get("/edits", params=bad).status_code == 422, bad
+
+
 # Tolerance for "rolling back one edit = replaying the log without it": the two runs add the same float32
 # factors in a different order (A+B+C-B vs A+C), so they differ by rounding only. Weights here are ~0.02 and
 # float32 rounding leaves ~1e-7 (observed 1.2e-7); we allow 1e-6 absolute, far below any delta (~1e-3).
