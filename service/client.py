@@ -161,8 +161,10 @@ class MendClient:
         return RollbackPublic.model_validate(self._write("/rollback", body, idempotency_key))
 
     def list_edits(self, status: Literal["active", "rolled_back"] | None = None, offset: int = 0,
-                   limit: int = 50) -> EditsPage:
-        params = {"offset": offset, "limit": limit, **({"status": status} if status else {})}
+                   limit: int = 50, author: str | None = None,
+                   order: Literal["oldest", "newest"] = "oldest") -> EditsPage:
+        params = {"offset": offset, "limit": limit, "order": order,
+                  **({"status": status} if status else {}), **({"author": author} if author else {})}
         return EditsPage.model_validate(self._request("GET", "/edits", params=params).json())
 
     def get_edit(self, edit_id: str) -> EditRecord:

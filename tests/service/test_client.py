@@ -1,5 +1,5 @@
 """service/client.py against a real server (uvicorn on a loopback port, a real embedded Redis) at the default
-settings (scoped): every method but export (its route lands on its own branch), the errors as the server words them,
+settings (scoped): every method, the errors as the server words them,
 and retries that never apply an edit twice."""
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import json
+import zipfile
 
 import httpx
 import pytest
@@ -224,3 +227,20 @@ def test_the_client_imports_no_torch():
     code = f"import sys, service.client; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_list_filters_and_export(served, tmp_path: Path):
+    _app, mend = served
+    one = mend.edit(**EDIT, author="alice")
+    two = mend.edit(**EDIT2, author="bob")
+    mend.rollback(one.edit_id)
+    assert [r.edit_id for r in mend.list_edits(author="bob").data] == [two.edit_id]
+    assert [r.edit_id for r in mend.list_edits(order="newest").data] == [two.edit_id, one.edit_id]
+    # Scoped (the default): one adapter per active edit and a manifest; merged weights would apply it everywhere.
+    path = mend.export(tmp_path / "edits.zip")
+    with zipfile.ZipFile(path) as z:
+        manifest = json.loads(next(z.read(n) for n in z.namelist() if n.endswith("/manifest.json")))
+    assert manifest["version"] == 3 and [a["edit_id"] for a in manifest["adapters"]] == [two.edit_id]
+    with pytest.raises(Conflict) as refused:
+        mend.export(tmp_path / "merged.zip", "merged")
+    assert "scoped" in refused.value.detail and not list(tmp_path.glob("merged.zip*"))
