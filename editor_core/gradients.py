@@ -36,5 +36,7 @@ def token_factors(
     pos = torch.arange(labelled.shape[1], device=labelled.device)
     keep = (pos[None, :] < last[:, None]) & batch["attention_mask"].bool()
     seq = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep]
-    factors = {l.name: (cap.inputs[l.name][keep].detach().float(), g[keep].float()) for l, g in zip(layers, grads)}
+    # Under a device map each layer's rows stay on its own device; the editor gathers them.
+    factors = {l.name: (cap.inputs[l.name][keep.to(g.device)].detach().float(), g[keep.to(g.device)].float())
+               for l, g in zip(layers, grads)}
     return factors, seq

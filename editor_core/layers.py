@@ -8,6 +8,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from .model import check_on_device
+
 
 @dataclass(frozen=True)
 class EditedLayer:
@@ -74,4 +76,5 @@ def select_layers(model: PreTrainedModel, patterns: list[str] | None = None) -> 
         raise ValueError(f"no parameter matches {unmatched or wanted}; names look like {all_names[-3:]}")
     if any(not n.endswith(".weight") for n in picked):
         raise ValueError(f"only .weight matrices can be edited, got {[n for n in picked if not n.endswith('.weight')]}")
+    check_on_device(model, picked)
     return [_layer_of(model, n[: -len(".weight")], blocks_name) for n in picked]

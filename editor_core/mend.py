@@ -160,9 +160,9 @@ class MENDEditor(nn.Module):
 
     def transform(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> LowRankDelta:
         """Token factors → α-scaled low-rank update; differentiable in the editor's parameters."""
-        out = {}
+        out, home = {}, self.log_alpha.device
         for i, layer in enumerate(self.layers):
-            u, d = factors[layer.name]
+            u, d = (f.to(home) for f in factors[layer.name])  # under a device map each layer's are on its own device
             ut, dt = self.nets[layer.shape_key](u, d, self.mode[layer.name])
             if self.cfg.precond_lambda is not None:
                 ut = ut @ getattr(self, f"precond_{i}").to(ut.dtype)
@@ -186,6 +186,7 @@ class MENDEditor(nn.Module):
         batch = {k: v.to(model.device) for k, v in tokenize_edits(tokenizer, requests, self.cfg.max_length).items()}
         factors, seq = token_factors(model, self.layers, batch)
         delta = self.transform(factors)  # float32: token_factors returns float32 rows whatever the model's dtype
+        seq = seq.to(self.log_alpha.device)
         return [LowRankDelta({n: (a[:, seq == i], b[seq == i]) for n, (a, b) in delta.factors.items()})
                 for i in range(len(requests))]
 

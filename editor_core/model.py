@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import align_module_device
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -114,9 +115,14 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
 
 def load_base_model(
-    name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu"
+    name_or_path: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
+    device_map: str | dict | None = None, max_memory: dict | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM frozen (no parameter requires grad), in eval mode, with a right-padding tokenizer."""
+    """Load a causal LM frozen (no parameter requires grad), in eval mode, with a right-padding tokenizer.
+
+    With `device_map` (and optionally `max_memory`) accelerate places the modules, `device` is unused, and inputs
+    belong on `model.device`, the first module's device: accelerate's hooks carry activations across devices.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     path = resolve_model_path(name_or_path)
@@ -125,10 +131,32 @@ def load_base_model(
     # than a cast, because .to(dtype) would also round the rotary buffers that from_pretrained keeps in float32.
     checkpoint_fp = (model_fingerprint(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
                      if dtype != "float32" else None)  # before the serving copy: one model in memory at a time
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    if device_map is None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], device_map=device_map,
+                                                     max_memory=max_memory)
+        if model.device.type == "meta":
+            raise ValueError(f"the device map offloads the input embedding ({_placement(model)}): requests "
+                             f"need it on a device; give it room there (MEND_MAX_MEMORY) or place it explicitly")
     if checkpoint_fp:
         model.mend_fingerprint = (_weights_hash(model), checkpoint_fp)
-    return prepare_model(model.to(device)), load_tokenizer(path)
+    return prepare_model(model), load_tokenizer(path)
+
+
+def _placement(model: PreTrainedModel) -> str:
+    return str(getattr(model, "hf_device_map", None) or {"": str(model.device)})
+
+
+def check_on_device(model: PreTrainedModel, names: list[str]) -> None:
+    """Refuse parameters that accelerate offloaded (to CPU RAM or disk, left as meta tensors): their hooks reload
+    them from the offloaded copy at every forward, so an edit written into them would silently not stick."""
+    params = dict(model.named_parameters())
+    offloaded = [n for n in names if params[n].device.type == "meta"]
+    if offloaded:
+        raise ValueError(f"the edited layers must be on a device, not offloaded: {offloaded} (device map "
+                         f"{_placement(model)}); give them room on a device (MEND_MAX_MEMORY) or map their blocks "
+                         f"to one (MEND_DEVICE_MAP)")
 
 
 def prepare_model(model: PreTrainedModel) -> PreTrainedModel:
@@ -153,6 +181,11 @@ def model_fingerprint(model: PreTrainedModel) -> str:
 def _weights_hash(model: PreTrainedModel) -> str:
     h = hashlib.sha256(model.config.model_type.encode())
     for name, p in sorted(model.state_dict().items()):
+        if p.device.type == "meta":  # offloaded by accelerate: its hook loads the real weight for a forward
+            module_name, _, leaf = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            with align_module_device(module, torch.device("cpu")):
+                p = getattr(module, leaf)
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
         h.update(p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]

@@ -25,7 +25,8 @@ def rekey_log(settings: Settings, old_scope: Path) -> tuple[str, str, int]:
     already holds events, when the old one holds none, or when the two scopes are the same."""
     embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir / "redis").start()
     try:
-        model, tok = load_base_model(settings.model, settings.dtype, settings.device)
+        model, tok = load_base_model(settings.model, settings.dtype, settings.device, settings.device_map,
+                                     settings.max_memory)
         model_fp = model_fingerprint(model)
         editor = load_editor(settings.editor, model, model_fp)
         new, old = load_scope(settings.editor, editor), load_scope(old_scope, editor)

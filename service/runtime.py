@@ -142,7 +142,10 @@ def load_editor(path: Path, model: PreTrainedModel, model_fp: str) -> MENDEditor
     if not (path / "editor.json").is_file():
         raise FileNotFoundError(f"no trained editor at {path} (editor.json missing): train one with "
                                 f"`mend train` or point MEND_EDITOR at an editor folder")
-    editor = MENDEditor.load(path, model).to(model.device)
+    editor = MENDEditor.load(path, model)
+    # Its networks sit with the first edited layer: under a device map the model's own first device (the embedding's)
+    # is often the fullest, and the deltas move to each edited weight's device when they are applied.
+    editor.to(model.get_parameter(editor.layers[0].name).device)
     if editor.cfg.model_fingerprint and editor.cfg.model_fingerprint != model_fp:
         raise FingerprintMismatch(f"editor {path} was trained for model {editor.cfg.model_fingerprint}, "
                                   f"but the loaded model is {model_fp}: refusing to start")
@@ -164,7 +167,8 @@ class Runtime(Replica):
         try:
             if settings.threads:
                 torch.set_num_threads(settings.threads)
-            model, tokenizer = load_base_model(settings.model, settings.dtype, settings.device)
+            model, tokenizer = load_base_model(settings.model, settings.dtype, settings.device, settings.device_map,
+                                               settings.max_memory)
             model_fp = model_fingerprint(model)  # of the base weights: before any replay
             editor = load_editor(settings.editor, model, model_fp)
             rt = cls(settings, model, tokenizer, editor, model_fp, settings.redis_url or embedded.url)

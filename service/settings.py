@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
+
+import torch
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .canary import DEFAULT_CANARIES
+
+DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 class Settings(BaseSettings):
@@ -21,8 +26,16 @@ class Settings(BaseSettings):
         description="external Redis; unset = start an embedded redis-server under data_dir",
     )
     data_dir: Path = Field(Path("data"), description="embedded Redis data (append-only file)")
-    device: str = "cpu"
+    device: str = Field("cpu", description="where the whole model goes; with MEND_DEVICE_MAP, leave it unset")
     dtype: str = "float32"
+    # Passed to from_pretrained(device_map=...): accelerate places the blocks, across GPUs for a model no one device
+    # holds, and moves activations between them; inputs go where the first module is.
+    device_map: str | dict[str, int | str] | None = Field(None, description=(
+        "'auto', 'balanced', 'balanced_low_0', 'sequential' or a JSON object {module: device}; unset = one device "
+        "(MEND_DEVICE)"))
+    max_memory: dict[str, int | str] | None = Field(None, description="with MEND_DEVICE_MAP: JSON object "
+                                                                      "{device: size}, e.g. {\"0\": \"70GiB\", "
+                                                                      "\"cpu\": \"100GiB\"}")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; unset = torch's default")
     api_key: SecretStr | None = Field(None, description="when set, every route but /health and /ready needs "
                                                         "'Authorization: Bearer <key>'")
@@ -67,6 +80,56 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, v: object) -> object:
         # docker-compose passes `MEND_API_KEY: ${MEND_API_KEY:-}` as an empty string: that means "no key".
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("device_map", mode="before")
+    @classmethod
+    def _device_map(cls, v: object) -> object:
+        if not isinstance(v, str):
+            return v
+        v = v.strip()
+        if v in DEVICE_MAP_NAMES:
+            return v
+        if not v.startswith("{"):
+            raise ValueError(f"MEND_DEVICE_MAP must be one of {', '.join(DEVICE_MAP_NAMES)} or a JSON object "
+                             f"{{module: device}}, got {v!r}")
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"MEND_DEVICE_MAP is not valid JSON ({e}): {v!r}") from None
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _max_memory(cls, v: object) -> object:
+        if not isinstance(v, str):
+            return v
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"MEND_MAX_MEMORY is not valid JSON ({e}): {v!r}") from None
+
+    @field_validator("device_map", mode="after")
+    @classmethod
+    def _map_devices(cls, v: object) -> object:
+        for module, device in (v.items() if isinstance(v, dict) else ()):
+            if device == "disk" or (isinstance(device, int) and device >= 0):
+                continue  # accelerate's names for offloaded to files and for a GPU by index
+            try:
+                torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"MEND_DEVICE_MAP puts {module!r} on {device!r}, which is not a device "
+                                 f"(a GPU index, 'cuda:N', 'cpu', 'disk', ...)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_placement(self) -> Settings:
+        if self.device_map is not None and "device" in self.model_fields_set:
+            raise PydanticCustomError("device_and_map", (
+                "MEND_DEVICE and MEND_DEVICE_MAP both set: with a device map the map places the model; unset "
+                "MEND_DEVICE"), {})
+        if self.max_memory is not None and self.device_map is None:
+            raise PydanticCustomError("max_memory_without_map", (
+                "MEND_MAX_MEMORY only bounds what a device map places: set MEND_DEVICE_MAP (e.g. auto) too"), {})
+        return self
 
     @model_validator(mode="after")
     def _no_open_writes(self) -> Settings:
