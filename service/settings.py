@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import torch
-
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
