@@ -113,3 +113,13 @@ def test_placement_settings_from_the_environment(monkeypatch, value, parsed):
     monkeypatch.setenv("MEND_MAX_MEMORY", '{"0": "70GiB", "cpu": "100GiB"}')
     s = Settings()
     assert s.device_map == parsed and s.max_memory == {"0": "70GiB", "cpu": "100GiB"}
+
+
+def test_a_map_that_offloads_the_input_embedding_is_refused(settings, tiny_model_dir):
+    # Every request's tokens go to model.device, the embedding's: offloaded, that is the meta device.
+    mapped = make_settings(tiny_model_dir, settings.editor, settings.data_dir,
+                           device_map={**ON_CPU, "model.embed_tokens": "disk", "lm_head": "disk"})
+    with pytest.raises(ValueError, match=r"the device map offloads the input embedding \(.*'model\.embed_tokens': "
+                                         r"'disk'"):
+        with serving(mapped):
+            pass
