@@ -8,22 +8,30 @@ maps that offload an edited layer, and the settings' validation. The split acros
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 from pydantic import ValidationError
 from service_support import EDIT, edited_weights, make_settings, serving
+from transformers import AutoModelForCausalLM
 
 from editor_core import load_base_model, model_fingerprint
+from editor_core.model import load_tokenizer
 from service.settings import Settings
 
 # The tiny model's modules (tests/service/conftest.py): three blocks, all three MLPs edited by the tiny editor.
 MODULES = ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.layers.2", "model.norm",
            "model.rotary_emb", "lm_head"]
 ON_CPU = {m: "cpu" for m in MODULES}
-NORM_ON_DISK = {**ON_CPU, "model.norm": "disk"}  # not an edited layer: allowed, and it puts accelerate's hooks on
+# Modules the editor does not edit, one of them inside an edited block, offloaded: allowed, and accelerate's hooks go
+# on every module (an offloaded one's weights are meta tensors, reloaded from the checkpoint at each forward).
+SOME_ON_DISK = {**{m: d for m, d in ON_CPU.items() if m != "model.layers.0"}, "model.layers.0.self_attn": "disk",
+                "model.layers.0.mlp": "cpu", "model.layers.0.input_layernorm": "cpu",
+                "model.layers.0.post_attention_layernorm": "cpu", "model.norm": "disk"}
 
 
 def served(settings: Settings) -> dict:
@@ -43,15 +51,15 @@ def served(settings: Settings) -> dict:
 
 
 @pytest.mark.parametrize("method", ["scoped", "inplace"])
-@pytest.mark.parametrize("device_map", ["auto", json.dumps(NORM_ON_DISK)], ids=["auto", "explicit-json"])
+@pytest.mark.parametrize("device_map", ["auto", json.dumps(SOME_ON_DISK)], ids=["auto", "explicit-json"])
 def test_a_mapped_model_serves_what_the_unmapped_one_does(tiny_model_dir, tiny_editor_dir, tmp_path: Path,
                                                           method, device_map):
     plain = served(make_settings(tiny_model_dir, tiny_editor_dir, tmp_path / "plain", method=method))
     assert plain["after"] != plain["before"]  # the edit shows, so equal replies below say something
     mapped = served(make_settings(tiny_model_dir, tiny_editor_dir, tmp_path / "mapped", method=method,
                                   device_map=device_map))
-    if device_map != "auto":  # accelerate did place it: the norm is offloaded and reloaded at each forward
-        assert mapped["placement"]["model.norm"] == "disk"
+    if device_map != "auto":  # accelerate did place it (an all-CPU "auto" is left unhooked by transformers)
+        assert mapped["placement"] == SOME_ON_DISK
     assert {k: v for k, v in mapped.items() if k != "placement"} == \
         {k: v for k, v in plain.items() if k != "placement"}
 
@@ -59,10 +67,10 @@ def test_a_mapped_model_serves_what_the_unmapped_one_does(tiny_model_dir, tiny_e
 def test_bfloat16_with_a_device_map_starts_with_the_float32_fingerprint(settings, tiny_model_dir):
     fp = model_fingerprint(load_base_model(str(tiny_model_dir))[0])
     mapped = make_settings(tiny_model_dir, settings.editor, settings.data_dir, dtype="bfloat16",
-                           device_map=NORM_ON_DISK)
+                           device_map=SOME_ON_DISK)
     with serving(mapped) as client:
         rt = client.app.state.runtime
-        assert rt.model.dtype == torch.bfloat16 and rt.model_fp == fp and rt.model.hf_device_map["model.norm"] == "disk"
+        assert rt.model.dtype == torch.bfloat16 and rt.model_fp == fp and rt.model.hf_device_map == SOME_ON_DISK
         assert rt.model.get_parameter(rt.layer_names[0]).dtype == torch.bfloat16
         assert client.post("/edit", json=EDIT).status_code == 201
         r = client.post("/generate", json={"prompt": EDIT["prompt"], "max_new_tokens": 4})
@@ -123,3 +131,23 @@ def test_a_map_that_offloads_the_input_embedding_is_refused(settings, tiny_model
                                          r"'disk'"):
         with serving(mapped):
             pass
+
+
+def test_merged_export_of_a_model_with_an_offloaded_module(tiny_model_dir, tiny_editor_dir, tmp_path: Path):
+    # The merged checkpoint must hold the offloaded modules' real weights, not the meta placeholders the model holds.
+    mapped = make_settings(tiny_model_dir, tiny_editor_dir, tmp_path / "data", method="inplace",
+                           device_map=SOME_ON_DISK)
+    tok = load_tokenizer(tiny_model_dir)
+    ids = tok(EDIT["prompt"], return_tensors="pt")["input_ids"]
+    with serving(mapped) as client:
+        assert client.post("/edit", json=EDIT).status_code == 201
+        with torch.no_grad():
+            served = client.app.state.runtime.model(input_ids=ids).logits
+        r = client.get("/export", params={"format": "merged"})
+        assert r.status_code == 200, r.text
+    with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+        z.extractall(tmp_path / "out")
+        (top,) = {n.split("/")[0] for n in z.namelist()}
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / top)
+    with torch.no_grad():
+        assert torch.equal(merged(input_ids=ids).logits, served)
