@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,16 +19,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core import EditRequest, LowRankDelta, MENDEditor, restore, snapshot
 from editor_core.model import DTYPES
-from editor_core.scope import Codebook, Scope, forms_of, in_forms
+from editor_core.scope import Choice, Codebook, Scope, forms_of, in_forms
 
 from .canary import CanarySet, load_canaries, shadow_of
 from .guard import Verdict, check_edit, check_scoped_edit
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-Observe = Callable[[str], bool]  # sees the reply so far; True when the forwards from now on compute something else
-
 
 class WeightsView:
     """Named tensors, read as LowRankDelta.updated reads a model: to compute on weights not (yet) written to it."""
@@ -56,6 +53,7 @@ class EditMethod:
     # True when applying an event never writes the weights: generation then needs no lock (it reads `view()`).
     weights_fixed: bool
     checkpoints: bool  # whether the edited weights are worth storing (a restart restores them)
+    scope: Scope | None = None  # what adds each generation's own edit to a batch's forwards (scoped), if anything
 
     def __init__(self, settings: Settings, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  editor: MENDEditor) -> None:
@@ -89,9 +87,9 @@ class EditMethod:
     def view(self) -> object:
         return None
 
-    def selecting(self, text: str, form: str, view: object) -> contextlib.AbstractContextManager[Observe | None]:
-        """The forwards of a generation for this question (`text`, asked in `form`) within this context."""
-        return contextlib.nullcontext()
+    def choose(self, asks: list[tuple[str, str]], view: object) -> list[Choice | None]:
+        """Per generation, its question (text, form): the edit of `view` acting on its forwards, or None."""
+        return [None] * len(asks)
 
     def scoring(self, prompts: list[str], view: object) -> contextlib.AbstractContextManager:
         """The forwards of teacher-forced scoring of these prompts within this context."""
@@ -207,8 +205,8 @@ class Scoped(EditMethod):
     def view(self) -> Codebook:
         return self.scope.codebook
 
-    def selecting(self, text: str, form: str, view: Codebook) -> contextlib.AbstractContextManager[Observe | None]:
-        return self.scope.selecting(self.model, self.tokenizer, text, form, view)
+    def choose(self, asks: list[tuple[str, str]], view: Codebook) -> list[Choice | None]:
+        return self.scope.choose(self.model, self.tokenizer, asks, view)
 
     def scoring(self, prompts: list[str], view: Codebook) -> contextlib.AbstractContextManager:
         return self.scope.applying_to(self.model, self.tokenizer, prompts, book=view)
