@@ -24,7 +24,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from . import generation
 from .generation import Completion, cut_at_stop, end_token_ids, settled
-from .scope import Choice, RowDeltas, Scope
+from .scope import Ask, Choice, RowDeltas, Scope
 
 
 @dataclass(eq=False)
@@ -38,7 +38,8 @@ class Row:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
-    edit: Choice | None = None  # acting until its selection releases it
+    ask: Ask | None = None  # what selects its scoped edit, at its first prefill
+    edit: Choice | None = field(default=None, init=False)  # the edit selected; it acts until it is released
     new: list[int] = field(default_factory=list, init=False)
     text: str = field(default="", init=False)
     done: Completion | None = field(default=None, init=False)
@@ -111,8 +112,13 @@ class Batch:
         again without the edit if that token released it."""
         while True:
             ids = torch.tensor([row.ids + row.new], device=self.model.device)
-            with self._acting([row]):
-                out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            if row.ask is not None and self.scope is not None:  # its first prefill selects its edit
+                with self.scope.choosing(self.model, self.tokenizer, row.ask, row.ids) as chosen:
+                    out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                row.edit, row.ask = chosen.choice, None
+            else:
+                with self._acting([row]):
+                    out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
             if not self._advance(row, out.logits[0, -1].float().cpu()):
                 break
         if row.done is None:
@@ -128,8 +134,6 @@ class Batch:
         row.new.append(tok)
         text = row.text = self.tokenizer.decode(row.new, skip_special_tokens=True)
         released = row.edit is not None and row.edit.selection.observe(text)
-        if released:
-            row.edit = None
         cut = cut_at_stop(text, row.stop)
         if cut is not None:
             self._finish(row, cut, "stop")
@@ -154,9 +158,9 @@ class Batch:
         if self.scope is None:
             return contextlib.nullcontext()
         if rows != self.rows:
-            return self.scope.acting(self.scope.stacked([r.edit.piece if r.edit else None for r in rows]))
+            return self.scope.acting(self.scope.stacked([_acting_piece(r) for r in rows]))
         if self._stale:
-            self._deltas, self._stale = self.scope.stacked([r.edit.piece if r.edit else None for r in rows]), False
+            self._deltas, self._stale = self.scope.stacked([_acting_piece(r) for r in rows]), False
         return self.scope.acting(self._deltas)
 
     # ---- the batch's cache ---------------------------------------------------------------------------------
@@ -195,6 +199,10 @@ class Batch:
         self._mask = mask[:, start:]
 
 
+def _acting_piece(row: Row):
+    return row.edit.piece if row.edit is not None and not row.edit.selection.released else None
+
+
 def _pad_left(kv: torch.Tensor, n: int) -> torch.Tensor:
     """(B, heads, L, d) -> (B, heads, n + L, d), zeros before."""
     return F.pad(kv, (0, 0, n, 0)) if n else kv
@@ -202,12 +210,12 @@ def _pad_left(kv: torch.Tensor, n: int) -> torch.Tensor:
 
 def stream_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, input_ids: list[int],
                   max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                  stop: list[str] | None = None, edit: Choice | None = None,
+                  stop: list[str] | None = None, ask: Ask | None = None,
                   scope: Scope | None = None) -> Generator[str, None, Completion]:
     """One request decoded alone (a batch of one): yields pieces of its text, each as soon as no later token can
     change it or make it part of a stop string, and returns the Completion, whose text the pieces add up to.
-    `edit` (selected with `scope.choose`) acts on its forwards until its selection releases it."""
-    row = Row(input_ids, max_new_tokens, temperature, top_p, seed, stop or [], edit)
+    The scoped edit `ask` selects in `scope` acts on its forwards until its answer is said."""
+    row = Row(input_ids, max_new_tokens, temperature, top_p, seed, stop or [], ask)
     batch = Batch(model, tokenizer, scope)
     batch.join(row)
     while True:
@@ -219,9 +227,9 @@ def stream_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, in
 
 def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, input_ids: list[int], max_new_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
-             edit: Choice | None = None, scope: Scope | None = None) -> Completion:
+             ask: Ask | None = None, scope: Scope | None = None) -> Completion:
     """The whole reply at once: `stream_tokens`, run to its end."""
-    tokens = stream_tokens(model, tokenizer, input_ids, max_new_tokens, temperature, top_p, seed, stop, edit, scope)
+    tokens = stream_tokens(model, tokenizer, input_ids, max_new_tokens, temperature, top_p, seed, stop, ask, scope)
     while True:
         try:
             next(tokens)

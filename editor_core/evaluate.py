@@ -23,7 +23,7 @@ from .layers import EditedLayer
 from .fluency import Generate, reply_metrics, reply_reference
 from .batching import complete
 from .generation import prompt_ids
-from .scope import CHAT, PLAIN, Scope, forms_of, in_forms
+from .scope import CHAT, PLAIN, Ask, Scope, forms_of, in_forms
 from .scoring import TargetScore, answer_logits, score_targets
 
 # Scoring is not bound by the editor's 64-token window: a long locality answer is scored after its whole prompt
@@ -116,8 +116,8 @@ def local_generate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: 
     def gen(prompt: str | None, question: str | None, tokens: int) -> str:
         messages = None if question is None else [{"role": "user", "content": question}]
         text, form = (prompt, PLAIN) if question is None else (question, CHAT)
-        edit = scope.choose(model, tok, [(text, form)])[0] if scope else None
-        return complete(model, tok, prompt_ids(tok, prompt, messages), tokens, edit=edit, scope=scope).text
+        ask = Ask(text, form, scope.codebook) if scope else None
+        return complete(model, tok, prompt_ids(tok, prompt, messages), tokens, ask=ask, scope=scope).text
 
     return gen
 

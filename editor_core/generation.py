@@ -47,12 +47,20 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Gene
     # float64 and the max subtracted: no overflow to inf/NaN at any temperature > 0, however small
     probs = torch.softmax((logits.double() - logits.max()) / temperature, -1)
     if top_p >= 1:
-        return int(torch.multinomial(probs, 1, generator=gen))
+        return draw(probs, gen)
     sorted_p, order = _head(probs, top_p)
     keep = (sorted_p.cumsum(0) - sorted_p) < top_p  # the token that crosses top_p stays in
     keep[0] = True  # and the most likely one always does, even for a top_p that rounds to 0
-    sorted_p = sorted_p * keep
-    return int(order[torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)])
+    return int(order[draw(sorted_p * keep, gen)])
+
+
+def draw(weights: torch.Tensor, gen: torch.Generator) -> int:
+    """An index drawn with probability proportional to `weights` (>= 0, not all 0), from one uniform of `gen`:
+    the inverse of the cumulative sum. torch.multinomial took 0.9 ms a call on 49k float64 weights here, 8% of a
+    decoding step of 8 rows."""
+    cdf = weights.cumsum(0)
+    u = torch.rand((), generator=gen, dtype=cdf.dtype) * cdf[-1]
+    return int(torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1))
 
 
 NUCLEUS_GUESS = 256  # most nuclei are far smaller than the vocabulary: sorting 49k probabilities cost 7 ms a token

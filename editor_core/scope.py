@@ -127,6 +127,23 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class Ask:
+    """What a generation selects its scoped edit by: its question, the form it is asked in (PLAIN or CHAT), and the
+    codebook it reads, taken once for its whole life."""
+
+    text: str
+    form: str
+    book: Codebook
+
+
+@dataclass
+class Chosen:
+    """What `Scope.choosing` selected, once the forward has run."""
+
+    choice: Choice | None = None
+
+
+@dataclass(frozen=True)
 class RowDeltas:
     """The deltas of a batch's rows, stacked for one batched product per edited layer: by layer name, the rows that
     carry a delta for it, and their factors as down (n, in, R) and up (n, R, out) in the orientation of the layer's
@@ -226,6 +243,9 @@ class Scope:
         with self.off():
             hidden = input_of_block(model, blocks[self.cfg.key_block + 1], input_ids=input_ids.to(model.device),
                                     attention_mask=attention_mask.to(model.device))
+        return self._pool(hidden, attention_mask)
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.to(hidden.device).float()
         lengths = mask.sum(1, keepdim=True)
         if self.cfg.window:
@@ -409,11 +429,20 @@ class Scope:
     # ---- applying ------------------------------------------------------------------------------------------
 
     def attach(self, model: PreTrainedModel) -> None:
-        """Hooks on the edited modules that add each row's selected delta; they do nothing unless a thread
-        opened `applying`."""
+        """Hooks on the edited modules that add each row's selected delta, and on the block after the key block
+        that keys a prompt on its way (`choosing`); they do nothing unless a thread opened `acting`, `applying`
+        or `choosing`."""
         for layer in self.layers:
             mod = model.get_submodule(layer.module)
             self._handles.append(mod.register_forward_hook(self._hook(layer)))
+        _, blocks = find_blocks(model)
+        self._handles.append(blocks[self.cfg.key_block + 1].register_forward_pre_hook(self._keying, with_kwargs=True))
+
+    def _keying(self, _mod, args, kwargs) -> None:
+        keying = getattr(self._local, "keying", None)
+        if keying is not None:
+            self._local.keying = None  # the prompt's own prefill only
+            keying(args[0] if args else kwargs["hidden_states"])
 
     def detach(self) -> None:
         for h in self._handles:
@@ -477,22 +506,63 @@ class Scope:
     def choose(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, asks: list[tuple[str, str]],
                book: Codebook | None = None) -> list[Choice | None]:
         """Per generation request, its question `text` asked in `form` (PLAIN or CHAT): the edit of `book`
-        (default: the current codebook) that the question selects, with its piece for that form and a selection
-        that releases it once its answer is said or has gone wrong (the targets' token counts tell when); None
-        when it selects nothing. Each question is keyed alone, as it would be in a request of its own."""
+        (default: the current codebook) that the question selects (`_choice`), or None. Each question is keyed
+        alone, as in a request of its own."""
         book = book or self.codebook
-        out: list[Choice | None] = [None] * len(asks)
-        for i, (text, form) in enumerate(asks):
-            if not book.owner or not text.strip():
-                continue
-            r = book.nearest(self.request_keys(model, tok, [text], book), self.cfg.radius)[0]
-            if r is None:
-                continue
-            target = book.row_targets[r]
-            length = None if target is None else len(tok(" " + target.strip(), add_special_tokens=False)["input_ids"])
-            out[i] = Choice(book.row_pieces[r].get(form, book.row_pieces[r][PLAIN]),
-                            Selection([book.owner[r]], [target], [length]))
-        return out
+        return [self._choice(tok, Ask(text, form, book), self.request_keys(model, tok, [text], book)[0])
+                if book.owner and text.strip() else None for text, form in asks]
+
+    def _choice(self, tok: PreTrainedTokenizerBase, ask: Ask, key: torch.Tensor) -> Choice | None:
+        """The edit the request key `key` selects in the ask's codebook, its piece for the ask's form, and a
+        selection that releases it once its answer is said or has gone wrong (the target's token count tells
+        when)."""
+        book = ask.book
+        r = book.nearest(key[None], self.cfg.radius)[0]
+        if r is None:
+            return None
+        target = book.row_targets[r]
+        length = None if target is None else len(tok(" " + target.strip(), add_special_tokens=False)["input_ids"])
+        return Choice(book.row_pieces[r].get(ask.form, book.row_pieces[r][PLAIN]),
+                      Selection([book.owner[r]], [target], [length]))
+
+    def keyed_on_the_way(self, tok: PreTrainedTokenizerBase, ask: Ask, ids: list[int]) -> bool:
+        """Whether the prefill of prompt `ids` computes the ask's request key on its way: the prompt is the plain
+        question itself, of one sentence (no suffix candidates), and every edited layer lies above the key block,
+        so no edit changes what the key is pooled from."""
+        return (ask.form == PLAIN and sentence_suffixes(ask.text) == [ask.text]
+                and self.cfg.key_block < min(layer.block for layer in self.layers)
+                and tok(ask.text)["input_ids"] == ids)
+
+    @contextlib.contextmanager
+    def choosing(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, ask: Ask, ids: list[int]):
+        """For the prefill of a generation's prompt `ids` (one row) in this thread: the edit the ask selects acts
+        on that forward, and is on the yielded `Chosen` afterwards. When the prefill keys the prompt on its way
+        (`keyed_on_the_way`), the key is pooled there, at the input of block key_block + 1, and the edit chosen
+        before the edited blocks run: one forward, where keying first costs another third of one. Otherwise the
+        key comes first (`choose`)."""
+        chosen = Chosen()
+        if not ask.book.owner or not ask.text.strip():
+            yield chosen
+            return
+        if not self.keyed_on_the_way(tok, ask, ids):
+            chosen.choice = self.choose(model, tok, [(ask.text, ask.form)], ask.book)[0]
+            with self.acting(self.stacked([chosen.choice and chosen.choice.piece])):
+                yield chosen
+            return
+
+        def keying(hidden: torch.Tensor) -> None:
+            key = self._unit(self._pool(hidden, torch.ones(hidden.shape[:2], dtype=torch.long)))[0]
+            chosen.choice = self._choice(tok, ask, key)
+            self._local.rows = self.stacked([chosen.choice and chosen.choice.piece])
+
+        with self.acting(None):
+            self._local.keying = keying
+            try:
+                yield chosen
+            finally:
+                missed, self._local.keying = self._local.keying is not None, None
+        if missed:
+            raise RuntimeError("the prefill never reached the key block: are the scope's hooks attached?")
 
     def applying_to(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
                     form: str = PLAIN, book: Codebook | None = None):

@@ -144,21 +144,15 @@ class Batcher:
             joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
         joining = [t for t in joining if not t.cancelled]
         state = self.rt.published  # one whole version: under the read lock in place, one read when scoped
-        try:
-            choices = self.rt.method.choose([(t.g.text, t.g.form) for t in joining], state.view)
-        except Exception as e:
-            log.exception("selecting the scoped edits of %d requests failed", len(joining))
-            for t in joining:
-                t._fail(e)
-            return
-        for t, choice in zip(joining, choices):
+        for t in joining:
             g = t.g
             g.version = state.version
-            t.row = Row(g.ids, g.max_new_tokens, g.temperature, g.top_p, g.seed, g.stop, choice)
+            t.row = Row(g.ids, g.max_new_tokens, g.temperature, g.top_p, g.seed, g.stop,
+                        self.rt.method.ask(g.text, g.form, state.view))
             t.row.cancelled = t.cancelled  # a cancel that came while the row was being made
             t._joined.set()
             try:
-                self._batch.join(t.row)  # its prefill: the batch's rows wait for it, once
+                self._batch.join(t.row)  # its prefill (which selects its edit): the batch's rows wait for it, once
             except Exception as e:
                 log.exception("a generation failed at its prefill")
                 t._fail(e)

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core import EditRequest, LowRankDelta, MENDEditor, restore, snapshot
 from editor_core.model import DTYPES
-from editor_core.scope import Choice, Codebook, Scope, forms_of, in_forms
+from editor_core.scope import Ask, Codebook, Scope, forms_of, in_forms
 
 from .canary import CanarySet, load_canaries, shadow_of
 from .guard import Verdict, check_edit, check_scoped_edit
@@ -87,9 +87,10 @@ class EditMethod:
     def view(self) -> object:
         return None
 
-    def choose(self, asks: list[tuple[str, str]], view: object) -> list[Choice | None]:
-        """Per generation, its question (text, form): the edit of `view` acting on its forwards, or None."""
-        return [None] * len(asks)
+    def ask(self, text: str, form: str, view: object) -> Ask | None:
+        """What a generation of this question (`text`, asked in `form`) selects its own edit by, in `view`; None
+        when a method has no per-request edits."""
+        return None
 
     def scoring(self, prompts: list[str], view: object) -> contextlib.AbstractContextManager:
         """The forwards of teacher-forced scoring of these prompts within this context."""
@@ -205,8 +206,8 @@ class Scoped(EditMethod):
     def view(self) -> Codebook:
         return self.scope.codebook
 
-    def choose(self, asks: list[tuple[str, str]], view: Codebook) -> list[Choice | None]:
-        return self.scope.choose(self.model, self.tokenizer, asks, view)
+    def ask(self, text: str, form: str, view: Codebook) -> Ask:
+        return Ask(text, form, view)
 
     def scoring(self, prompts: list[str], view: Codebook) -> contextlib.AbstractContextManager:
         return self.scope.applying_to(self.model, self.tokenizer, prompts, book=view)

@@ -246,8 +246,8 @@ class Runtime(Replica):
 
     def _reply(self, on: Served, g: Generation) -> str:
         # Decoded here, alone: a candidate's weights (in place) are not the batch's.
-        edit = self.method.choose([(g.text, g.form)], on.view)[0]
-        return complete(on.model, self.tokenizer, g.ids, g.max_new_tokens, edit=edit, scope=self.method.scope).text
+        return complete(on.model, self.tokenizer, g.ids, g.max_new_tokens, ask=self.method.ask(g.text, g.form, on.view),
+                        scope=self.method.scope).text
 
     def _write(self, make_event: Callable[[], Event], key: str | None, digest: str) -> tuple[dict, int, bool]:
         """(body, version, repeated) of the event of this request: `make_event` computed on the newest state and

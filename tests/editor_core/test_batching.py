@@ -6,7 +6,7 @@ import torch
 
 from editor_core import EditRequest, MENDEditor
 from editor_core.batching import Batch, Row, complete, stream_tokens
-from editor_core.scope import PLAIN, Scope, ScopeConfig
+from editor_core.scope import CHAT, PLAIN, Ask, Scope, ScopeConfig
 
 # Different lengths, so that the batch pads; the first two are edited below.
 PROMPTS = ["The capital of France is", "Who wrote the novel Dracula? The answer is", "Hi",
@@ -35,9 +35,9 @@ def run(batch: Batch, joins: dict[int, list[Row]]) -> dict[int, list[str]]:
     return pieces
 
 
-def alone(model, tok, row: Row, scope: Scope | None = None) -> tuple[list[int], str]:
-    """The row's tokens and text decoded in a batch of its own."""
-    twin = Row(row.ids, row.max_new_tokens, row.temperature, row.top_p, row.seed, row.stop, row.edit)
+def alone(model, tok, row: Row, scope: Scope | None = None, ask: Ask | None = None) -> tuple[list[int], str]:
+    """The tokens and text of a row like `row` (made before it ran), decoded in a batch of its own."""
+    twin = Row(row.ids, row.max_new_tokens, row.temperature, row.top_p, row.seed, row.stop, ask)
     batch = Batch(model, tok, scope)
     batch.join(twin)
     while twin.done is None:
@@ -92,22 +92,44 @@ def test_stop_strings_end_their_own_row_only(model, tokenizer):
 
 
 def test_each_row_carries_its_own_scoped_edit_until_it_is_released(model, tokenizer, scope):
-    choices = scope.choose(model, tokenizer, [(p, PLAIN) for p in PROMPTS])
-    assert [c and c.selection.edit_ids for c in choices] == [["e0"], ["e1"], None, None]
-    rows = [Row(ids(tokenizer, p), 10, edit=c) for p, c in zip(PROMPTS, choices)]
-    singles = [alone(model, tokenizer, Row(r.ids, 10, edit=c), scope) for r, c in
-               zip(rows, scope.choose(model, tokenizer, [(p, PLAIN) for p in PROMPTS]))]
+    asks = [Ask(p, PLAIN, scope.codebook) for p in PROMPTS]
+    rows = [Row(ids(tokenizer, p), 10, ask=a) for p, a in zip(PROMPTS, asks)]
+    singles = [alone(model, tokenizer, r, scope, a) for r, a in zip(rows, asks)]
     run(Batch(model, tokenizer, scope), {0: rows[2:3], 1: rows[:1], 2: rows[1:2] + rows[3:]})
     for r, (new, text) in zip(rows, singles):
         assert r.new == new and r.done.text == text
     for r, e in zip(rows[:2], EDITS):
-        assert r.done.text.startswith(" " + e.target) and r.edit is None  # said, and released
+        assert r.done.text.startswith(" " + e.target) and r.edit.selection.released  # said, and released
         said = len(tokenizer(" " + e.target, add_special_tokens=False)["input_ids"])
         # after the release the row is the unedited model continuing the text so far
         rest = complete(model, tokenizer, r.ids + r.new[:said], 10 - said)
         assert r.done.text == tokenizer.decode(r.new[:said]) + rest.text
+    assert [r.edit and r.edit.selection.edit_ids for r in rows] == [["e0"], ["e1"], None, None]
     unedited = complete(model, tokenizer, rows[0].ids, 10)
     assert not unedited.text.startswith(" " + EDITS[0].target)  # the edit is what said it
+
+
+def test_a_prompt_keyed_on_its_way_selects_and_says_what_keying_it_first_does(model, tokenizer, scope):
+    """A plain one-sentence prompt is keyed inside its own prefill (at the key block, below every edited layer):
+    the same edit, and the same logits, as keying it first and then running the prefill with that edit."""
+    for p in PROMPTS:
+        ask, prompt = Ask(p, PLAIN, scope.codebook), ids(tokenizer, p)
+        assert scope.keyed_on_the_way(tokenizer, ask, prompt) == ("?" not in p)  # one sentence, or two
+        first = scope.choose(model, tokenizer, [(p, PLAIN)])[0]
+        with torch.no_grad(), scope.acting(scope.stacked([first and first.piece])):
+            expected = model(input_ids=torch.tensor([prompt])).logits
+        with torch.no_grad(), scope.choosing(model, tokenizer, ask, prompt) as chosen:
+            fused = model(input_ids=torch.tensor([prompt])).logits
+        assert (chosen.choice and chosen.choice.selection.edit_ids) == (first and first.selection.edit_ids)
+        assert torch.allclose(fused, expected, atol=1e-5)
+    # a chat prompt or one of several sentences is keyed first, as a request of its own
+    two = "It is a long story. " + PROMPTS[0]
+    for ask, prompt in ((Ask(PROMPTS[0], CHAT, scope.codebook), ids(tokenizer, "User: " + PROMPTS[0])),
+                        (Ask(two, PLAIN, scope.codebook), ids(tokenizer, two))):
+        assert not scope.keyed_on_the_way(tokenizer, ask, prompt)
+        with torch.no_grad(), scope.choosing(model, tokenizer, ask, prompt) as chosen:
+            model(input_ids=torch.tensor([prompt]))
+        assert chosen.choice.selection.edit_ids == ["e0"]  # the question, found after a preamble or in chat form
 
 
 def test_a_cancelled_row_leaves_and_the_others_go_on(model, tokenizer):
