@@ -136,13 +136,6 @@ class Ask:
     book: Codebook
 
 
-@dataclass
-class Chosen:
-    """What `Scope.choosing` selected, once the forward has run."""
-
-    choice: Choice | None = None
-
-
 @dataclass(frozen=True)
 class RowDeltas:
     """The deltas of a batch's rows, stacked for one batched product per edited layer: by layer name, the rows that
@@ -246,14 +239,15 @@ class Scope:
         return self._pool(hidden, attention_mask)
 
     def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, d) mean of `hidden` over each prompt's real tokens (padded on either side), its last `window`."""
         mask = attention_mask.to(hidden.device).float()
         lengths = mask.sum(1, keepdim=True)
+        rank = mask.cumsum(1) - 1  # a real token's place in its prompt
         if self.cfg.window:
-            pos = torch.arange(mask.shape[1], device=mask.device)[None, :]
-            mask = mask * (pos >= lengths - self.cfg.window)
+            mask = mask * (rank >= lengths - self.cfg.window)
         # The first token is an attention sink whose hidden state is orders of magnitude larger than the rest:
         # left in, it dominates every mean and all keys look alike. Kept only for one-token prompts.
-        mask[:, 0] = mask[:, 0] * (lengths[:, 0] <= 1)
+        mask = mask * ((rank != 0) | (lengths <= 1))
         return ((hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).cpu()
 
     def _pooled_prompts(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
@@ -534,29 +528,29 @@ class Scope:
                 and tok(ask.text)["input_ids"] == ids)
 
     @contextlib.contextmanager
-    def choosing(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, ask: Ask, ids: list[int]):
-        """For the prefill of a generation's prompt `ids` (one row) in this thread: the edit the ask selects acts
-        on that forward, and is on the yielded `Chosen` afterwards. When the prefill keys the prompt on its way
-        (`keyed_on_the_way`), the key is pooled there, at the input of block key_block + 1, and the edit chosen
-        before the edited blocks run: one forward, where keying first costs another third of one. Otherwise the
-        key comes first (`choose`)."""
-        chosen = Chosen()
-        if not ask.book.owner or not ask.text.strip():
-            yield chosen
-            return
-        if not self.keyed_on_the_way(tok, ask, ids):
-            chosen.choice = self.choose(model, tok, [(ask.text, ask.form)], ask.book)[0]
-            with self.acting(self.stacked([chosen.choice and chosen.choice.piece])):
-                yield chosen
-            return
+    def choosing(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, asks: list[Ask | None],
+                 contexts: list[list[int]], mask: torch.Tensor):
+        """For one prefill in this thread of a batch of generations, left-padded (`mask`), row b the tokens
+        contexts[b] of a request that selects its edit by asks[b] (None: nothing to select): the edit each ask
+        selects acts on that forward, and the yielded list holds each row's `Choice` (or None) after it. A prompt
+        that is its own plain question (`keyed_on_the_way`) is keyed inside the prefill, at the input of block
+        key_block + 1, before any edited block runs: no forward of its own, where keying first costs a third of
+        one. The other asks are keyed first (`choose`)."""
+        chosen: list[Choice | None] = [None] * len(asks)
+        live = [b for b, a in enumerate(asks) if a is not None and a.book.owner and a.text.strip()]
+        on_the_way = [b for b in live if self.keyed_on_the_way(tok, asks[b], contexts[b])]
+        for b in live:
+            if b not in on_the_way:
+                chosen[b] = self.choose(model, tok, [(asks[b].text, asks[b].form)], asks[b].book)[0]
 
         def keying(hidden: torch.Tensor) -> None:
-            key = self._unit(self._pool(hidden, torch.ones(hidden.shape[:2], dtype=torch.long)))[0]
-            chosen.choice = self._choice(tok, ask, key)
-            self._local.rows = self.stacked([chosen.choice and chosen.choice.piece])
+            keys = self._unit(self._pool(hidden, mask))
+            for b in on_the_way:
+                chosen[b] = self._choice(tok, asks[b], keys[b])
+            self._local.rows = self.stacked([c and c.piece for c in chosen])
 
-        with self.acting(None):
-            self._local.keying = keying
+        with self.acting(self.stacked([c and c.piece for c in chosen])):
+            self._local.keying = keying if on_the_way else None
             try:
                 yield chosen
             finally:

@@ -151,12 +151,14 @@ class Batcher:
                         self.rt.method.ask(g.text, g.form, state.view))
             t.row.cancelled = t.cancelled  # a cancel that came while the row was being made
             t._joined.set()
-            try:
-                self._batch.join(t.row)  # its prefill (which selects its edit): the batch's rows wait for it, once
-            except Exception as e:
-                log.exception("a generation failed at its prefill")
+        try:
+            self._batch.join([t.row for t in joining])  # one prefill, which selects their edits; the batch waits
+        except Exception as e:
+            log.exception("the prefill of %d generations failed", len(joining))
+            for t in joining:
                 t._fail(e)
-                continue
+            return
+        for t in joining:
             t._send()
             if t.row.done is None:
                 self._running.append(t)

@@ -26,8 +26,7 @@ def run(batch: Batch, joins: dict[int, list[Row]]) -> dict[int, list[str]]:
     pieces = {id(r): [] for r in rows}
     step = 0
     while any(r.done is None for r in rows):
-        for r in joins.get(step, []):
-            batch.join(r)
+        batch.join(joins.get(step, []))  # together: one prefill, left-padded
         batch.step()
         for r in rows:
             pieces[id(r)] += r.take()
@@ -39,7 +38,7 @@ def alone(model, tok, row: Row, scope: Scope | None = None, ask: Ask | None = No
     """The tokens and text of a row like `row` (made before it ran), decoded in a batch of its own."""
     twin = Row(row.ids, row.max_new_tokens, row.temperature, row.top_p, row.seed, row.stop, ask)
     batch = Batch(model, tok, scope)
-    batch.join(twin)
+    batch.join([twin])
     while twin.done is None:
         batch.step()
     return twin.new, twin.done.text
@@ -95,7 +94,8 @@ def test_each_row_carries_its_own_scoped_edit_until_it_is_released(model, tokeni
     asks = [Ask(p, PLAIN, scope.codebook) for p in PROMPTS]
     rows = [Row(ids(tokenizer, p), 10, ask=a) for p, a in zip(PROMPTS, asks)]
     singles = [alone(model, tokenizer, r, scope, a) for r, a in zip(rows, asks)]
-    run(Batch(model, tokenizer, scope), {0: rows[2:3], 1: rows[:1], 2: rows[1:2] + rows[3:]})
+    # the first edited row keyed inside a padded prefill (row 3 is longer), the second keyed first (two sentences)
+    run(Batch(model, tokenizer, scope), {0: [rows[3], rows[0]], 2: rows[1:3]})
     for r, (new, text) in zip(rows, singles):
         assert r.new == new and r.done.text == text
     for r, e in zip(rows[:2], EDITS):
@@ -118,25 +118,24 @@ def test_a_prompt_keyed_on_its_way_selects_and_says_what_keying_it_first_does(mo
         first = scope.choose(model, tokenizer, [(p, PLAIN)])[0]
         with torch.no_grad(), scope.acting(scope.stacked([first and first.piece])):
             expected = model(input_ids=torch.tensor([prompt])).logits
-        with torch.no_grad(), scope.choosing(model, tokenizer, ask, prompt) as chosen:
+        with torch.no_grad(), scope.choosing(model, tokenizer, [ask], [prompt], torch.ones(1, len(prompt))) as chosen:
             fused = model(input_ids=torch.tensor([prompt])).logits
-        assert (chosen.choice and chosen.choice.selection.edit_ids) == (first and first.selection.edit_ids)
+        assert (chosen[0] and chosen[0].selection.edit_ids) == (first and first.selection.edit_ids)
         assert torch.allclose(fused, expected, atol=1e-5)
     # a chat prompt or one of several sentences is keyed first, as a request of its own
     two = "It is a long story. " + PROMPTS[0]
     for ask, prompt in ((Ask(PROMPTS[0], CHAT, scope.codebook), ids(tokenizer, "User: " + PROMPTS[0])),
                         (Ask(two, PLAIN, scope.codebook), ids(tokenizer, two))):
         assert not scope.keyed_on_the_way(tokenizer, ask, prompt)
-        with torch.no_grad(), scope.choosing(model, tokenizer, ask, prompt) as chosen:
+        with torch.no_grad(), scope.choosing(model, tokenizer, [ask], [prompt], torch.ones(1, len(prompt))) as chosen:
             model(input_ids=torch.tensor([prompt]))
-        assert chosen.choice.selection.edit_ids == ["e0"]  # the question, found after a preamble or in chat form
+        assert chosen[0].selection.edit_ids == ["e0"]  # the question, found after a preamble or in chat form
 
 
 def test_a_cancelled_row_leaves_and_the_others_go_on(model, tokenizer):
     rows = [Row(ids(tokenizer, p), 8) for p in PROMPTS]
     batch = Batch(model, tokenizer)
-    for r in rows:
-        batch.join(r)
+    batch.join(rows)
     batch.step()
     rows[1].cancelled = True
     while batch.rows:
