@@ -15,10 +15,14 @@ the same prompts and settings (top_k off, so both sample from the whole distribu
 first token timed by a streamer and its tokens counted up to each row's end of sequence. Configurations are
 interleaved round by round with their order rotated, so a slow minute on this shared CPU does not land on one only.
 
-The prompts are zsRE questions nobody edited (as every client sends in bench/RESULTS.md section 2), so the scoped
-servers pay for keying and searching 1,000 keys, not for answers. A second pair of measurements sends the edited
-questions themselves to the no-edit and scoped servers: each selected edit then acts on its row until the answer
-is said, and the row is prefilled again without it.
+Three sets of prompts, none of them edited unless said:
+- "facts": "Some facts about <answer>:" for zsRE locality answers (7-9 tokens). The model writes on, so every
+  completion runs the 32 tokens the issue measured with; every configuration and client count uses them, and the
+  issue's ratios are computed on them. The scoped servers pay for keying and searching 1,000 keys, not answers.
+- "questions": zsRE locality questions (15 tokens; replies of 13 tokens on average, ending on their own): the
+  prompt's prefill, a cost per request, then weighs twice as much per token as with "facts".
+- "edited": the logged edits' own questions, to the no-edit and the scoped server: each selected edit acts on its
+  row until the answer is said, and the row is prefilled again without it.
 
 Last, edits are timed on the no-edit (scoped) and the in-place server, idle and while 8 clients generate.
 """
@@ -40,7 +44,7 @@ import httpx
 import typer
 
 from .common import (Profile, Server, command_line, edit_pairs, generation_prompts, launch, make_profile, save,
-                     serving, setup_logging, stop, summary, wait_ready)
+                     serving, setup_logging, stop, summary, wait_ready, zsre_records)
 
 log = logging.getLogger("bench.generate")
 
@@ -52,7 +56,7 @@ class Sizes:
     edits: int  # in each prepared log
     edit_batch: int  # edits per /edit request when building the logs
     clients: tuple[int, ...]
-    edited_clients: tuple[int, ...]  # client counts of the edited-questions pair
+    side_clients: tuple[int, ...]  # client counts of the "questions" and "edited" prompt sets
     hf_batches: tuple[int, ...]
     load_clients: int  # generating while edits are timed
     edits_timed: int  # idle, and again under load
@@ -62,12 +66,12 @@ class Sizes:
     new_tokens: int
 
 
-FULL = Sizes(edits=1000, edit_batch=25, clients=(1, 4, 8, 16), edited_clients=(1, 8), hf_batches=(1, 8),
+FULL = Sizes(edits=1000, edit_batch=25, clients=(1, 4, 8, 16), side_clients=(1, 8), hf_batches=(1, 8),
              load_clients=8, edits_timed=6, ramp_s=5.0, window_s=20.0, rounds=2, new_tokens=32)
-SMOKE = Sizes(edits=24, edit_batch=8, clients=(1, 4), edited_clients=(4,), hf_batches=(1, 4), load_clients=4,
+SMOKE = Sizes(edits=24, edit_batch=8, clients=(1, 4), side_clients=(1, 4), hf_batches=(1, 4), load_clients=4,
               edits_timed=2, ramp_s=0.5, window_s=2.0, rounds=1, new_tokens=8)
 CONFIGS = {"none": "scoped", "scoped": "scoped", "inplace": "inplace"}  # server -> MEND_METHOD
-EDITED = 64  # edited questions sent in the edited-questions pair
+PROMPTS = 64  # of each set
 
 
 # ---- logs and servers ----------------------------------------------------------------------------------------
@@ -262,21 +266,28 @@ async def warm_up(url: str, prompts: list[str], s: Sizes) -> None:
             await one_request(http, prompts[i], i, s.new_tokens)
 
 
+def prompt_sets(s: Sizes) -> dict[str, list[str]]:
+    facts = [f"Some facts about {r['loc_ans'].strip()}:" for r in zsre_records("dev") if r.get("loc_ans", "").strip()]
+    return {"facts": facts[-PROMPTS:] or [f"Some facts about the number {i}:" for i in range(PROMPTS)],
+            "questions": generation_prompts(PROMPTS),
+            "edited": [e["prompt"] for e in edit_pairs(min(PROMPTS, s.edits))]}  # the first logged edits'
+
+
 def measure(p: Profile, s: Sizes, servers: dict[str, Server], model, tok) -> list[dict]:
-    prompts = generation_prompts(64)
-    edited = [e["prompt"] for e in edit_pairs(min(EDITED, s.edits))]  # the logged edits' own questions
+    sets = prompt_sets(s)
     for server in servers.values():  # first-request costs (allocations, lazy imports) are not throughput
-        asyncio.run(warm_up(server.url, prompts, s))
-    plain_generate(model, tok, 1, prompts, Sizes(**{**asdict(s), "ramp_s": 0.0, "window_s": 0.0}))
-    jobs = [("service", name, c, "unedited") for c in s.clients for name in servers]
-    jobs += [("service", name, c, "edited") for c in s.edited_clients for name in ("none", "scoped")]
-    jobs += [("generate", "none", b, "unedited") for b in s.hf_batches]
+        asyncio.run(warm_up(server.url, sets["facts"], s))
+    plain_generate(model, tok, 1, sets["facts"], Sizes(**{**asdict(s), "ramp_s": 0.0, "window_s": 0.0}))
+    jobs = [("service", name, c, "facts") for c in s.clients for name in servers]
+    jobs += [("generate", "none", b, "facts") for b in s.hf_batches]
+    jobs += [("service", "none", c, "questions") for c in s.side_clients]
+    jobs += [("generate", "none", b, "questions") for b in s.hf_batches]
+    jobs += [("service", name, c, "edited") for c in s.side_clients for name in ("none", "scoped")]
     rows = []
     for r in range(s.rounds):
         for kind, name, n, asked in jobs[r % len(jobs):] + jobs[: r % len(jobs)]:
-            questions = prompts if asked == "unedited" else edited
-            got = (asyncio.run(service_load(servers[name].url, n, questions, s)) if kind == "service"
-                   else plain_generate(model, tok, n, questions, s))
+            got = (asyncio.run(service_load(servers[name].url, n, sets[asked], s)) if kind == "service"
+                   else plain_generate(model, tok, n, sets[asked], s))
             rows.append({"round": r, "kind": kind, "config": name, "n": n, "prompts": asked, **got})
             log.info("round %d: %s %s %s x%d: %.1f tokens/s, TTFT p50 %.0f ms", r, kind, name, asked, n,
                      got["tokens_per_s"], got["ttft_ms"]["p50"])
@@ -300,14 +311,14 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 def ratios(table: list[dict], s: Sizes) -> dict:
     """The issue's targets as measured ratios (None where a level was not measured)."""
-    def tps(kind: str, config: str, n: int, prompts: str = "unedited") -> float | None:
+    def tps(kind: str, config: str, n: int, prompts: str = "facts") -> float | None:
         row = next((x for x in table if (x["kind"], x["config"], x["n"], x["prompts"]) == (kind, config, n, prompts)),
                    None)
         return None if row is None else row["tokens_per_s"]
 
     def ttft(config: str, n: int, key: str) -> float | None:
         row = next((x for x in table if (x["kind"], x["config"], x["n"], x["prompts"]) ==
-                    ("service", config, n, "unedited")), None)
+                    ("service", config, n, "facts")), None)
         return None if row is None else row[key]
 
     div = lambda a, b: None if a is None or b is None else a / b  # noqa: E731
@@ -321,6 +332,9 @@ def ratios(table: list[dict], s: Sizes) -> dict:
             "inplace_over_none_mid": div(tps("service", "inplace", mid), tps("service", "none", mid)),
             "edited_scoped_over_none_mid": div(tps("service", "scoped", mid, "edited"),
                                                tps("service", "none", mid, "edited")),
+            "questions_mid_over_1": div(tps("service", "none", mid, "questions"), tps("service", "none", 1, "questions")),
+            "questions_mid_over_generate_batch": div(tps("service", "none", mid, "questions"),
+                                                     tps("generate", "none", mid, "questions")),
             "ttft_p95_mid_over_p50_1": div(ttft("none", mid, "ttft_p95_ms"), ttft("none", 1, "ttft_p50_ms")),
             "clients_mid": mid, "clients_top": top}
 
@@ -345,9 +359,9 @@ def main(smoke: bool = typer.Option(False, help="tiny random model, tiny counts"
     servers = start_servers(p, s, dtype)
     try:
         rows = measure(p, s, servers, lm, tok)
-        prompts = generation_prompts(64)
         fresh = edit_pairs(2 * s.edits_timed, offset=s.edits)  # not in any log
-        edits = {name: time_edits(servers[name].url, fresh, s.load_clients, prompts, s) for name in ("none", "inplace")}
+        facts = prompt_sets(s)["facts"]
+        edits = {name: time_edits(servers[name].url, fresh, s.load_clients, facts, s) for name in ("none", "inplace")}
     finally:
         for server in servers.values():
             stop(server)

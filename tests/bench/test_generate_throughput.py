@@ -21,9 +21,10 @@ def test_the_service_and_model_generate_are_measured_side_by_side(tmp_path: Path
     d = doc["results"]
     s = d["sizes"]
     measured = {(x["kind"], x["config"], x["prompts"], x["n"]) for x in d["table"]}
-    assert measured == ({("service", c, "unedited", n) for c in ("none", "scoped", "inplace") for n in s["clients"]}
-                        | {("service", c, "edited", n) for c in ("none", "scoped") for n in s["edited_clients"]}
-                        | {("generate", "none", "unedited", b) for b in s["hf_batches"]})
+    assert measured == ({("service", c, "facts", n) for c in ("none", "scoped", "inplace") for n in s["clients"]}
+                        | {("generate", "none", p, b) for p in ("facts", "questions") for b in s["hf_batches"]}
+                        | {("service", "none", "questions", n) for n in s["side_clients"]}
+                        | {("service", c, "edited", n) for c in ("none", "scoped") for n in s["side_clients"]})
     for x in d["table"]:
         assert x["requests"] > 0 and x["tokens_per_s"] > 0 and 0 < x["tokens_per_request"] <= s["new_tokens"]
         assert 0 < x["ttft_p50_ms"] <= x["ttft_p95_ms"] and x["ttft_p50_ms"] <= x["latency_p50_ms"]
