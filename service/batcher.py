@@ -117,8 +117,16 @@ class Batcher:
         self.rt._pin_threads()
         try:
             while self._work():
-                self._admit()
-                self._step()
+                try:
+                    self._admit()
+                    self._step()
+                except Exception as e:  # a bug: what ran fails, and the thread goes on serving the rest
+                    log.exception("the decode loop failed: its %d generations fail", len(self._running))
+                    for t in self._running:
+                        t._fail(e)
+                    self._running.clear()
+                    self._batch = self._new_batch()
+                    self._leave_version()
         finally:
             self._version.close()
             gone = NotReady("service is not ready: it is shutting down")
@@ -156,6 +164,7 @@ class Batcher:
         except Exception as e:
             log.exception("the prefill of %d generations failed", len(joining))
             for t in joining:
+                t.row.cancelled = True  # one merged before the failure leaves at the next step
                 t._fail(e)
             return
         for t in joining:
