@@ -21,8 +21,9 @@ from .data import EditRecord, EditRequest, target_nll, tokenize_edits
 from .delta import LowRankDelta, restore, snapshot
 from .layers import EditedLayer
 from .fluency import Generate, reply_metrics, reply_reference
-from .generation import complete, prompt_ids
-from .scope import CHAT, PLAIN, Scope, forms_of, in_forms
+from .batching import complete
+from .generation import prompt_ids
+from .scope import CHAT, PLAIN, Ask, Scope, forms_of, in_forms
 from .scoring import TargetScore, answer_logits, score_targets
 
 # Scoring is not bound by the editor's 64-token window: a long locality answer is scored after its whole prompt
@@ -111,13 +112,12 @@ def mean_metrics(rows: list[dict]) -> dict[str, float]:
 
 def local_generate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: Scope | None = None) -> Generate:
     """`fluency.Generate` in this process, as the service generates: greedy, a chat question in the chat template,
-    the scoped edit the question selects acting until its answer is said (`Scope.selecting`)."""
+    the scoped edit the question selects acting until its answer is said (`Scope.choose`)."""
     def gen(prompt: str | None, question: str | None, tokens: int) -> str:
         messages = None if question is None else [{"role": "user", "content": question}]
         text, form = (prompt, PLAIN) if question is None else (question, CHAT)
-        ids = prompt_ids(tok, prompt, messages)
-        with scope.selecting(model, tok, text, form) if scope else nullcontext() as observe:
-            return complete(model, tok, ids, tokens, observe=observe).text
+        ask = Ask(text, form, scope.codebook) if scope else None
+        return complete(model, tok, prompt_ids(tok, prompt, messages), tokens, ask=ask, scope=scope).text
 
     return gen
 
