@@ -82,8 +82,9 @@ def cut_at_stop(text: str, stop: list[str]) -> str | None:
 
 
 # A tokenizer's decode may still rewrite the end of the text when the next token comes: an incomplete UTF-8
-# sequence decodes as U+FFFD, and clean_up_tokenization_spaces drops a space before punctuation.
-UNSETTLED_END = re.compile(r"[\s\ufffd]+\Z")
+# sequence decodes as U+FFFD, and clean_up_tokenization_spaces drops a space before punctuation. A newline stays:
+# held back, a reply that starts on a new line (as SmolLM2's often do) sent nothing until its second token.
+UNSETTLED_END = re.compile(r"[ \ufffd]+\Z")
 
 
 def settled(text: str, stop: list[str]) -> int:
