@@ -17,10 +17,11 @@ each row's end of sequence. Configurations are interleaved round by round with t
 minute on this shared CPU does not land on one only.
 
 Three sets of prompts, none of them edited unless said:
-- "facts": "Some facts about <answer>:" for zsRE locality answers (7-9 tokens). The model writes on, so every
-  completion runs the 32 tokens the issue measured with; every configuration and client count uses them, and the
-  issue's ratios are computed on them. The scoped servers pay for keying and searching 1,000 keys, not answers.
-- "questions": zsRE locality questions (15 tokens; replies of 13 tokens on average, ending on their own): the
+- "facts": "Some facts about <answer>:" for zsRE locality answers (10 tokens on average). The model writes on,
+  so every completion runs the 32 tokens the issue measured with; every configuration and client count uses
+  them, and the issue's ratios are computed on them. The scoped servers pay for keying and searching 1,000 keys,
+  not answers.
+- "questions": zsRE locality questions (15 tokens; replies of about 15, ending on their own): the
   prompt's prefill, a cost per request, then weighs twice as much per token as with "facts".
 - "edited": the logged edits' own questions, to the no-edit and the scoped server: each selected edit acts on its
   row until the answer is said, and the row is prefilled again without it.
