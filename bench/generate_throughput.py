@@ -17,10 +17,11 @@ each row's end of sequence. Configurations are interleaved round by round with t
 minute on this shared CPU does not land on one only.
 
 Three sets of prompts, none of them edited unless said:
-- "facts": "Some facts about <answer>:" for zsRE locality answers (7-9 tokens). The model writes on, so every
-  completion runs the 32 tokens the issue measured with; every configuration and client count uses them, and the
-  issue's ratios are computed on them. The scoped servers pay for keying and searching 1,000 keys, not answers.
-- "questions": zsRE locality questions (15 tokens; replies of 13 tokens on average, ending on their own): the
+- "facts": "Some facts about <answer>:" for zsRE locality answers (10 tokens on average). The model writes on,
+  so every completion runs the 32 tokens the issue measured with; every configuration and client count uses
+  them, and the issue's ratios are computed on them. The scoped servers pay for keying and searching 1,000 keys,
+  not answers.
+- "questions": zsRE locality questions (15 tokens; replies of about 15, ending on their own): the
   prompt's prefill, a cost per request, then weighs twice as much per token as with "facts".
 - "edited": the logged edits' own questions, to the no-edit and the scoped server: each selected edit acts on its
   row until the answer is said, and the row is prefilled again without it.
@@ -68,7 +69,7 @@ class Sizes:
 
 
 FULL = Sizes(edits=1000, edit_batch=25, clients=(1, 4, 8, 16), side_clients=(1, 8), hf_batches=(1, 8),
-             load_clients=8, edits_timed=6, ramp_s=5.0, window_s=20.0, rounds=2, new_tokens=32)
+             load_clients=8, edits_timed=6, ramp_s=5.0, window_s=15.0, rounds=3, new_tokens=32)
 SMOKE = Sizes(edits=24, edit_batch=8, clients=(1, 4), side_clients=(1, 4), hf_batches=(1, 4), load_clients=4,
               edits_timed=2, ramp_s=0.5, window_s=2.0, rounds=1, new_tokens=8)
 CONFIGS = {"none": "scoped", "scoped": "scoped", "inplace": "inplace"}  # server -> MEND_METHOD
@@ -356,8 +357,8 @@ def main(smoke: bool = typer.Option(False, help="tiny random model, tiny counts"
          model: Optional[str] = None, editor: Optional[str] = None, threads: Optional[int] = None,
          out: Optional[Path] = None,
          dtype: str = typer.Option("float32", help="served and generated in this dtype (float32, bfloat16)"),
-         rounds: Optional[int] = typer.Option(None, help="rounds of every measurement (default 2; smoke 1)"),
-         window: Optional[float] = typer.Option(None, help="seconds each measurement counts (default 20)")) -> None:
+         rounds: Optional[int] = typer.Option(None, help="rounds of every measurement (default 3; smoke 1)"),
+         window: Optional[float] = typer.Option(None, help="seconds each measurement counts (default 15)")) -> None:
     """The service at 1-16 clients against plain model.generate, with no edits, 1,000 scoped and 1,000 in place."""
     import torch
 

@@ -43,8 +43,9 @@ def pick(r: dict, name: str, fn: Callable[[dict], float]) -> float | None:
     return fn(r[name]["results"]) if name in r else None
 
 
-def goals(r: dict) -> list[str]:
-    """(goal, measured, verdict) for each goal of the issue, from the measurements."""
+def goals(r: dict, before: list[str] = ()) -> list[str]:
+    """(goal, measured, verdict) for each goal of the issue, from the measurements; a goal whose benchmark did not
+    run keeps its row from `before` (the section as it was)."""
     top = lambda rows, key: max(rows, key=lambda x: x[key])  # noqa: E731 - the row with the largest level
     gen = pick(r, "generate_throughput", most_edits_ratio)
     checks = [
@@ -62,7 +63,10 @@ def goals(r: dict) -> list[str]:
         ("≤ 200 KB per edit in the log (MEMORY USAGE / XLEN, KB)", "≤ 200",
          pick(r, "log_size", lambda d: d["bytes_per_entry"] / KB), lambda v: v <= 200, ".0f"),
     ]
-    rows = [[name, target, f(v, spec), "—" if v is None else ("met" if ok(v) else "**missed**")]
+    kept = {cells[0]: cells for cells in (line.strip("|").split("|") for line in before if line.startswith("| "))}
+    kept = {k.strip(): [c.strip() for c in v] for k, v in kept.items()}
+    rows = [kept[name] if v is None and name in kept else
+            [name, target, f(v, spec), "—" if v is None else ("met" if ok(v) else "**missed**")]
             for name, target, v, ok, spec in checks]
     return table(["goal", "target", "measured", "verdict"], rows)
 
@@ -322,11 +326,13 @@ def render(r: dict, smoke: bool, before: str = "") -> str:
                 ("7. Reliability (issue 13): crashes, a dying Redis, two replicas, concurrent clients, fuzzing",
                  ["reliability"], reliability_section)]
     issue5 = {n: r[n] for n in ISSUE5 if n in r}
-    head = header(issue5, smoke) if issue5 or not old_head else old_head + [""]
+    # The header names one run's machine, date and commit: rewritten by a run of all of issue 5's benchmarks only.
+    head = header(issue5, smoke) if len(issue5) == len(ISSUE5) or not old_head else old_head + [""]
     lines = head + ["## Commands", "", "```bash", *COMMANDS, "# which runs, in order:", *ran, "```", ""]
     for title, names, make in sections:
         fresh = any(n in r for n in names) or title not in old
-        lines += [f"## {title}", "", *(make(r) if fresh else old[title]), ""]
+        made = (goals(r, old.get(title, [])) if make is goals else make(r)) if fresh else old[title]
+        lines += [f"## {title}", "", *made, ""]
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]

@@ -104,6 +104,7 @@ def test_a_stream_never_sends_text_past_a_stop_string(client):
     ("Hello wor", ["x", "wor!", " w"], 6),  # the earliest possible start
     ("a\n", ["\n\n"], 1),
     ("Hello ", [], 5),  # a trailing space may be dropped by the next token (clean_up_tokenization_spaces)
+    ("Hello\n", [], 6),  # a newline is not: sent at once
     ("caf\ufffd", [], 3),  # an incomplete UTF-8 sequence
     ("Hello", [], 5),
 ])
