@@ -12,6 +12,8 @@ from torch import nn
 
 
 class _ThreadHooks:
+    # A hook registered with_kwargs is stored first and flagged as taking kwargs next, so another thread's forward
+    # in between calls it without them: those take kwargs=None and, not being that thread's, do nothing.
     def __init__(self) -> None:
         self._handles: list = []
         self._thread = threading.get_ident()
@@ -51,7 +53,7 @@ class CaptureLayers(_ThreadHooks):
 
         return hook
 
-    def _leaf(self, _mod, args, kwargs):
+    def _leaf(self, _mod, args, kwargs=None):
         if not self._mine() or not torch.is_grad_enabled():
             return None
         if args:
@@ -100,7 +102,7 @@ class CaptureBlockInput(_ThreadHooks):
         self.hidden: torch.Tensor | None = None
         self._handles.append(block.register_forward_pre_hook(self._keep, with_kwargs=True))
 
-    def _keep(self, _mod, args, kwargs):
+    def _keep(self, _mod, args, kwargs=None):
         if self._mine():
             self.hidden = (args[0] if args else kwargs["hidden_states"]).detach()
 

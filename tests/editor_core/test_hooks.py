@@ -8,7 +8,7 @@ import torch
 from editor_support import REQS
 
 from editor_core.data import tokenize_edits
-from editor_core.hooks import CaptureLayers
+from editor_core.hooks import CaptureBlockInput, CaptureLayers
 
 
 def _forward(model, batch):
@@ -37,3 +37,15 @@ def test_handles_removed_on_exit_even_after_an_error(llama):
         assert mlp._forward_hooks and block._forward_pre_hooks
         raise RuntimeError("boom")
     assert not mlp._forward_hooks and not block._forward_pre_hooks
+
+
+def test_another_threads_forward_during_a_registration_passes_through(llama):
+    # torch stores a with_kwargs pre-hook, then flags it as taking kwargs: a forward in another thread between the
+    # two calls it without kwargs. That was a TypeError (a 500) in a generation racing an edit's key capture.
+    block, x = llama.model.layers[1], torch.zeros(1, 2, llama.config.hidden_size)
+    with CaptureLayers({}, grad_from=block) as cap, CaptureBlockInput(block) as keep:
+        out = {}
+        t = threading.Thread(target=lambda: out.update(leaf=cap._leaf(block, (x,)), keep=keep._keep(block, (x,))))
+        t.start()
+        t.join()
+    assert out == {"leaf": None, "keep": None} and keep.hidden is None
