@@ -432,7 +432,9 @@ class Scope:
         _, blocks = find_blocks(model)
         self._handles.append(blocks[self.cfg.key_block + 1].register_forward_pre_hook(self._keying, with_kwargs=True))
 
-    def _keying(self, _mod, args, kwargs) -> None:
+    def _keying(self, _mod, args, kwargs=None) -> None:
+        # kwargs=None: a with_kwargs hook can be called without them while it is being registered
+        # (editor_core.hooks._ThreadHooks).
         keying = getattr(self._local, "keying", None)
         if keying is not None:
             self._local.keying = None  # the prompt's own prefill only

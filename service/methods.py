@@ -197,7 +197,7 @@ class Scoped(EditMethod):
         return scoped_fingerprint(editor_fp, self.scope)
 
     def compute(self, requests: list[EditRequest]) -> tuple[LowRankDelta, Verdict]:
-        # Computed on the base weights: the scope's hooks act only inside `selecting` and `scoring`.
+        # Computed on the base weights: the scope's hooks act only in a thread that opened one of its contexts.
         forms = in_forms(self.tokenizer, requests)
         pieces = self.editor.compute_deltas(self.model, self.tokenizer, forms)
         delta = self.scope.scoped(self.model, self.tokenizer, [p.compressed(**self.compress) for p in pieces],
