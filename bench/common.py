@@ -42,12 +42,8 @@ class Profile:
     edit_repeats: int  # timed repeats per batch size (MEND and the forward+backward floor)
     ft_repeats: int  # FT takes up to 25 steps an edit: fewer repeats
     log_lengths: tuple[int, ...]  # edits in the prepared logs: rollback and generation levels come from here
-    levels: tuple[int, ...]  # edits in the log for the generation and restart measurements (0 or a log length)
-    gen_clients: tuple[int, ...]
-    gen_requests: int  # most requests per (level, clients) measurement
-    gen_seconds: float  # and at most this long
-    gen_rounds: int  # levels are interleaved round by round, so drift on a shared CPU hits each level alike
-    new_tokens: int
+    levels: tuple[int, ...]  # edits in the log for the restart measurements (0 or a log length)
+    new_tokens: int  # the servers' MEND_MAX_NEW_TOKENS
     rollbacks: int  # rollbacks timed per log length
     restart_repeats: int
     train_steps: int
@@ -64,15 +60,14 @@ def make_profile(smoke: bool, model: str | None = None, editor: str | None = Non
             model, editor = (str(p) for p in tiny_model_and_editor(out / "tiny"))
         # Batches of 2 and 4, not 10 and 25: the 49k-token vocabulary makes even the tiny model's logits big.
         return Profile(name, model, editor or "", threads or 1, out, edit_batches=(1, 2, 4), edit_repeats=3,
-                       ft_repeats=1, log_lengths=(3, 10, 30), levels=(0, 10, 30), gen_clients=(1, 4),
-                       gen_requests=12, gen_seconds=10.0, gen_rounds=1, new_tokens=8, rollbacks=3, restart_repeats=1,
-                       train_steps=6, train_pool=8, train_rank=16)
+                       ft_repeats=1, log_lengths=(3, 10, 30), levels=(0, 10, 30), new_tokens=8, rollbacks=3,
+                       restart_repeats=1, train_steps=6, train_pool=8, train_rank=16)
     # Threads default to the 2 cores: below the core count, the server's request threads do not honour it
     # (see NOTES.md, "Torch threads in the server").
     return Profile(name, model or "smollm2", editor or str(ROOT / "weights" / "smollm2"), threads or 2, out,
                    edit_batches=(1, 10, 25), edit_repeats=20, ft_repeats=5, log_lengths=(10, 100, 1000),
-                   levels=(0, 100, 1000), gen_clients=(1, 4, 16), gen_requests=64, gen_seconds=10.0, gen_rounds=2,
-                   new_tokens=32, rollbacks=8, restart_repeats=3, train_steps=40, train_pool=20, train_rank=256)
+                   levels=(0, 100, 1000), new_tokens=32, rollbacks=8, restart_repeats=3, train_steps=40, train_pool=20,
+                   train_rank=256)
 
 
 def tiny_model_and_editor(folder: Path) -> tuple[Path, Path]:

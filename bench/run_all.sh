@@ -12,8 +12,9 @@ smoke=()
 for a in "$@"; do [ "$a" = "--smoke" ] && smoke=(--smoke); done
 python -m bench.edit_latency "$@"
 python -m bench.train_throughput "$@"
-python -m bench.populate "$@"            # the 10/100/1000-edit logs the next four start from
-python -m bench.generate_throughput "$@"
+python -m bench.populate "$@"            # the 10/100/1000-edit logs rollback, restart and log_size start from
+python -m bench.generate_throughput "$@"   # issue 15: the service's batching against model.generate
+python -m bench.generate_throughput --dtype bfloat16 "$@"
 python -m bench.rollback "$@"
 python -m bench.restart "$@"
 python -m bench.log_size "$@"

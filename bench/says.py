@@ -21,6 +21,7 @@ import logging
 import shutil
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +29,7 @@ import typer
 
 from editor_core.data import EditRecord, load_records
 from editor_core.evaluate import mean_metrics
-from editor_core.fluency import Generate, reply_metrics, reply_reference
+from editor_core.fluency import Generate, Query, reply_metrics, reply_reference
 from service.client import MendClient
 
 from .common import command_line, make_profile, save, serving, setup_logging
@@ -37,10 +38,16 @@ log = logging.getLogger("bench.says")
 
 
 def http_generate(mend: MendClient) -> Generate:
-    def gen(prompt: str | None, question: str | None, tokens: int) -> str:
+    """A check's replies as concurrent requests: the server decodes them together (continuous batching)."""
+    def one(query: Query) -> str:
+        prompt, question, tokens = query
         if question is None:
             return mend.generate(prompt, max_new_tokens=tokens).text
         return mend.generate(messages=[{"role": "user", "content": question}], max_new_tokens=tokens).text
+
+    def gen(queries: list[Query]) -> list[str]:
+        with ThreadPoolExecutor(len(queries)) as pool:
+            return list(pool.map(one, queries))
 
     return gen
 
@@ -49,12 +56,12 @@ def before(mend: MendClient, rec: EditRecord) -> dict:
     return reply_reference(http_generate(mend), rec)
 
 
-def check(mend: MendClient, rec: EditRecord, ref: dict, samples: list[dict] | None = None) -> dict:
+def check(mend: MendClient, rec: EditRecord, ref: dict, samples: list[dict] | None = None) -> tuple[dict, list[dict]]:
     row, long = reply_metrics(http_generate(mend), rec, ref)
     if samples is not None:  # what the averages hide: the replies themselves
         samples.append({"edit_prompt": rec.edit.prompt, "target": rec.edit.target, "reply": long,
                         "unedited": ref["long"], "answer_in": ref["answer_in"], **row})
-    return row
+    return row, samples
 
 
 def edit(mend: MendClient, recs: list[EditRecord]) -> tuple[str, float]:
@@ -69,18 +76,24 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int,
     rows, edit_ms = [], []
     t0 = time.perf_counter()
     with MendClient(url, timeout=600.0) as mend:
-        refs = [before(mend, r) for r in records]  # all before the first edit: sequential runs need them so
+        with ThreadPoolExecutor(4) as pool:  # all before the first edit (sequential runs need them so), 4 records at once
+            refs = list(pool.map(lambda r: before(mend, r), records))
         groups = [list(range(i, min(i + batch, len(records)))) for i in range(0, len(records), batch)]
         for n, group in enumerate(groups, 1):
             eid, ms = edit(mend, [records[i] for i in group])
             edit_ms.append(ms)
             if not sequential:
-                rows += [check(mend, records[i], refs[i], samples) for i in group]
+                rows += [check(mend, records[i], refs[i], samples)[0] for i in group]
                 mend.rollback(eid)
             if n % 10 == 0:
                 log.info("%d/%d edits", n * batch, len(records))
         if sequential:
-            rows = [check(mend, rec, ref, samples) for rec, ref in zip(records, refs)]
+            with ThreadPoolExecutor(4) as pool:  # 4 records at once; the samples in record order
+                done = list(pool.map(lambda i: check(mend, records[i], refs[i], [] if samples is not None else None),
+                                     range(len(records))))
+            rows = [row for row, _ in done]
+            if samples is not None:
+                samples += [s for _, more in done for s in more]
     return {"n": len(rows), **mean_metrics(rows), "edit_ms_p50": statistics.median(edit_ms),
             "wall_s": time.perf_counter() - t0}
 

@@ -20,9 +20,10 @@ from .baselines import finetune_delta
 from .data import EditRecord, EditRequest, target_nll, tokenize_edits
 from .delta import LowRankDelta, restore, snapshot
 from .layers import EditedLayer
-from .fluency import Generate, reply_metrics, reply_reference
-from .generation import complete, prompt_ids
-from .scope import CHAT, PLAIN, Scope, forms_of, in_forms
+from .fluency import Generate, Query, reply_metrics, reply_reference
+from .batching import Batch, Row
+from .generation import prompt_ids
+from .scope import CHAT, PLAIN, Ask, Scope, forms_of, in_forms
 from .scoring import TargetScore, answer_logits, score_targets
 
 # Scoring is not bound by the editor's 64-token window: a long locality answer is scored after its whole prompt
@@ -109,15 +110,25 @@ def mean_metrics(rows: list[dict]) -> dict[str, float]:
     return {k: statistics.mean(r[k] for r in rows if k in r) for k in keys}
 
 
-def local_generate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: Scope | None = None) -> Generate:
+def local_generate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: Scope | None = None,
+                   max_rows: int = 16) -> Generate:
     """`fluency.Generate` in this process, as the service generates: greedy, a chat question in the chat template,
-    the scoped edit the question selects acting until its answer is said (`Scope.selecting`)."""
-    def gen(prompt: str | None, question: str | None, tokens: int) -> str:
-        messages = None if question is None else [{"role": "user", "content": question}]
-        text, form = (prompt, PLAIN) if question is None else (question, CHAT)
-        ids = prompt_ids(tok, prompt, messages)
-        with scope.selecting(model, tok, text, form) if scope else nullcontext() as observe:
-            return complete(model, tok, ids, tokens, observe=observe).text
+    the scoped edit each question selects acting on its own row until its answer is said; the queries are decoded
+    together, as concurrent requests are (`batching.Batch`)."""
+    def gen(queries: list[Query]) -> list[str]:
+        rows = []
+        for prompt, question, tokens in queries:
+            messages = None if question is None else [{"role": "user", "content": question}]
+            text, form = (prompt, PLAIN) if question is None else (question, CHAT)
+            ask = Ask(text, form, scope.codebook) if scope else None
+            rows.append(Row(prompt_ids(tok, prompt, messages), tokens, ask=ask))
+        batch, waiting = Batch(model, tok, scope), list(rows)
+        while waiting or batch.rows:
+            if room := batch.room(max_rows):
+                batch.join(waiting[:room])
+                waiting = waiting[room:]
+            batch.step()
+        return [r.done.text for r in rows]
 
     return gen
 

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from .data import EditRecord, join
 
 SHORT, LONG = 32, 64  # tokens of a checked reply, and of a fluency continuation
-# (prompt, chat question, max new tokens) -> the greedy reply; exactly one of prompt and question is given.
-# In process (editor_core.evaluate) or over HTTP (bench/says.py): the checks below are the same.
-Generate = Callable[[str | None, str | None, int], str]
+# (prompt, chat question, max new tokens): exactly one of prompt and question is given.
+Query = tuple[str | None, str | None, int]
+# Queries -> their greedy replies, in order. A check asks for all of its replies at once, so that they can be decoded
+# together: in process (editor_core.evaluate, one batch) or over HTTP (bench/says.py, concurrent requests).
+Generate = Callable[[list[Query]], list[str]]
 
 
 def normalized(text: str) -> str:
@@ -60,13 +62,12 @@ def unrelated(rec: EditRecord, k: int = 2) -> list[str]:
 
 def reply_reference(gen: Generate, rec: EditRecord) -> dict:
     """What the unedited model says: the references of locality and fluency. Take it before the edit."""
-    target = rec.edit.target
+    target, others = rec.edit.target, unrelated(rec)
     answer_in = join(rec.edit.prompt, target)[1]
-    return {"unrelated": [gen(p, None, SHORT) for p in unrelated(rec)],
-            "long": gen(rec.edit.prompt, None, LONG),
-            # minus the answer's own tokens, roughly, so both texts are about LONG tokens long
-            "answer_in": answer_in + gen("".join(join(rec.edit.prompt, target)), None,
-                                         max(LONG - len(target.split()) * 2, 8))}
+    *replies, long, after = gen([*((p, None, SHORT) for p in others), (rec.edit.prompt, None, LONG),
+                                 # minus the answer's own tokens, roughly, so both texts are about LONG tokens long
+                                 ("".join(join(rec.edit.prompt, target)), None, max(LONG - len(target.split()) * 2, 8))])
+    return {"unrelated": replies, "long": long, "answer_in": answer_in + after}
 
 
 def reply_metrics(gen: Generate, rec: EditRecord, ref: dict) -> tuple[dict[str, float], str]:
@@ -75,15 +76,17 @@ def reply_metrics(gen: Generate, rec: EditRecord, ref: dict) -> tuple[dict[str, 
     `chat_rephrase`: the same questions as a chat message mention it; `unchanged`: each unrelated prompt's whole
     reply is the unedited model's; `repeat` and `entropy` of the 64-token reply, beside the unedited model's own
     reply (`*_unedited`) and its continuation with the answer written in (`*_answer_in`)."""
-    target, reph = rec.edit.target, rec.rephrases[:2]
-    long = gen(rec.edit.prompt, None, LONG)
-    row = {"prompt": float(says(long, target)),
-           "chat": float(mentions(gen(None, rec.edit.prompt, SHORT), target)), **fluency(long, ref, target)}
-    if ref["unrelated"]:
-        row["unchanged"] = statistics.mean(gen(p, None, SHORT) == b for p, b in zip(unrelated(rec), ref["unrelated"]))
+    target, reph, others = rec.edit.target, rec.rephrases[:2], unrelated(rec)
+    long, chat, *rest = gen([(rec.edit.prompt, None, LONG), (None, rec.edit.prompt, SHORT),
+                             *((p, None, SHORT) for p in others), *((p, None, SHORT) for p in reph),
+                             *((None, p, SHORT) for p in reph)])
+    now, plain_reph, chat_reph = rest[:len(others)], rest[len(others):len(others) + len(reph)], rest[len(others) + len(reph):]
+    row = {"prompt": float(says(long, target)), "chat": float(mentions(chat, target)), **fluency(long, ref, target)}
+    if others:
+        row["unchanged"] = statistics.mean(a == b for a, b in zip(now, ref["unrelated"]))
     if reph:
-        row["rephrase"] = statistics.mean(says(gen(p, None, SHORT), target) for p in reph)
-        row["chat_rephrase"] = statistics.mean(mentions(gen(None, p, SHORT), target) for p in reph)
+        row["rephrase"] = statistics.mean(says(r, target) for r in plain_reph)
+        row["chat_rephrase"] = statistics.mean(mentions(r, target) for r in chat_reph)
     return row, long
 
 

@@ -1,13 +1,12 @@
-"""Token-by-token sampling with a per-request generator, so that a seed gives the same text under concurrency.
+"""What decoding one request needs besides the forwards (editor_core.batching runs those): its prompt's tokens,
+sampling with its own generator, stop strings, and how much of its text can be streamed.
 
-transformers' generate() seeds through the global RNG, which concurrent requests would share; this loop
-keeps its own torch.Generator and applies stop strings itself. It yields the text as it is made (for streaming);
-`complete` runs it to the end.
+transformers' generate() seeds through the global RNG, which concurrent requests would share; each request here
+keeps its own torch.Generator, so a seed gives the same text alone or decoded in a batch with others.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
@@ -47,11 +46,34 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Gene
         return int(logits.argmax())
     # float64 and the max subtracted: no overflow to inf/NaN at any temperature > 0, however small
     probs = torch.softmax((logits.double() - logits.max()) / temperature, -1)
-    sorted_p, order = probs.sort(descending=True)
+    if top_p >= 1:
+        return draw(probs, gen)
+    sorted_p, order = _head(probs, top_p)
     keep = (sorted_p.cumsum(0) - sorted_p) < top_p  # the token that crosses top_p stays in
     keep[0] = True  # and the most likely one always does, even for a top_p that rounds to 0
-    sorted_p = sorted_p * keep
-    return int(order[torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)])
+    return int(order[draw(sorted_p * keep, gen)])
+
+
+def draw(weights: torch.Tensor, gen: torch.Generator) -> int:
+    """An index drawn with probability proportional to `weights` (>= 0, not all 0), from one uniform of `gen`:
+    the inverse of the cumulative sum. torch.multinomial over a 49k vocabulary was the largest cost of a decoding
+    step after the matrix products (cProfile of `Batch.step`, 8 rows of SmolLM2)."""
+    cdf = weights.cumsum(0)
+    u = torch.rand((), generator=gen, dtype=cdf.dtype) * cdf[-1]
+    return int(torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1))
+
+
+NUCLEUS_GUESS = 256  # most nuclei are far smaller than the vocabulary, and a sort of all of it costs a token dearly
+
+
+def _head(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The most likely tokens, in descending order, down to at least mass top_p (all of them when the guess
+    falls short): what a full sort would give before the nucleus' end."""
+    if len(probs) > NUCLEUS_GUESS:
+        head, order = probs.topk(NUCLEUS_GUESS)
+        if head.sum() >= top_p:
+            return head, order
+    return probs.sort(descending=True)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str | None:
@@ -60,8 +82,9 @@ def cut_at_stop(text: str, stop: list[str]) -> str | None:
 
 
 # A tokenizer's decode may still rewrite the end of the text when the next token comes: an incomplete UTF-8
-# sequence decodes as U+FFFD, and clean_up_tokenization_spaces drops a space before punctuation.
-UNSETTLED_END = re.compile(r"[\s\ufffd]+\Z")
+# sequence decodes as U+FFFD, and clean_up_tokenization_spaces drops a space before punctuation. A newline stays:
+# held back, a reply that starts on a new line (as SmolLM2's often do) sent nothing until its second token.
+UNSETTLED_END = re.compile(r"[ \ufffd]+\Z")
 
 
 def settled(text: str, stop: list[str]) -> int:
@@ -73,58 +96,3 @@ def settled(text: str, stop: list[str]) -> int:
         if any(s.startswith(text[i:end]) for s in stop if s):
             return i
     return end
-
-
-@torch.no_grad()
-def stream_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, input_ids: list[int],
-                  max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                  stop: list[str] | None = None,
-                  observe: Callable[[str], bool] | None = None) -> Generator[str, None, Completion]:
-    """The reply as it is made: yields pieces of its text, each as soon as no later token can change it or make it
-    part of a stop string, and returns the Completion, whose text the pieces add up to.
-
-    `observe`, if given, sees the decoded reply after every token and returns True when the forwards from now
-    on compute something else (a scoped edit released once its answer is said): the cache built under the edit is
-    then dropped and the text so far prefilled again, so the rest of the reply is exactly what the model from
-    now on says after that text."""
-    gen = torch.Generator()
-    gen.manual_seed(seed) if seed is not None else gen.seed()
-    ends, new, cache, sent, stop = end_token_ids(model, tokenizer), [], None, 0, stop or []
-    x = torch.tensor([input_ids], device=model.device)
-    for _ in range(max_new_tokens):
-        out = model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1)  # only the last position's logits
-        cache = out.cache
-        tok = pick(out.logits[0, -1].float().cpu(), temperature, top_p, gen)
-        if tok in ends:
-            done = Completion(tokenizer.decode(new, skip_special_tokens=True), len(new), "stop")
-            break
-        new.append(tok)
-        text = tokenizer.decode(new, skip_special_tokens=True)
-        changed = observe is not None and observe(text)
-        cut = cut_at_stop(text, stop)
-        if cut is not None:
-            done = Completion(cut, len(new), "stop")
-            break
-        if (end := settled(text, stop)) > sent:
-            yield text[sent:end]
-            sent = end
-        x = torch.tensor([[tok]], device=model.device)
-        if changed:
-            x, cache = torch.tensor([input_ids + new], device=model.device), None
-    else:
-        done = Completion(tokenizer.decode(new, skip_special_tokens=True), len(new), "length")
-    if len(done.text) > sent:
-        yield done.text[sent:]
-    return done
-
-
-def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, input_ids: list[int], max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-             stop: list[str] | None = None, observe: Callable[[str], bool] | None = None) -> Completion:
-    """The whole reply at once: `stream_tokens`, run to its end."""
-    tokens = stream_tokens(model, tokenizer, input_ids, max_new_tokens, temperature, top_p, seed, stop, observe)
-    while True:
-        try:
-            next(tokens)
-        except StopIteration as end:
-            return end.value

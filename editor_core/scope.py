@@ -84,9 +84,9 @@ class Selection:
     Edits logged before targets were stored (no meta["targets"]) never release.
     """
 
-    def __init__(self, scope: "Scope", edit_ids: list[str | None], targets: list[str | None],
+    def __init__(self, edit_ids: list[str | None], targets: list[str | None],
                  lengths: list[int | None] | None = None) -> None:
-        self.scope, self.edit_ids = scope, edit_ids
+        self.edit_ids = edit_ids
         chosen = [(t, n) for e, t, n in zip(edit_ids, targets, lengths or [None] * len(targets))
                   if e is not None and t is not None]
         self._pending = {normalized(t): t.strip().lower() for t, _ in chosen}  # normalised -> as written
@@ -97,14 +97,14 @@ class Selection:
 
     def observe(self, reply: str) -> bool:
         """Called with the reply generated so far (one row's), once per new token: releases the edits once every
-        target is said, or once the answer the reply began has gone wrong. True when this call released them."""
+        target is said, or once the answer the reply began has gone wrong. True when this call released them: the
+        caller then stops adding them (editor_core.batching drops the row's edit and its cache)."""
         self._tokens += 1
         if self.released or self._release_never or not self._pending:
             return False
         text = f" {normalized(reply)} "
         unsaid = [t for t in self._pending if f" {t} " not in text]  # an empty target is never said
         if not unsaid or any(self._went_wrong(t, reply, text) for t in unsaid):
-            self.scope._local.rows = None
             self.released = True
         return self.released
 
@@ -115,6 +115,34 @@ class Selection:
         left = not written.startswith(said)  # what is said so far is no longer the start of the answer
         n = self._lengths.get(target)
         return left or (n is not None and self._tokens > n + ANSWER_SLACK)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The edit one request selected: the piece that acts on its forwards (the one for the form it was asked in),
+    and the selection that says when it stops acting."""
+
+    piece: LowRankDelta
+    selection: Selection
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a generation selects its scoped edit by: its question, the form it is asked in (PLAIN or CHAT), and the
+    codebook it reads, taken once for its whole life."""
+
+    text: str
+    form: str
+    book: Codebook
+
+
+@dataclass(frozen=True)
+class RowDeltas:
+    """The deltas of a batch's rows, stacked for one batched product per edited layer: by layer name, the rows that
+    carry a delta for it, and their factors as down (n, in, R) and up (n, R, out) in the orientation of the layer's
+    input, out[rows] += (x[rows] @ down) @ up. Ranks are zero-padded to the largest: a zero rank adds nothing."""
+
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -208,14 +236,18 @@ class Scope:
         with self.off():
             hidden = input_of_block(model, blocks[self.cfg.key_block + 1], input_ids=input_ids.to(model.device),
                                     attention_mask=attention_mask.to(model.device))
+        return self._pool(hidden, attention_mask)
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, d) mean of `hidden` over each prompt's real tokens (padded on either side), its last `window`."""
         mask = attention_mask.to(hidden.device).float()
         lengths = mask.sum(1, keepdim=True)
+        rank = mask.cumsum(1) - 1  # a real token's place in its prompt
         if self.cfg.window:
-            pos = torch.arange(mask.shape[1], device=mask.device)[None, :]
-            mask = mask * (pos >= lengths - self.cfg.window)
+            mask = mask * (rank >= lengths - self.cfg.window)
         # The first token is an attention sink whose hidden state is orders of magnitude larger than the rest:
         # left in, it dominates every mean and all keys look alike. Kept only for one-token prompts.
-        mask[:, 0] = mask[:, 0] * (lengths[:, 0] <= 1)
+        mask = mask * ((rank != 0) | (lengths <= 1))
         return ((hidden.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).cpu()
 
     def _pooled_prompts(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
@@ -364,11 +396,10 @@ class Scope:
         attached = bool(self._handles)
         if not attached:
             self.attach(model)
-        saved, self._local.rows = getattr(self._local, "rows", None), deltas
         try:
-            return [s.exact for s in score_targets(model, tok, requests)]
+            with self.acting(self.stacked(deltas)):
+                return [s.exact for s in score_targets(model, tok, requests)]
         finally:
-            self._local.rows = saved
             if not attached:
                 self.detach()
 
@@ -392,11 +423,22 @@ class Scope:
     # ---- applying ------------------------------------------------------------------------------------------
 
     def attach(self, model: PreTrainedModel) -> None:
-        """Hooks on the edited modules that add each row's selected delta; they do nothing unless a thread
-        opened `applying`."""
+        """Hooks on the edited modules that add each row's selected delta, and on the block after the key block
+        that keys a prompt on its way (`choosing`); they do nothing unless a thread opened `acting`, `applying`
+        or `choosing`."""
         for layer in self.layers:
             mod = model.get_submodule(layer.module)
             self._handles.append(mod.register_forward_hook(self._hook(layer)))
+        _, blocks = find_blocks(model)
+        self._handles.append(blocks[self.cfg.key_block + 1].register_forward_pre_hook(self._keying, with_kwargs=True))
+
+    def _keying(self, _mod, args, kwargs=None) -> None:
+        # kwargs=None: a with_kwargs hook can be called without them while it is being registered
+        # (editor_core.hooks._ThreadHooks).
+        keying = getattr(self._local, "keying", None)
+        if keying is not None:
+            self._local.keying = None  # the prompt's own prefill only
+            keying(args[0] if args else kwargs["hidden_states"])
 
     def detach(self) -> None:
         for h in self._handles:
@@ -405,52 +447,118 @@ class Scope:
 
     def _hook(self, layer: EditedLayer):
         def hook(_mod, args, out):
-            rows = getattr(self._local, "rows", None)
-            if not rows:
+            deltas = getattr(self._local, "rows", None)
+            stacked = None if deltas is None else deltas.layers.get(layer.name)
+            if stacked is None:
                 return None
-            x = args[0]
-            out = out.clone()
-            for b, delta in enumerate(rows):
-                if delta is None or layer.name not in delta.factors:
-                    continue
-                left, right = (f.to(device=x.device, dtype=x.dtype) for f in delta.factors[layer.name])
-                # ΔW = left @ right in the weight's storage orientation: (out, in) for Linear, (in, out) for Conv1D.
-                out[b] += (x[b] @ left) @ right if layer.transposed else (x[b] @ right.T) @ left.T
-            return out
+            rows, down, up = stacked
+            x = args[0]  # (B, T, in)
+            rows = rows.to(x.device)
+            return out.index_add(0, rows, torch.bmm(torch.bmm(x[rows], down.to(x)), up.to(x)))
 
         return hook
 
-    @contextlib.contextmanager
-    def applying(self, keys: torch.Tensor, form: str = PLAIN, book: Codebook | None = None,
-                 tok: PreTrainedTokenizerBase | None = None):
-        """Within this context, this thread's forwards of a batch whose row b has key keys[b] add each row's
-        selected edit (see `select`) of `book` (default: the current codebook), its piece for `form` (the plain
-        one if it has none). Yields the `Selection` (its edit ids; `observe` releases it; with `tok`, the
-        targets' token counts let it also release an answer gone wrong)."""
-        book = book or self.codebook
-        rows = book.nearest(keys, self.cfg.radius)
-        self._local.rows = [None if r is None else book.row_pieces[r].get(form, book.row_pieces[r][PLAIN])
-                            for r in rows]
-        targets = [None if r is None else book.row_targets[r] for r in rows]
-        lengths = [None if t is None or tok is None else len(tok(" " + t.strip(), add_special_tokens=False)["input_ids"])
-                   for t in targets]
-        try:
-            yield Selection(self, [None if r is None else book.owner[r] for r in rows], targets, lengths)
-        finally:
-            self._local.rows = None
+    def stacked(self, pieces: list[LowRankDelta | None]) -> RowDeltas | None:
+        """Row b of a batch adds pieces[b] (None: nothing), stacked for the hooks (`RowDeltas`); built once for a
+        batch, not at every forward."""
+        layers = {}
+        for layer in self.layers:
+            rows = [(b, p.factors[layer.name]) for b, p in enumerate(pieces)
+                    if p is not None and layer.name in p.factors]
+            if not rows:
+                continue
+            rank = max(left.shape[1] for _, (left, _) in rows)
+            down = torch.zeros(len(rows), layer.in_features, rank)
+            up = torch.zeros(len(rows), rank, layer.out_features)
+            for i, (_, (left, right)) in enumerate(rows):
+                # ΔW = left @ right in the weight's storage orientation: (out, in) for Linear, (in, out) for Conv1D.
+                d, u = (left, right) if layer.transposed else (right.T, left.T)
+                down[i, :, : d.shape[1]], up[i, : u.shape[0]] = d, u
+            layers[layer.name] = (torch.tensor([b for b, _ in rows]), down, up)
+        return RowDeltas(layers) if layers else None
 
     @contextlib.contextmanager
-    def selecting(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, text: str, form: str = PLAIN,
-                  book: Codebook | None = None):
-        """For one generation: the edit of `book` (default: the current codebook) that the question `text`, asked
-        in `form`, selects, its piece for that form, acting until its answer is said or has gone wrong. Yields
-        the `observe` to give the decoding loop, or None when nothing is selected."""
+    def acting(self, deltas: RowDeltas | None):
+        """Within this context, this thread's forwards add `deltas` (`stacked`), row by row."""
+        saved, self._local.rows = getattr(self._local, "rows", None), deltas
+        try:
+            yield
+        finally:
+            self._local.rows = saved
+
+    @contextlib.contextmanager
+    def applying(self, keys: torch.Tensor, form: str = PLAIN, book: Codebook | None = None):
+        """Within this context, this thread's forwards of a batch whose row b has key keys[b] add each row's
+        selected edit (see `select`) of `book` (default: the current codebook), its piece for `form` (the plain
+        one if it has none). Yields the `Selection` (its edit ids). For teacher-forced scoring: a generation
+        selects with `choose`, and releases its edit once the answer is said."""
         book = book or self.codebook
-        if not book.owner or not text.strip():
-            yield None
-            return
-        with self.applying(self.request_keys(model, tok, [text], book), form, book, tok) as selection:
-            yield selection.observe
+        rows = book.nearest(keys, self.cfg.radius)
+        pieces = [None if r is None else book.row_pieces[r].get(form, book.row_pieces[r][PLAIN]) for r in rows]
+        with self.acting(self.stacked(pieces)):
+            yield Selection([None if r is None else book.owner[r] for r in rows],
+                            [None if r is None else book.row_targets[r] for r in rows])
+
+    def choose(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, asks: list[tuple[str, str]],
+               book: Codebook | None = None) -> list[Choice | None]:
+        """Per generation request, its question `text` asked in `form` (PLAIN or CHAT): the edit of `book`
+        (default: the current codebook) that the question selects (`_choice`), or None. Each question is keyed
+        alone, as in a request of its own."""
+        book = book or self.codebook
+        return [self._choice(tok, Ask(text, form, book), self.request_keys(model, tok, [text], book)[0])
+                if book.owner and text.strip() else None for text, form in asks]
+
+    def _choice(self, tok: PreTrainedTokenizerBase, ask: Ask, key: torch.Tensor) -> Choice | None:
+        """The edit the request key `key` selects in the ask's codebook, its piece for the ask's form, and a
+        selection that releases it once its answer is said or has gone wrong (the target's token count tells
+        when)."""
+        book = ask.book
+        r = book.nearest(key[None], self.cfg.radius)[0]
+        if r is None:
+            return None
+        target = book.row_targets[r]
+        length = None if target is None else len(tok(" " + target.strip(), add_special_tokens=False)["input_ids"])
+        return Choice(book.row_pieces[r].get(ask.form, book.row_pieces[r][PLAIN]),
+                      Selection([book.owner[r]], [target], [length]))
+
+    def keyed_on_the_way(self, tok: PreTrainedTokenizerBase, ask: Ask, ids: list[int]) -> bool:
+        """Whether the prefill of prompt `ids` computes the ask's request key on its way: the prompt is the plain
+        question itself, of one sentence (no suffix candidates), and every edited layer lies above the key block,
+        so no edit changes what the key is pooled from."""
+        return (ask.form == PLAIN and sentence_suffixes(ask.text) == [ask.text]
+                and self.cfg.key_block < min(layer.block for layer in self.layers)
+                and tok(ask.text)["input_ids"] == ids)
+
+    @contextlib.contextmanager
+    def choosing(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, asks: list[Ask | None],
+                 contexts: list[list[int]], mask: torch.Tensor):
+        """For one prefill in this thread of a batch of generations, left-padded (`mask`), row b the tokens
+        contexts[b] of a request that selects its edit by asks[b] (None: nothing to select): the edit each ask
+        selects acts on that forward, and the yielded list holds each row's `Choice` (or None) after it. A prompt
+        that is its own plain question (`keyed_on_the_way`) is keyed inside the prefill, at the input of block
+        key_block + 1, before any edited block runs: no forward of its own, where keying first costs a third of
+        one. The other asks are keyed first (`choose`)."""
+        chosen: list[Choice | None] = [None] * len(asks)
+        live = [b for b, a in enumerate(asks) if a is not None and a.book.owner and a.text.strip()]
+        on_the_way = [b for b in live if self.keyed_on_the_way(tok, asks[b], contexts[b])]
+        for b in live:
+            if b not in on_the_way:
+                chosen[b] = self.choose(model, tok, [(asks[b].text, asks[b].form)], asks[b].book)[0]
+
+        def keying(hidden: torch.Tensor) -> None:
+            keys = self._unit(self._pool(hidden, mask))
+            for b in on_the_way:
+                chosen[b] = self._choice(tok, asks[b], keys[b])
+            self._local.rows = self.stacked([c and c.piece for c in chosen])
+
+        with self.acting(self.stacked([c and c.piece for c in chosen])):
+            self._local.keying = keying if on_the_way else None
+            try:
+                yield chosen
+            finally:
+                missed, self._local.keying = self._local.keying is not None, None
+        if missed:
+            raise RuntimeError("the prefill never reached the key block: are the scope's hooks attached?")
 
     def applying_to(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
                     form: str = PLAIN, book: Codebook | None = None):
@@ -469,13 +577,9 @@ class Scope:
             h.update(self.proj.contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    @contextlib.contextmanager
     def off(self):
-        saved, self._local.rows = getattr(self._local, "rows", None), None
-        try:
-            yield
-        finally:
-            self._local.rows = saved
+        """Within this context, this thread's forwards add no scoped edit."""
+        return self.acting(None)
 
 
 def key_block_candidates(model: PreTrainedModel) -> list[int]:

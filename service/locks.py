@@ -27,6 +27,12 @@ class RWLock:
                 self._readers -= 1
                 self._cond.notify_all()
 
+    def writer_waiting(self) -> bool:
+        """Whether a writer waits for the readers to finish: a reader that holds the lock across many requests
+        (the decode thread, in place) lets none more in, so that the writer's turn comes."""
+        with self._cond:
+            return self._writers_waiting > 0
+
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:

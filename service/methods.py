@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from editor_core import EditRequest, LowRankDelta, MENDEditor, restore, snapshot
 from editor_core.delta import WeightsView
 from editor_core.export import merged, to_peft
 from editor_core.model import DTYPES
-from editor_core.scope import PLAIN, Codebook, Scope, forms_of, in_forms
+from editor_core.scope import PLAIN, Ask, Codebook, Scope, forms_of, in_forms
 
 from .canary import CanarySet, load_canaries, shadow_of
 from .errors import MergedScopedExport, NothingToExport
@@ -33,8 +32,6 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 KEYS_FILE = "keys.safetensors"  # of a scoped export: row i is the key of the manifest's adapters[i]
-
-Observe = Callable[[str], bool]  # sees the reply so far; True when the forwards from now on compute something else
 
 
 @dataclass(frozen=True)
@@ -53,6 +50,7 @@ class EditMethod:
     # True when applying an event never writes the weights: generation then needs no lock (it reads `view()`).
     weights_fixed: bool
     checkpoints: bool  # whether the edited weights are worth storing (a restart restores them)
+    scope: Scope | None = None  # what adds each generation's own edit to a batch's forwards (scoped), if anything
 
     def __init__(self, settings: Settings, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  editor: MENDEditor) -> None:
@@ -92,9 +90,10 @@ class EditMethod:
         Reads neither the lock nor the view: the deltas are one version's, and what else it reads never changes."""
         raise NotImplementedError
 
-    def selecting(self, text: str, form: str, view: object) -> contextlib.AbstractContextManager[Observe | None]:
-        """The forwards of a generation for this question (`text`, asked in `form`) within this context."""
-        return contextlib.nullcontext()
+    def ask(self, text: str, form: str, view: object) -> Ask | None:
+        """What a generation of this question (`text`, asked in `form`) selects its own edit by, in `view`; None
+        when a method has no per-request edits."""
+        return None
 
     def scoring(self, prompts: list[str], view: object) -> contextlib.AbstractContextManager:
         """The forwards of teacher-forced scoring of these prompts within this context."""
@@ -198,7 +197,7 @@ class Scoped(EditMethod):
         return scoped_fingerprint(editor_fp, self.scope)
 
     def compute(self, requests: list[EditRequest]) -> tuple[LowRankDelta, Verdict]:
-        # Computed on the base weights: the scope's hooks act only inside `selecting` and `scoring`.
+        # Computed on the base weights: the scope's hooks act only in a thread that opened one of its contexts.
         forms = in_forms(self.tokenizer, requests)
         pieces = self.editor.compute_deltas(self.model, self.tokenizer, forms)
         delta = self.scope.scoped(self.model, self.tokenizer, [p.compressed(**self.compress) for p in pieces],
@@ -220,8 +219,8 @@ class Scoped(EditMethod):
     def view(self) -> Codebook:
         return self.scope.codebook
 
-    def selecting(self, text: str, form: str, view: Codebook) -> contextlib.AbstractContextManager[Observe | None]:
-        return self.scope.selecting(self.model, self.tokenizer, text, form, view)
+    def ask(self, text: str, form: str, view: Codebook) -> Ask:
+        return Ask(text, form, view)
 
     def scoring(self, prompts: list[str], view: Codebook) -> contextlib.AbstractContextManager:
         return self.scope.applying_to(self.model, self.tokenizer, prompts, book=view)

@@ -1,8 +1,9 @@
 """The runtime: the replica (service/replica.py) and what requests do with it.
 
 /edit and /rollback compute their event on the newest state, write it only if the log has not moved since
-(compare-and-set; else catch up and compute again) and then catch up with the log. /generate and /score read one
-whole version: under the read lock, or, when the edit method never writes the weights (scoped), from the
+(compare-and-set; else catch up and compute again) and then catch up with the log. /score reads one whole version
+under the read lock. Generations are decoded together by one thread (service/batcher.py), each on one whole
+version: in place under the read lock, or, when the edit method never writes the weights (scoped), from the
 published codebook without any lock, so a generation never waits behind an edit.
 """
 from __future__ import annotations
@@ -46,9 +47,12 @@ from .errors import (
     NotReady,
     UnknownEdit,
 )
-from editor_core.generation import Completion, complete, prompt_ids, stream_tokens
+from editor_core.batching import complete
+from editor_core.generation import Completion, prompt_ids
+
+from .batcher import Batcher
 from .guard import Verdict
-from .methods import Observe, Served
+from .methods import Served
 from .replica import EditEntry, Replica
 from .settings import Settings
 
@@ -155,6 +159,7 @@ def load_editor(path: Path, model: PreTrainedModel, model_fp: str) -> MENDEditor
 class Runtime(Replica):
     def __init__(self, *args) -> None:
         super().__init__(*args)
+        self.batcher = Batcher(self)
         self._hash: tuple[int, str] = (-1, "")
         self._drift: tuple[int, dict[str, float]] = (-1, {})
         self._agreement: tuple[int, float | None] = (-1, None)
@@ -180,7 +185,12 @@ class Runtime(Replica):
             raise
         if follow:
             rt.start_following()
+        rt.batcher.start()
         return rt
+
+    def close(self) -> None:
+        self.batcher.close()  # its requests fail with NotReady; then the follower and the log stop
+        super().close()
 
     # ---- commands: /edit and /rollback ---------------------------------------------------------------------
 
@@ -259,8 +269,9 @@ class Runtime(Replica):
                        (time.perf_counter() - t0) * 1000)
 
     def _reply(self, on: Served, g: Generation) -> str:
-        with self.method.selecting(g.text, g.form, on.view) as observe:
-            return complete(on.model, self.tokenizer, g.ids, g.max_new_tokens, observe=observe).text
+        # Decoded here, alone: a candidate's weights (in place) are not the batch's.
+        return complete(on.model, self.tokenizer, g.ids, g.max_new_tokens, ask=self.method.ask(g.text, g.form, on.view),
+                        scope=self.method.scope).text
 
     def _write(self, make_event: Callable[[], Event], key: str | None, digest: str) -> tuple[dict, int, bool]:
         """(body, version, repeated) of the event of this request: `make_event` computed on the newest state and
@@ -352,41 +363,24 @@ class Runtime(Replica):
         text, form = (prompt, PLAIN) if messages is None else (question(messages), CHAT)
         return Generation(ids, text, form, max_new_tokens, temperature, top_p, seed, stop)
 
-    @contextlib.contextmanager
-    def _one_version(self, g: Generation) -> Iterator[Observe | None]:
-        """The forwards of `g` within this context run on one whole version, `g.version`. The selection is made with
-        the version it reports (an edit applied between the two would give a reply of one version labelled with
-        the next). Weights that never change need no lock."""
-        self._pin_threads()
-        with contextlib.nullcontext() if self.method.weights_fixed else self.rw.read():
-            state = self.published
-            g.version = state.version
-            with self.method.selecting(g.text, g.form, state.view) as observe:
-                yield observe
-
     def generate(self, prompt: str | None, messages: list[dict] | None, max_new_tokens: int | None,
                  temperature: float, top_p: float, seed: int | None, stop: list[str]) -> tuple[Completion, int, int]:
-        """(completion, prompt tokens, version): the whole generation runs on one version of the weights."""
+        """(completion, prompt tokens, version): decoded with the other generations of the moment, on one version."""
         g = self.checked(prompt, messages, max_new_tokens, temperature, top_p, seed, stop)
-        with self._one_version(g) as observe:
-            out = complete(self.model, self.tokenizer, g.ids, g.max_new_tokens, g.temperature, g.top_p, g.seed,
-                           g.stop, observe=observe)
-        return out, len(g.ids), g.version
+        for _ in self.batcher.submit(g).pieces():
+            pass
+        return g.completion, len(g.ids), g.version
 
     @contextlib.contextmanager
     def streaming(self, g: Generation) -> Iterator[Iterator[str]]:
-        """`generate` as it is made: the reply's text in pieces (generation.stream_tokens), on one version,
-        `g.version`, from the first piece to the last; `g.completion` is set after the last. Held for the whole
-        context: enter it in the thread that iterates, since a scoped edit's selection is per thread."""
-        with self._one_version(g) as observe:
-            tokens = stream_tokens(self.model, self.tokenizer, g.ids, g.max_new_tokens, g.temperature, g.top_p,
-                                   g.seed, g.stop, observe=observe)
-
-            def pieces() -> Iterator[str]:
-                g.completion = yield from tokens
-
-            with contextlib.closing(pieces()) as it:
-                yield it
+        """`generate` as it is made: the reply's text in pieces, on one version, `g.version` (set on entering),
+        from the first piece to the last; `g.completion` is set after the last. Leaving early stops its decoding."""
+        ticket = self.batcher.submit(g)
+        try:
+            ticket.joined()
+            yield ticket.pieces()
+        finally:
+            ticket.cancel()
 
     def score(self, requests: list[EditRequest]) -> tuple[list[TargetScore], int]:
         """Teacher-forced scores on one version of the weights (what /edit reports as pre/post). Not bound by the

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     allow_no_key: bool = Field(False, description="serve on a non-loopback host without an API key")
     max_prompt_tokens: int = Field(1024, ge=1)
     max_new_tokens: int = Field(256, ge=1)
+    # One decode thread batches concurrent generations (service/batcher.py): more rows, more tokens/s in all but
+    # a slower step for each row; bench/generate_throughput.py measures both.
+    max_batch: int = Field(16, ge=1, description="most generations decoded together in one batch")
     # Each logged delta is re-factored to its numerical rank (singular values below rel_tol·σ_max dropped) and
     # stored in this dtype: 1,003 KB -> 178 KB per edit with no change in edit/rephrase/loc on 30 zsRE dev
     # edits (see weights/README.md). The compressed delta is the one checked, logged and applied.

@@ -21,13 +21,13 @@ STREAMS = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}
 def event_stream(events: Generator[str, None, None], error_event: str) -> EventSourceResponse:
     """`events` (each the data of one event) as a server-sent event response.
 
-    The generator runs whole in one worker thread: off the event loop, and in a single thread because a scoped
-    edit's selection and torch's thread count are per thread (starlette's iterate_in_threadpool would move it
-    from thread to thread). It is not paced by the client (the buffer takes every event; a generation yields at
-    most max_new_tokens), so a slow reader never holds the read lock that an in-place edit waits for. When the
-    response stops reading (the client left, the server stops), the worker's next event fails and it closes the
-    generator in its own thread, releasing what it holds there. An error once the 200 is sent can only be told
-    in the stream: it is logged and the stream ends with `error_event`."""
+    The generator runs whole in one worker thread, off the event loop: it waits on its generation's queue
+    (service/batcher.py), whose decode thread never waits for it. It is not paced by the client either (the buffer
+    takes every event; a generation yields at most max_new_tokens), so a slow reader holds back neither the batch
+    nor an in-place edit waiting for it to drain. When the response stops reading (the client left, the server
+    stops), the worker's next event fails and it closes the generator, which takes the generation out of the
+    batch. An error once the 200 is sent can only be told in the stream: it is logged and the stream ends with
+    `error_event`."""
     send, receive = anyio.create_memory_object_stream[str](math.inf)
 
     def run() -> None:

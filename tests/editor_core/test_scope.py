@@ -11,7 +11,7 @@ from editor_support import REQS
 from editor_core import LowRankDelta, MENDEditor
 from editor_core.data import tokenize_edits
 from editor_core.gradients import token_factors
-from editor_core.scope import ANSWER_SLACK, Scope, ScopeConfig, Selection
+from editor_core.scope import ANSWER_SLACK, PLAIN, Scope, ScopeConfig, Selection
 
 PROMPTS = ["Paris is a city in", "The sun rises in the", "My favourite food is", "Dogs like to"]
 
@@ -198,18 +198,21 @@ def test_a_delta_without_key_ranks_applies_whole_for_every_key(setup):
 
 
 def test_a_selection_releases_once_its_answer_is_said(setup):
-    # A scoped delta left on after its answer keeps pushing that answer at every later token ("Rome Rome Rome").
+    # A scoped delta left on after its answer keeps pushing that answer at every later token ("Rome Rome Rome"):
+    # the decoding loop drops it once its selection is released (test_batching.py checks what follows).
     model, tok, scope, delta = setup
     restored = LowRankDelta.from_bytes(delta.to_bytes())  # the target travels in the logged delta
     scope.add("e1", restored)
     plain = logits(model, tok, REQS[:1])
     target = REQS[0].target
-    with scope.applying_to(model, tok, [REQS[0].prompt]) as sel:
-        assert sel.edit_ids == ["e1"] and not torch.equal(logits(model, tok, REQS[:1]), plain)
-        sel.observe(" the answer is")  # not yet said: still on
-        assert not sel.released and not torch.equal(logits(model, tok, REQS[:1]), plain)
-        sel.observe(f"{target}, of course.")
-        assert sel.released and torch.equal(logits(model, tok, REQS[:1]), plain)
+    choice, other = scope.choose(model, tok, [(REQS[0].prompt, PLAIN), (REQS[1].prompt, PLAIN)])
+    assert other is None and choice.selection.edit_ids == ["e1"]
+    with scope.acting(scope.stacked([choice.piece])):
+        assert not torch.equal(logits(model, tok, REQS[:1]), plain)
+    assert not choice.selection.observe(" the answer is")  # not yet said: still on
+    assert not choice.selection.released
+    assert choice.selection.observe(f"{target}, of course.") and choice.selection.released
+    assert not choice.selection.observe(f"{target}, of course. And")  # released once
     assert scope.row_targets == (target,)
 
 
@@ -218,9 +221,10 @@ def test_an_edit_logged_without_its_target_never_releases(setup):
     old = LowRankDelta(delta.factors, {k: v for k, v in delta.meta.items() if k != "targets"}, delta.key)
     scope.add("old", old)
     plain = logits(model, tok, REQS[:1])
-    with scope.applying_to(model, tok, [REQS[0].prompt]) as sel:
-        sel.observe(REQS[0].target)
-        assert not sel.released and not torch.equal(logits(model, tok, REQS[:1]), plain)
+    choice = scope.choose(model, tok, [(REQS[0].prompt, PLAIN)])[0]
+    assert not choice.selection.observe(REQS[0].target) and not choice.selection.released
+    with scope.acting(scope.stacked([choice.piece])):
+        assert not torch.equal(logits(model, tok, REQS[:1]), plain)
 
 
 def test_a_selection_releases_an_answer_gone_wrong_but_not_a_preamble(setup):
@@ -231,7 +235,7 @@ def test_a_selection_releases_an_answer_gone_wrong_but_not_a_preamble(setup):
     target = "Jane Austen"
 
     def selection(tokens: int | None = 3) -> Selection:
-        return Selection(scope, ["e"], [target], [tokens])
+        return Selection(["e"], [target], [tokens])
 
     right, wrong, spaces, stalled, preamble = selection(len(target)), *(selection() for _ in range(4))
     for i in range(1, len(target)):  # the answer a character (token) at a time: on its way, never released

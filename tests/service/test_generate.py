@@ -104,6 +104,7 @@ def test_a_stream_never_sends_text_past_a_stop_string(client):
     ("Hello wor", ["x", "wor!", " w"], 6),  # the earliest possible start
     ("a\n", ["\n\n"], 1),
     ("Hello ", [], 5),  # a trailing space may be dropped by the next token (clean_up_tokenization_spaces)
+    ("Hello\n", [], 6),  # a newline is not: sent at once
     ("caf\ufffd", [], 3),  # an incomplete UTF-8 sequence
     ("Hello", [], 5),
 ])
@@ -258,7 +259,8 @@ def test_the_library_says_what_the_service_serves(client):
     rt = client.app.state.runtime
     assert client.post("/edit", json=EDIT).status_code == 201
     lib = local_generate(rt.model, rt.tokenizer, rt.method.scope)
-    for prompt in (EDIT["prompt"], EDIT2["prompt"]):
-        assert lib(prompt, None, 8) == generate(client, prompt=prompt, max_new_tokens=8)["text"]
-        messages = [{"role": "user", "content": prompt}]
-        assert lib(None, prompt, 8) == generate(client, messages=messages, max_new_tokens=8)["text"]
+    prompts = (EDIT["prompt"], EDIT2["prompt"])
+    replies = lib([*((p, None, 8) for p in prompts), *((None, p, 8) for p in prompts)])  # decoded as one batch
+    served = [generate(client, prompt=p, max_new_tokens=8)["text"] for p in prompts]
+    served += [generate(client, messages=[{"role": "user", "content": p}], max_new_tokens=8)["text"] for p in prompts]
+    assert replies == served

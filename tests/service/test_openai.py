@@ -206,8 +206,8 @@ def test_a_chat_stream_during_an_edit_sees_one_version(server, monkeypatch):
 
 
 def test_concurrent_streams_each_keep_their_own_selection(server, monkeypatch):
-    """A scoped edit is selected per thread: each stream runs in one thread of its own, so streams interleaved with
-    one another each say what their own request says alone."""
+    """A scoped edit is selected per request: streams decoded together in one batch, each row with its own edit
+    (or none), each say what their own request says alone."""
     assert server.http.post("/edit", json=EDIT).status_code == 201
     asks = [QUESTION, [{"role": "user", "content": "Dogs like to"}]] * 3
     alone = [server.openai.chat.completions.create(model=server.model, messages=m, max_tokens=12,

@@ -46,7 +46,13 @@ model, tok = load_base_model()
 editor = MENDEditor.load("weights/smollm2", model)
 shipped = Scope.load("weights/smollm2", editor.layers)
 recs = load_records("counterfact:../shared/data/counterfact/train.json", None, one_per_subject=True)[-n:]
-plain = local_generate(model, tok)
+
+
+def single(gen):
+    return lambda prompt, question, tokens: gen([(prompt, question, tokens)])[0]
+
+
+plain = single(local_generate(model, tok))
 ref = [[plain(q.prompt, None, TOKENS) for q in r.loc[:2]] for r in recs]
 
 
@@ -82,7 +88,7 @@ for variant in variants:
             w = 1 / (1 + len(prefixed))
             mean = LowRankDelta({n: (a * w, b) for n, (a, b) in mean.factors.items()})
             return scope.scoped(model, tok, [mean, deltas[1]], forms, [r.edit.prompt], forms_of(tok))
-    gen = local_generate(model, tok, scope)
+    gen = single(local_generate(model, tok, scope))
     rows, t0 = [], time.time()
     scope.attach(model)
     try:
