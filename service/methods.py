@@ -56,7 +56,6 @@ class EditMethod:
                  editor: MENDEditor) -> None:
         self.settings, self.model, self.tokenizer, self.editor = settings, model, tokenizer, editor
         self.layer_names = [l.name for l in editor.layers]
-        self.base = snapshot(model, self.layer_names)  # the weights with no active edit, bit for bit
         self.compress = {"rel_tol": settings.delta_rel_tol, "dtype": DTYPES[settings.delta_dtype]}
 
     def fingerprint(self, editor_fp: str) -> str:
@@ -103,6 +102,10 @@ class EditMethod:
         """Share of canaries answered as the base model did; under a read lock."""
         return None
 
+    def drift(self) -> dict[str, float]:
+        """||W - W0||_F per edited matrix, W0 the base weights; under a read lock."""
+        return dict.fromkeys(self.layer_names, 0.0)
+
     def state_digest(self, active: dict[str, LowRankDelta]) -> bytes:
         """What besides the edited matrices makes up the served state, for the weights hash."""
         return b""
@@ -120,6 +123,8 @@ class InPlace(EditMethod):
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
+        # The weights with no active edit, bit for bit (a scoped server never writes them, so keeps no copy).
+        self.base = snapshot(self.model, self.layer_names)
         t0, canaries = time.perf_counter(), self._canaries()
         # Built on the base weights: the log is replayed after this.
         self.canaries = canaries and CanarySet(self.model, self.tokenizer, canaries,
@@ -127,6 +132,10 @@ class InPlace(EditMethod):
         if canaries:
             log.info("edit guard: %d canaries answered by the base model in %.2f s", len(canaries),
                      time.perf_counter() - t0)
+
+    def drift(self) -> dict[str, float]:
+        params = dict(self.model.named_parameters())
+        return {n: float((params[n].detach().float() - self.base[n].float()).norm()) for n in self.layer_names}
 
     def compute(self, requests: list[EditRequest]) -> tuple[LowRankDelta, Verdict]:
         # What is logged is what applies: compressed before either use.

@@ -414,13 +414,11 @@ class Runtime(Replica):
             return self._hash[1]
 
     def drift(self) -> dict[str, float]:
-        """||W - W0||_F per edited matrix, W0 the base snapshot; cached per version (the weights are a function of it)."""
+        """||W - W0||_F per edited matrix (`EditMethod.drift`); cached per version (the weights are a function of it)."""
         self._pin_threads()
         with self.rw.read():
             if self._drift[0] != self.version:
-                params = dict(self.model.named_parameters())
-                self._drift = (self.version, {n: float((params[n].detach().float() - self.method.base[n].float()).norm())
-                                              for n in self.layer_names})
+                self._drift = (self.version, self.method.drift())
             return self._drift[1]
 
     def canary_agreement(self) -> float | None:

@@ -88,6 +88,17 @@ def test_drift_is_zero_at_base_grows_with_an_edit_and_returns_to_zero(inplace):
         assert metric(client, "mend_canary_agreement") == {"": 1.0}
 
 
+def test_scoped_edits_never_move_the_weights_and_keep_no_copy_of_them(settings):
+    """The default (scoped) method adds its deltas per request: the weights are the base's, so drift stays 0 and
+    no snapshot of the edited matrices is held (it would double their memory for nothing)."""
+    with serving(settings) as client:
+        rt = client.app.state.runtime
+        assert rt.method.name == "scoped" and not hasattr(rt.method, "base")
+        assert client.post("/edit", json=EDIT).status_code == 201
+        assert metric(client, "mend_weight_drift") == {n: 0.0 for n in rt.layer_names}
+        assert metric(client, "mend_active_edits") == {"": 1.0}
+
+
 def test_operator_canaries_with_answers_replace_the_default(inplace, tmp_path: Path):
     path = tmp_path / "canaries.json"
     path.write_text(json.dumps([{"prompt": "The capital of France is", "answer": "Paris"}, "Water boils at",
