@@ -16,7 +16,8 @@ Measured (60 CounterFact train records, 2026-12-02, on a CPU shared with other j
   shipped  prompt 0.950  paraphrase 0.650  selected 0.867  paraphrase|selected 0.750  unchanged 0.958  step 2.1
   x2       prompt 0.917  paraphrase 0.700  selected 0.867  paraphrase|selected 0.808  unchanged 0.958  step 4.9
 A doubled step reaches 6 more of 120 paraphrases and loses 2 of 60 edit prompts: within noise at this size, and not
-adopted. `prefixed` and `augmented` were not run to the end (the session ran out).
+adopted. `prefixed` and `augmented` were not run to the end (the first session ran out; the next one's run of
+`prefixed` stopped on a batch of chat forms only, fixed since, and gave its CPU to 500-record bench/says.py runs).
 """
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def prefixed_takes(orig):
         own = orig(model, tok, deltas, requests)
         plain_rows = [i for i, r in enumerate(requests) if not r.prompt.startswith("<|im_start|>")]
         ok = list(own)
+        if not plain_rows:  # only chat forms are still short of their target
+            return ok
         for filler in FILLERS:
             more = orig(model, tok, [deltas[i] for i in plain_rows],
                         [EditRequest(f"{filler} {requests[i].prompt}", requests[i].target) for i in plain_rows])
