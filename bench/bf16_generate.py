@@ -6,6 +6,7 @@ and plain `model.generate` tokens/s at batch 1 and 8 (32 new tokens), the dtypes
 
 Measured 2026-12-02, 1 thread, the other core running the test suite: batched differs from alone 0/16 (float32),
 1/16 (bfloat16); bf16 differs from float32 2/16; tokens/s float32 21.4 / 81.0, bfloat16 27.0 / 126.6 (batch 1 / 8).
+A second run, beside profiling jobs: the same counts; tokens/s float32 15.5 / 57.5, bfloat16 18.7 / 78.0.
 """
 from __future__ import annotations
 
