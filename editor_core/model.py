@@ -19,6 +19,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .hooks import contiguous_head_input
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2"
@@ -163,6 +165,7 @@ def prepare_model(model: PreTrainedModel) -> PreTrainedModel:
     # Frozen parameters are what keep the blocks below the first edited one out of autograd (see hooks.py).
     model.eval()
     model.requires_grad_(False)
+    contiguous_head_input(model)
     return model
 
 

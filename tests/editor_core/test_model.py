@@ -27,6 +27,20 @@ def test_half_precision_and_bad_dtype(llama_dir):
         load_base_model(str(llama_dir), dtype="int8")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_vocabulary_projection_gets_a_contiguous_input(llama_dir, dtype):
+    """transformers slices the hidden states for `logits_to_keep`; in bf16 a sliced multi-row input sent torch's CPU
+    matmul down a path that copies the whole output embedding again and again (8x slower prefills on SmolLM2)."""
+    model, tok = load_base_model(str(llama_dir), dtype=dtype)
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))
+    enc = tok(["a b c d e f", "a b"], return_tensors="pt", padding=True)
+    full = model(**enc).logits[:, -1]
+    kept = model(**enc, logits_to_keep=1).logits[:, -1]
+    assert seen == [True, True]
+    torch.testing.assert_close(kept, full)
+
+
 def test_fingerprint_stable_across_loads_and_sensitive_to_one_weight(llama_dir):
     a, _ = load_base_model(str(llama_dir))
     b, _ = load_base_model(str(llama_dir))
