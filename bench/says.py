@@ -56,12 +56,11 @@ def before(mend: MendClient, rec: EditRecord) -> dict:
     return reply_reference(http_generate(mend), rec)
 
 
-def check(mend: MendClient, rec: EditRecord, ref: dict, samples: list[dict] | None = None) -> tuple[dict, list[dict]]:
+def check(mend: MendClient, rec: EditRecord, ref: dict) -> tuple[dict, dict]:
+    """The record's scores, and its sample: what the averages hide, the replies themselves."""
     row, long = reply_metrics(http_generate(mend), rec, ref)
-    if samples is not None:  # what the averages hide: the replies themselves
-        samples.append({"edit_prompt": rec.edit.prompt, "target": rec.edit.target, "reply": long,
-                        "unedited": ref["long"], "answer_in": ref["answer_in"], **row})
-    return row, samples
+    return row, {"edit_prompt": rec.edit.prompt, "target": rec.edit.target, "reply": long,
+                 "unedited": ref["long"], "answer_in": ref["answer_in"], **row}
 
 
 def edit(mend: MendClient, recs: list[EditRecord]) -> tuple[str, float]:
@@ -73,7 +72,7 @@ def edit(mend: MendClient, recs: list[EditRecord]) -> tuple[str, float]:
 
 def run(url: str, records: list[EditRecord], sequential: bool, batch: int,
         samples: list[dict] | None = None) -> dict:
-    rows, edit_ms = [], []
+    checked, edit_ms = [], []
     t0 = time.perf_counter()
     with MendClient(url, timeout=600.0) as mend:
         with ThreadPoolExecutor(4) as pool:  # all before the first edit (sequential runs need them so), 4 records at once
@@ -83,17 +82,16 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int,
             eid, ms = edit(mend, [records[i] for i in group])
             edit_ms.append(ms)
             if not sequential:
-                rows += [check(mend, records[i], refs[i], samples)[0] for i in group]
+                checked += [check(mend, records[i], refs[i]) for i in group]
                 mend.rollback(eid)
             if n % 10 == 0:
                 log.info("%d/%d edits", n * batch, len(records))
         if sequential:
-            with ThreadPoolExecutor(4) as pool:  # 4 records at once; the samples in record order
-                done = list(pool.map(lambda i: check(mend, records[i], refs[i], [] if samples is not None else None),
-                                     range(len(records))))
-            rows = [row for row, _ in done]
-            if samples is not None:
-                samples += [s for _, more in done for s in more]
+            with ThreadPoolExecutor(4) as pool:  # 4 records at once, kept in record order
+                checked = list(pool.map(lambda i: check(mend, records[i], refs[i]), range(len(records))))
+    rows = [row for row, _ in checked]
+    if samples is not None:
+        samples += [sample for _, sample in checked]
     return {"n": len(rows), **mean_metrics(rows), "edit_ms_p50": statistics.median(edit_ms),
             "wall_s": time.perf_counter() - t0}
 

@@ -94,20 +94,14 @@ class Settings(BaseSettings):
         if not v.startswith("{"):
             raise ValueError(f"MEND_DEVICE_MAP must be one of {', '.join(DEVICE_MAP_NAMES)} or a JSON object "
                              f"{{module: device}}, got {v!r}")
-        try:
-            return json.loads(v)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"MEND_DEVICE_MAP is not valid JSON ({e}): {v!r}") from None
+        return _json_setting("MEND_DEVICE_MAP", v)
 
     @field_validator("max_memory", mode="before")
     @classmethod
     def _max_memory(cls, v: object) -> object:
         if not isinstance(v, str):
             return v
-        try:
-            return json.loads(v)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"MEND_MAX_MEMORY is not valid JSON ({e}): {v!r}") from None
+        return _json_setting("MEND_MAX_MEMORY", v)
 
     @field_validator("device_map", mode="after")
     @classmethod
@@ -151,3 +145,10 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: it may resolve to any interface
         return False
+
+
+def _json_setting(name: str, v: str) -> object:
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name} is not valid JSON ({e}): {v!r}") from None
