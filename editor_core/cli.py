@@ -52,7 +52,7 @@ def train(
     if scope:  # what `mend serve` needs for its default method, fitted on the same training files
         from .scope import ScopeConfig
 
-        _fit_and_save_scope(model, best, data, scope_records, ScopeConfig(scale=2.0, max_scale=8.0))
+        _fit_and_save_scope(model, best, data, scope_records, ScopeConfig(scale=2.0, max_scale=8.0, tune_steps=10))
     typer.echo(f"best editor: {best}")
 
 
@@ -107,13 +107,16 @@ def fit_scope(
                                           "0.60 / rephrase 0.43, 2x 0.83 / 0.70, 3x 0.78 / 0.73)"),
     max_scale: float = typer.Option(8.0, help="double the step of an edit that does not take, up to this "
                                               "(weights/experiments/scoped_step.py; 0: never)"),
+    tune_steps: int = typer.Option(10, help="Adam steps on an edit that still misses at max_scale (left factors "
+                                            "only; weights/experiments/refined_step.py; 0: never)"),
     whiten: bool = typer.Option(True, help="try whitening the keys against how rephrases differ (kept only if the "
                                            "objective improves)"),
 ) -> None:
     """Fit the scoped-edit keys (editor_core.scope) for this model: centre, whitening, key block and radius."""
     from .scope import ScopeConfig
 
-    _fit_and_save_scope(model, editor, data, n, ScopeConfig(window=window, scale=scale, max_scale=max_scale),
+    _fit_and_save_scope(model, editor, data, n, ScopeConfig(window=window, scale=scale, max_scale=max_scale,
+                                                           tune_steps=tune_steps),
                         loc_weight, key_block, radius, whiten)
 
 

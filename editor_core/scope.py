@@ -28,13 +28,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import EditRequest
+from .data import EditRequest, target_nll, target_scores, tokenize_edits
 from .delta import LowRankDelta
 from .fluency import normalized
 from .generation import chat_text
 from .hooks import input_of_block
 from .layers import EditedLayer, find_blocks
-from .scoring import score_targets
+from .scoring import answer_logits, score_targets
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
 PLAIN, CHAT = "plain", "chat"  # the forms a request comes in: a bare prompt, or a question in the chat template
@@ -80,13 +80,17 @@ class Selection:
     Stewart, 1st Duke of Rothesay"), or runs ANSWER_SLACK tokens past its length without saying it. The edit has
     failed for this request, and left on it only keeps the reply from recovering ("Hammanu Miru Miru Miru ..."):
     on 40 sequential zsRE dev edits, two such replies were the whole entropy gap to the unedited model (2.21 vs
-    2.40). A reply that does not begin with the answer (a chat preamble) keeps the edit until the answer is said.
-    Edits logged before targets were stored (no meta["targets"]) never release.
+    2.40). A chat reply that does not begin with the answer (a preamble) keeps the edit until the answer is said.
+    A `strict` selection (a plain prompt, whose piece is trained to begin the continuation with the answer) is
+    released as soon as the reply is no longer the start of a target: left on, a reply that went wrong inside the
+    answer's first word repeats its pieces ("Glansonansonanson" for "Gloria Swanson", "Tyrumumum" for
+    "Tyrannum"; 5 of 150 zsRE train edits). Edits logged before targets were stored (no meta["targets"]) never
+    release.
     """
 
     def __init__(self, edit_ids: list[str | None], targets: list[str | None],
-                 lengths: list[int | None] | None = None) -> None:
-        self.edit_ids = edit_ids
+                 lengths: list[int | None] | None = None, strict: bool = False) -> None:
+        self.edit_ids, self.strict = edit_ids, strict
         chosen = [(t, n) for e, t, n in zip(edit_ids, targets, lengths or [None] * len(targets))
                   if e is not None and t is not None]
         self._pending = {normalized(t): t.strip().lower() for t, _ in chosen}  # normalised -> as written
@@ -109,6 +113,8 @@ class Selection:
         return self.released
 
     def _went_wrong(self, target: str, reply: str, text: str) -> bool:
+        if self.strict and text.strip() and not target.startswith(text.strip()):
+            return True  # the reply so far is not the start of the answer: it can no longer begin with it
         if not target or not text.startswith(f" {target.split()[0]}"):
             return False  # not begun: the answer may still come after a preamble
         written, said = self._pending[target], reply.lstrip().lower()
@@ -203,6 +209,10 @@ class ScopeConfig:
     # An edit whose own prompt does not yet give its target at `scale` is retried at 2x, 4x ... up to this step:
     # the step it needs differs from fact to fact. 0 (or <= scale): always `scale`.
     max_scale: float = 0.0
+    # An edit that still does not give its target at the largest step gets up to this many Adam steps on its
+    # pieces' left factors (MEND's ũ kept as the right ones), on its own target, until it does (`Scope._tuned`).
+    tune_steps: int = 0
+    tune_lr: float = 0.05  # Adam's step, relative to each left factor's mean magnitude
 
 
 class Scope:
@@ -336,7 +346,7 @@ class Scope:
         """One scoped edit from each request's own delta (`MENDEditor.compute_deltas`): piece i is keyed by prompt i
         and applies to the prompts that select that key, so edits sent together do not add up on each other's
         prompts. Each piece's step is `scale`, doubled while its own target is not the teacher-forced argmax and
-        the step stays <= `max_scale`. The pieces travel as one delta: factors concatenated along the rank axis,
+        the step stays <= `max_scale`; a piece that still misses is tuned (`_tuned`). The pieces travel as one delta: factors concatenated along the rank axis,
         their ranks per layer in meta["key_ranks"].
 
         With several `forms` (the plain prompt, and the same question inside the chat template), pieces come in
@@ -368,12 +378,66 @@ class Scope:
                                 key=keys[i])
 
         short = [i for i in range(len(pieces)) if steps[i] * 2 <= self.cfg.max_scale]
+        took_at = {}  # piece -> whether it took at its final step, for the pieces checked there
         while short:
             took = self._takes(model, tok, [scaled(i) for i in short], [requests[i] for i in short])
-            for i in [i for i, ok in zip(short, took) if not ok]:
-                steps[i] *= 2
+            for i, ok in zip(short, took):
+                if ok or steps[i] * 2 > self.cfg.max_scale:
+                    took_at[i] = ok
+                else:
+                    steps[i] *= 2
             short = [i for i, ok in zip(short, took) if not ok and steps[i] * 2 <= self.cfg.max_scale]
-        return [(scaled(i), steps[i]) for i in range(len(pieces))]
+        out = [scaled(i) for i in range(len(pieces))]
+        if self.cfg.tune_steps:
+            unknown = [i for i in range(len(pieces)) if i not in took_at]
+            if unknown:
+                took_at.update(zip(unknown, self._takes(model, tok, [out[i] for i in unknown],
+                                                        [requests[i] for i in unknown])))
+            missed = [i for i in range(len(pieces)) if not took_at[i]]
+            if missed:
+                tuned = self._tuned(model, tok, [out[i] for i in missed], [requests[i] for i in missed])
+                for i, delta in zip(missed, tuned):
+                    out[i] = LowRankDelta(delta.factors, key=keys[i])
+        return list(zip(out, steps))
+
+    def _tuned(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
+               requests: list[EditRequest]) -> list[LowRankDelta]:
+        """Row i's delta with its left factors moved by Adam (at most `tune_steps` steps) to lower the NLL of its own
+        target, until every target is the teacher-forced argmax. The right factors stay MEND's ũ, so the delta reads
+        the same directions of the layer's input and stays as low-rank as it was.
+
+        Why: 19 of 150 zsRE train edits miss their own prompt at every step up to 8 and also at 16 (no larger step
+        helps), and re-running MEND on the edited model fixed 1 of them. What they miss is the direction of the
+        output change: mostly the later tokens of a multi-word answer ("Hammanu Miruza" for "Hammanu Mirza").
+        Tuned, 16 of the 19 took (5.7 steps each on average), and greedy replies to the edit prompt said the answer
+        in 0.94 of the 150 edits instead of 0.87 (weights/experiments/refined_step.py). Only the edits that miss pay
+        for it, and a scoped delta acts only inside its radius."""
+        lefts = [{n: left.detach().clone().float().requires_grad_(True) for n, (left, _) in d.factors.items()} for d in deltas]
+        rights = [{n: right for n, (_, right) in d.factors.items()} for d in deltas]
+        opt = torch.optim.Adam([{"params": [left], "lr": self.cfg.tune_lr * float(left.detach().abs().mean()) + 1e-12}
+                                for ls in lefts for left in ls.values()])
+        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, requests).items()}
+        attached = bool(self._handles)
+        if not attached:
+            self.attach(model)
+        try:
+            for _ in range(self.cfg.tune_steps):
+                with torch.enable_grad():
+                    pieces = [LowRankDelta({n: (ls[n], rs[n]) for n in ls}) for ls, rs in zip(lefts, rights)]
+                    with self.acting(self.stacked(pieces)):
+                        logits = answer_logits(model, batch)
+                    took = target_scores(logits.detach(), batch["labels"])[1]
+                    if took.all():
+                        break
+                    loss = (target_nll(logits, batch["labels"]) * (~took).float()).sum()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+        finally:
+            if not attached:
+                self.detach()
+        return [LowRankDelta({n: (ls[n].detach().to(d.factors[n][0].dtype), rs[n]) for n in ls})
+                for ls, rs, d in zip(lefts, rights, deltas)]
 
     @staticmethod
     def pieces(delta: LowRankDelta) -> list[dict[str, LowRankDelta]]:
@@ -519,7 +583,7 @@ class Scope:
         target = book.row_targets[r]
         length = None if target is None else len(tok(" " + target.strip(), add_special_tokens=False)["input_ids"])
         return Choice(book.row_pieces[r].get(ask.form, book.row_pieces[r][PLAIN]),
-                      Selection([book.owner[r]], [target], [length]))
+                      Selection([book.owner[r]], [target], [length], strict=ask.form == PLAIN))
 
     def keyed_on_the_way(self, tok: PreTrainedTokenizerBase, ask: Ask, ids: list[int]) -> bool:
         """Whether the prefill of prompt `ids` computes the ask's request key on its way: the prompt is the plain
@@ -568,9 +632,9 @@ class Scope:
         return self.applying(keys, form, book)
 
     def fingerprint(self) -> str:
-        # max_scale only picks the step of new edits, and the log stores each delta with its step already in it,
-        # so a log replays the same under any max_scale.
-        cfg = {k: v for k, v in asdict(self.cfg).items() if k != "max_scale"}
+        # max_scale and tuning only pick the delta of new edits, and the log stores each delta as it was picked, so a
+        # log replays the same under any of them.
+        cfg = {k: v for k, v in asdict(self.cfg).items() if k not in ("max_scale", "tune_steps", "tune_lr")}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         h.update(self.center.contiguous().numpy().tobytes())
         if self.proj is not None:  # stored keys live in the projected space: another projection, another log

@@ -197,6 +197,40 @@ def test_a_delta_without_key_ranks_applies_whole_for_every_key(setup):
     assert Scope.pieces(old) == [{"plain": old}, {"plain": old}]
 
 
+def test_an_edit_that_misses_at_every_step_is_tuned_on_its_left_factors(model, tokenizer):
+    """A piece that does not give its target at its largest step gets Adam steps on its left factors: its target's
+    log-prob rises, its right factors (MEND's ũ) and rank stay, the pieces handed in are not touched, and a log
+    replays the same whatever the tuning (it is not in the fingerprint)."""
+    from editor_core.scoring import score_targets
+
+    editor = MENDEditor.for_model(model, rank=8, init_alpha=1e-2).eval()  # too small a step to take
+    pieces = editor.compute_deltas(model, tokenizer, REQS[:1])
+    kept = {n: left.clone() for n, (left, _) in pieces[0].factors.items()}
+
+    def scored(steps: int):
+        scope = Scope.fit(model, tokenizer, editor.layers, PROMPTS,
+                          ScopeConfig(key_block=0, radius=0.999, tune_steps=steps, tune_lr=1.0))
+        delta = scope.scoped(model, tokenizer, pieces, REQS[:1])
+        scope.add("e", delta)
+        scope.attach(model)
+        try:
+            with scope.applying_to(model, tokenizer, [REQS[0].prompt]):
+                return scope, delta, score_targets(model, tokenizer, REQS[:1])[0]
+        finally:
+            scope.detach()
+
+    plain_scope, plain, before = scored(0)
+    tuned_scope, tuned, after = scored(20)
+    assert not before.exact and after.logprob > before.logprob + 0.1
+    assert tuned_scope.fingerprint() == plain_scope.fingerprint()
+    for name, (left, right) in tuned.factors.items():
+        assert torch.equal(right, plain.factors[name][1]) and left.shape == plain.factors[name][0].shape
+        assert not torch.equal(left, plain.factors[name][0])
+        assert torch.equal(pieces[0].factors[name][0], kept[name])
+    if model.config.model_type == "gpt2":  # this one is reached in 20 steps
+        assert after.exact
+
+
 def test_a_selection_releases_once_its_answer_is_said(setup):
     # A scoped delta left on after its answer keeps pushing that answer at every later token ("Rome Rome Rome"):
     # the decoding loop drops it once its selection is released (test_batching.py checks what follows).
@@ -209,7 +243,7 @@ def test_a_selection_releases_once_its_answer_is_said(setup):
     assert other is None and choice.selection.edit_ids == ["e1"]
     with scope.acting(scope.stacked([choice.piece])):
         assert not torch.equal(logits(model, tok, REQS[:1]), plain)
-    assert not choice.selection.observe(" the answer is")  # not yet said: still on
+    assert not choice.selection.observe(f" {target.strip()[:2]}")  # not yet said: still on
     assert not choice.selection.released
     assert choice.selection.observe(f"{target}, of course.") and choice.selection.released
     assert not choice.selection.observe(f"{target}, of course. And")  # released once
@@ -252,6 +286,23 @@ def test_a_selection_releases_an_answer_gone_wrong_but_not_a_preamble(setup):
     unknown = selection(None)  # without its length only leaving the answer releases it
     for _ in range(50):
         assert not unknown.observe(" Jane")
+
+
+def test_a_strict_selection_releases_a_reply_that_is_no_longer_the_start_of_its_answer():
+    """A plain prompt's piece is trained to begin the reply with the answer: once the reply is not the start of
+    the answer ("Glanson" for "Gloria Swanson"), the edit has failed and is released, where the chat rule would
+    keep it on until the answer's first word came."""
+    target = "Gloria Swanson"
+    strict, chat = (Selection(["e"], [target], [4], strict=s) for s in (True, False))
+    for partial in (" Gl", " Glor", " Gloria", " Gloria Sw"):
+        assert not strict.observe(partial) and not chat.observe(partial)
+    strict, chat = (Selection(["e"], [target], [4], strict=s) for s in (True, False))
+    assert not strict.observe(" Gl") and not chat.observe(" Gl")
+    assert strict.observe(" Glanson") and not chat.observe(" Glanson")
+    preamble = Selection(["e"], [target], [4], strict=True)
+    assert preamble.observe(" The")  # a plain reply that does not begin with the answer never will
+    said = Selection(["e"], [target], [4], strict=True)
+    assert not said.observe(" \"") and said.observe(' "Gloria Swanson"')  # punctuation is not a departure
 
 
 def test_a_whitening_projection_keys_prompts_and_travels_with_the_scope(setup, tmp_path):
