@@ -52,7 +52,8 @@ def train(
     if scope:  # what `mend serve` needs for its default method, fitted on the same training files
         from .scope import ScopeConfig
 
-        _fit_and_save_scope(model, best, data, scope_records, ScopeConfig(scale=2.0, max_scale=8.0, tune_steps=10))
+        _fit_and_save_scope(model, best, data, scope_records, ScopeConfig(scale=2.0, max_scale=8.0, tune_steps=10,
+                                                                              end_words=True))
     typer.echo(f"best editor: {best}")
 
 
@@ -109,6 +110,8 @@ def fit_scope(
                                               "(weights/experiments/scoped_step.py; 0: never)"),
     tune_steps: int = typer.Option(10, help="Adam steps on an edit that still misses at max_scale (left factors "
                                             "only; weights/experiments/refined_step.py; 0: never)"),
+    end_words: bool = typer.Option(True, help="train each edit to end its answer's word too, and release it after "
+                                              "(weights/experiments/refined_step.py, `tuned_ended`)"),
     whiten: bool = typer.Option(True, help="try whitening the keys against how rephrases differ (kept only if the "
                                            "objective improves)"),
 ) -> None:
@@ -116,7 +119,7 @@ def fit_scope(
     from .scope import ScopeConfig
 
     _fit_and_save_scope(model, editor, data, n, ScopeConfig(window=window, scale=scale, max_scale=max_scale,
-                                                           tune_steps=tune_steps),
+                                                           tune_steps=tune_steps, end_words=end_words),
                         loc_weight, key_block, radius, whiten)
 
 

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import EditRequest, target_nll, target_scores, tokenize_edits
+from .data import EditRequest, join, target_nll, target_scores, tokenize_edits
 from .delta import LowRankDelta
 from .fluency import normalized
 from .generation import chat_text
@@ -86,11 +86,15 @@ class Selection:
     answer's first word repeats its pieces ("Glansonansonanson" for "Gloria Swanson", "Tyrumumum" for
     "Tyrannum"; 5 of 150 zsRE train edits). Edits logged before targets were stored (no meta["targets"]) never
     release.
+
+    An edit made with `ScopeConfig.end_words` was trained to say its answer and then a token that ends the word
+    (`Scope.edit_forms`): its selection (`word_end`) counts the answer said only once the word has ended, so the
+    token after the answer is still the edit's ("Oxford." rather than the unedited "Oxfordshire").
     """
 
     def __init__(self, edit_ids: list[str | None], targets: list[str | None],
-                 lengths: list[int | None] | None = None, strict: bool = False) -> None:
-        self.edit_ids, self.strict = edit_ids, strict
+                 lengths: list[int | None] | None = None, strict: bool = False, word_end: bool = False) -> None:
+        self.edit_ids, self.strict, self.word_end = edit_ids, strict, word_end
         chosen = [(t, n) for e, t, n in zip(edit_ids, targets, lengths or [None] * len(targets))
                   if e is not None and t is not None]
         self._pending = {normalized(t): t.strip().lower() for t, _ in chosen}  # normalised -> as written
@@ -107,7 +111,10 @@ class Selection:
         if self.released or self._release_never or not self._pending:
             return False
         text = f" {normalized(reply)} "
-        unsaid = [t for t in self._pending if f" {t} " not in text]  # an empty target is never said
+        # With word_end, a last word that may still grow is not yet said: judged once a later token ends it.
+        growing = re.search(r"\w*$", reply).group() if self.word_end else ""
+        done = f" {normalized(reply[: len(reply) - len(growing)])} " if growing else text
+        unsaid = [t for t in self._pending if f" {t} " not in done]  # an empty target is never said
         if not unsaid or any(self._went_wrong(t, reply, text) for t in unsaid):
             self.released = True
         return self.released
@@ -161,11 +168,12 @@ class Codebook:
     owner: tuple[str, ...]  # edit id of each key row
     row_pieces: tuple[dict[str, LowRankDelta], ...]  # what each key row applies, by form (`Scope.pieces`)
     row_targets: tuple[str | None, ...]  # the answer each key row installs (None: not stored)
+    row_word_end: tuple[bool, ...]  # whether each key row's delta also says the token that ends the answer's word
     deltas: MappingProxyType  # edit id -> its scoped delta; insertion order = age
 
     @classmethod
     def empty(cls, dim: int) -> Codebook:
-        return cls(torch.zeros(0, dim), (), (), (), MappingProxyType({}))
+        return cls(torch.zeros(0, dim), (), (), (), (), MappingProxyType({}))
 
     def added(self, edit_id: str, delta: LowRankDelta) -> Codebook:
         if delta.key is None:
@@ -175,6 +183,7 @@ class Codebook:
         return Codebook(torch.cat([self.keys, delta.key.float()]), self.owner + (edit_id,) * n,
                         self.row_pieces + tuple(Scope.pieces(delta)),
                         self.row_targets + tuple(targets if len(targets) == n else [None] * n),
+                        self.row_word_end + (delta.meta.get("word_end") == "1",) * n,
                         MappingProxyType({**self.deltas, edit_id: delta}))
 
     def without(self, *edit_ids: str) -> Codebook:
@@ -185,7 +194,7 @@ class Codebook:
         keep = [i for i, o in enumerate(self.owner) if o not in gone]
         return Codebook(self.keys[keep], tuple(self.owner[i] for i in keep),
                         tuple(self.row_pieces[i] for i in keep), tuple(self.row_targets[i] for i in keep),
-                        MappingProxyType({k: v for k, v in self.deltas.items() if k not in gone}))
+                        tuple(self.row_word_end[i] for i in keep), MappingProxyType({k: v for k, v in self.deltas.items() if k not in gone}))
 
     def nearest(self, keys: torch.Tensor, radius: float) -> list[int | None]:
         """Per prompt key: the most similar key row at cosine >= radius (ties: the newest)."""
@@ -213,6 +222,9 @@ class ScopeConfig:
     # pieces' left factors (MEND's ũ kept as the right ones), on its own target, until it does (`Scope._tuned`).
     tune_steps: int = 0
     tune_lr: float = 0.05  # Adam's step, relative to each left factor's mean magnitude
+    # Each form's target is extended by the token that ends its word (`Scope.edit_forms`), and the edit released
+    # only after it: released on the answer's last piece, the unedited model goes on with the word ("Oxfordshire").
+    end_words: bool = False
 
 
 class Scope:
@@ -340,9 +352,34 @@ class Scope:
         proj = tensors["proj"].float() if "proj" in tensors else None
         return cls(cfg, layers, tensors["center"].float(), proj)
 
+    @torch.no_grad()
+    def edit_forms(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase,
+                   requests: list[EditRequest]) -> list[EditRequest]:
+        """What MEND computes a scoped edit's pieces on: each request in every form (`in_forms`), and with
+        `end_words` each target extended by the token that ends its word, the one the unedited model likes best
+        after prompt + target among the tokens that begin with neither a letter nor a digit (" Oxford" ->
+        " Oxford."). Measured on 150 zsRE train records with tuning: greedy replies to the edit prompt said the answer
+        in 0.94 of edits without it and 0.98 with it, in chat 0.93 and 0.98; the rephrases 0.79 either way
+        (weights/experiments/refined_step.py, `tuned` and `tuned_ended`)."""
+        forms = in_forms(tok, requests)
+        if not self.cfg.end_words:
+            return forms
+        ends = _word_ends(tok)
+        out = []
+        for req in forms:
+            prompt, target = join(req.prompt, req.target)
+            ids = tok(prompt + target, return_tensors="pt").input_ids.to(model.device)
+            with self.off():
+                hidden = model.base_model(input_ids=ids).last_hidden_state[:, -1]
+            logits = model.get_output_embeddings()(hidden)[0].float()
+            k = min(len(ends), len(logits))
+            best = int(logits[:k].masked_fill(~ends[:k].to(logits.device), float("-inf")).argmax())
+            out.append(EditRequest(req.prompt, req.target + tok.decode([best])))
+        return out
+
     def scoped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pieces: list[LowRankDelta],
                requests: list[EditRequest], keyed_by: list[str] | None = None,
-               forms: tuple[str, ...] = (PLAIN,)) -> LowRankDelta:
+               forms: tuple[str, ...] = (PLAIN,), answers: list[str] | None = None) -> LowRankDelta:
         """One scoped edit from each request's own delta (`MENDEditor.compute_deltas`): piece i is keyed by prompt i
         and applies to the prompts that select that key, so edits sent together do not add up on each other's
         prompts. Each piece's step is `scale`, doubled while its own target is not the teacher-forced argmax and
@@ -352,7 +389,10 @@ class Scope:
         With several `forms` (the plain prompt, and the same question inside the chat template), pieces come in
         groups of len(forms): piece i*F + j is edit i computed in form j, and all F share one key, the key of
         `keyed_by[i]` (the question as a plain prompt). A request selects the edit by its question and applies the
-        piece of its own form, so a fact edited once shows in plain and in chat requests alike."""
+        piece of its own form, so a fact edited once shows in plain and in chat requests alike.
+
+        `answers`: each edit's answer as the user gave it, stored as its target, when `requests` carry targets
+        extended by `edit_forms` (default: the plain form's target)."""
         n_forms = len(forms)
         keyed_by = keyed_by if keyed_by is not None else [r.prompt for r in requests]
         if len(pieces) != len(requests) or len(requests) != len(keyed_by) * n_forms:
@@ -361,10 +401,12 @@ class Scope:
         keys = self.prompt_keys(model, tok, keyed_by)
         scaled = self._stepped(model, tok, pieces, [keys[i // n_forms][None] for i in range(len(pieces))], requests)
         meta = {**pieces[0].meta, "scope_scale": json.dumps([step for _, step in scaled]),
-                "targets": json.dumps([r.target for r in requests[::n_forms]]),
+                "targets": json.dumps(answers if answers is not None else [r.target for r in requests[::n_forms]]),
                 "key_ranks": json.dumps({n: [d.factors[n][0].shape[1] for d, _ in scaled] for n in pieces[0].factors})}
         if forms != (PLAIN,):
             meta["forms"] = json.dumps(list(forms))
+        if answers is not None and self.cfg.end_words:
+            meta["word_end"] = "1"
         return LowRankDelta(LowRankDelta.stack([d for d, _ in scaled]).factors, meta, keys)
 
     def _stepped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pieces: list[LowRankDelta],
@@ -583,7 +625,8 @@ class Scope:
         target = book.row_targets[r]
         length = None if target is None else len(tok(" " + target.strip(), add_special_tokens=False)["input_ids"])
         return Choice(book.row_pieces[r].get(ask.form, book.row_pieces[r][PLAIN]),
-                      Selection([book.owner[r]], [target], [length], strict=ask.form == PLAIN))
+                      Selection([book.owner[r]], [target], [length], strict=ask.form == PLAIN,
+                                word_end=book.row_word_end[r]))
 
     def keyed_on_the_way(self, tok: PreTrainedTokenizerBase, ask: Ask, ids: list[int]) -> bool:
         """Whether the prefill of prompt `ids` computes the ask's request key on its way: the prompt is the plain
@@ -632,9 +675,10 @@ class Scope:
         return self.applying(keys, form, book)
 
     def fingerprint(self) -> str:
-        # max_scale and tuning only pick the delta of new edits, and the log stores each delta as it was picked, so a
-        # log replays the same under any of them.
-        cfg = {k: v for k, v in asdict(self.cfg).items() if k not in ("max_scale", "tune_steps", "tune_lr")}
+        # max_scale, tuning and end_words only pick the delta of new edits, and the log stores each delta as it was
+        # picked (with meta["word_end"]), so a log replays the same under any of them.
+        cfg = {k: v for k, v in asdict(self.cfg).items()
+               if k not in ("max_scale", "tune_steps", "tune_lr", "end_words")}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         h.update(self.center.contiguous().numpy().tobytes())
         if self.proj is not None:  # stored keys live in the projected space: another projection, another log
@@ -644,6 +688,19 @@ class Scope:
     def off(self):
         """Within this context, this thread's forwards add no scoped edit."""
         return self.acting(None)
+
+
+_WORD_ENDS: dict[int, torch.Tensor] = {}
+
+
+def _word_ends(tok: PreTrainedTokenizerBase) -> torch.Tensor:
+    """(vocab,) bool: the tokens that begin with neither a letter nor a digit (and are not special), so that
+    following an answer they end its last word."""
+    if id(tok) not in _WORD_ENDS:
+        special = set(tok.all_special_ids)
+        _WORD_ENDS[id(tok)] = torch.tensor([i not in special and bool(t := tok.decode([i])) and not t[0].isalnum()
+                                            for i in range(len(tok))])
+    return _WORD_ENDS[id(tok)]
 
 
 def key_block_candidates(model: PreTrainedModel) -> list[int]:

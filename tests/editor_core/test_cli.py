@@ -80,7 +80,7 @@ def test_fit_scope_then_eval_with_scoped_edits(llama_dir, editor_dir, data_files
     assert "| radius |" in res.stdout and "radius 0.90 saved" in res.stdout
     assert json.loads((ed / "scope.json").read_text()) == {"key_block": 1, "radius": 0.9, "scale": 3.0, "window": 0,
                                                                  "max_scale": 12.0, "tune_steps": 3,
-                                                                 "tune_lr": 0.05}
+                                                                 "tune_lr": 0.05, "end_words": True}
     out = tmp_path / "scoped.json"
     res = _eval(editor_core.cli.app, llama_dir, ed, data_files, "--method", "mend-scoped", "--sequential", "2",
                 "--generate", "2", "--json", str(out))
