@@ -365,17 +365,18 @@ class Scope:
         if not self.cfg.end_words:
             return forms
         ends = _word_ends(tok)
-        out = []
-        for req in forms:
-            prompt, target = join(req.prompt, req.target)
-            ids = tok(prompt + target, return_tensors="pt").input_ids.to(model.device)
-            with self.off():
-                hidden = model.base_model(input_ids=ids).last_hidden_state[:, -1]
-            logits = model.get_output_embeddings()(hidden)[0].float()
-            k = min(len(ends), len(logits))
-            best = int(logits[:k].masked_fill(~ends[:k].to(logits.device), float("-inf")).argmax())
-            out.append(EditRequest(req.prompt, req.target + tok.decode([best])))
-        return out
+        rows = [tok("".join(join(r.prompt, r.target)))["input_ids"] for r in forms]
+        width = max(len(ids) for ids in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in rows], device=model.device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows], device=model.device)
+        with self.off():  # one forward for every form; the logits of each row's last real token only
+            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        last = hidden[torch.arange(len(rows), device=hidden.device), mask.sum(1) - 1]
+        logits = model.get_output_embeddings()(last).float()
+        k = min(len(ends), logits.shape[1])
+        best = logits[:, :k].masked_fill(~ends[:k].to(logits.device), float("-inf")).argmax(1).tolist()
+        return [EditRequest(r.prompt, r.target + tok.decode([b])) for r, b in zip(forms, best)]
 
     def scoped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pieces: list[LowRankDelta],
                requests: list[EditRequest], keyed_by: list[str] | None = None,

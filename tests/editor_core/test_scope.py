@@ -324,3 +324,40 @@ def test_a_whitening_projection_keys_prompts_and_travels_with_the_scope(setup, t
     loaded.proj = None
     assert loaded.fingerprint() != scope.fingerprint()
     assert torch.allclose(loaded.prompt_keys(model, tok, PROMPTS), plain, atol=1e-6)
+
+
+def test_edit_forms_end_each_target_with_the_token_the_base_model_likes_best_after_it(model, tokenizer):
+    """With end_words, each form's target gains one token that begins with neither a letter nor a digit: the
+    unedited model's best after prompt + target (computed for all forms in one padded forward, equal to each
+    alone); without it the forms are `in_forms`'."""
+    from editor_core.data import join
+    from editor_core.scope import _word_ends, in_forms
+
+    editor = MENDEditor.for_model(model, rank=8).eval()
+    scope = Scope.fit(model, tokenizer, editor.layers, PROMPTS, ScopeConfig(key_block=0, end_words=True))
+    reqs = REQS[:3]
+    ended = scope.edit_forms(model, tokenizer, reqs)
+    plain = in_forms(tokenizer, reqs)
+    assert [r.prompt for r in ended] == [r.prompt for r in plain]
+    ends = _word_ends(tokenizer)
+    for req, base in zip(ended, plain):
+        assert req.target.startswith(base.target) and len(req.target) > len(base.target)
+        extra = req.target[len(base.target):]
+        assert not extra[0].isalnum()
+        with torch.no_grad():
+            logits = model(tokenizer("".join(join(base.prompt, base.target)), return_tensors="pt").input_ids).logits[0, -1]
+        k = min(len(ends), len(logits))
+        best = int(logits[:k].masked_fill(~ends[:k], float("-inf")).argmax())
+        assert extra == tokenizer.decode([best])
+    scope.cfg.end_words = False
+    assert scope.edit_forms(model, tokenizer, reqs) == plain
+
+
+def test_a_word_end_selection_is_released_only_once_the_answers_word_has_ended():
+    """An edit trained to end its answer's word keeps acting on the token after the answer: " Oxford" is not yet
+    said (it may become "Oxfordshire"), " Oxford." is."""
+    ended, shipped = Selection(["e"], ["Oxford"], [1], strict=True, word_end=True), Selection(["e"], ["Oxford"], [1])
+    assert not ended.observe(" Oxford") and shipped.observe(" Oxford")
+    assert ended.observe(" Oxford.")
+    run_on = Selection(["e"], ["Oxford"], [1], strict=True, word_end=True)
+    assert not run_on.observe(" Oxford") and run_on.observe(" Oxfordshire")  # gone wrong: released all the same
