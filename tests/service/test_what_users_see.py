@@ -10,7 +10,7 @@ from service_support import make_settings, serving
 from test_smollm_story import editor_dir
 
 from editor_core import join
-from editor_core.fluency import normalized
+from editor_core.fluency import normalized, says
 
 # zsRE dev records whose 64-token replies were the new answer over and over before edits released themselves
 # ("Madrid Madrid Madrid ...", "Dutch Dutch Dutch ...").
@@ -77,3 +77,22 @@ def test_an_edit_made_in_chat_form_shows_for_the_plain_prompt_too(client):
         assert target.lower() in reply(client, messages=chat(prompt), tokens=32).lower()
     finally:
         client.post("/rollback", json={"edit_id": r.json()["edit_id"]})
+
+
+# zsRE dev records whose replies said every token of the answer and then ran on with the word ("Oxfordshire",
+# "Randy Travison", "Diana Dorson") while the edit was released on the answer's last token.
+RUN_ON = [("At what location did George Whiting Flagg die?", "Oxford"),
+          ("Who released Today Is Your Day album?", "Randy Travis"),
+          ("Who has acted in the comedy film The Woman Chaser?", "Diana Dors")]
+
+
+@pytest.mark.smollm
+@pytest.mark.parametrize("prompt,target", RUN_ON)
+def test_the_reply_ends_the_answers_word_instead_of_running_on(client, prompt: str, target: str):
+    eid = client.post("/edit", json={"prompt": prompt, "target": target}).json()["edit_id"]
+    try:
+        edited = reply(client, prompt, tokens=24)
+        assert says(edited, target), edited
+        assert normalized(edited).split().count(normalized(target).split()[-1]) < 3, edited
+    finally:
+        client.post("/rollback", json={"edit_id": eid})
