@@ -15,6 +15,28 @@ Step rules (Scope._stepped), each applied to the pieces whose own target is not 
             the edit released only once the word has ended (weights/experiments/release_boundary.py's `ended`)
 
 Usage: python weights/experiments/refined_step.py zsre|counterfact [N] [RULE ...]   (from the repo root)
+Environment: THREADS (torch threads, 1), ROUNDS (refinement rounds of `refined` and `ended`, 2), TUNE (Adam steps of
+`tuned*`, 10), TUNE_LR (0.05). `short`: edits with a piece that misses its own target after the doubling;
+`still_short`: after the rule's own fix.
+
+Measured 2026-12-02 at 17c45d4 (the last 150 zsRE / 100 CounterFact train records, one per subject; 1 thread each,
+two or three such runs sharing the 2 cores, so edit_s is inflated and not comparable across rows):
+  zsRE 150          prompt  chat   rephrase  short  still_short  edit_s p50
+    shipped         0.867   0.860  0.740     19     19           1.25
+    refined         0.867   0.867  0.740     19     18           1.29
+    x16             0.867   0.867  0.740     19     19           1.31
+    tuned           0.940   0.933  0.793     19      3           1.33   (108 Adam steps in all)
+    tuned_ended     0.980   0.980  0.787     31      3           2.41   (ROUNDS=0; 143 steps; the busiest CPU)
+  CounterFact 100
+    shipped         0.950   0.940  0.685      5      5           1.16
+    refined         0.950   0.960  0.685      5      3           1.18
+    ended           0.950   0.940  0.685      5      5           1.19   (ROUNDS=0: ended targets, no tuning)
+    tuned           0.950   0.980  0.685      5      0           1.62   (18 steps)
+No larger step and no second MEND step fixes the edits that miss: they need another direction, which tuning the
+left factors finds. Once they take, what is left of the misses is the answer run on into a longer word ("Dutchman",
+"violinist", "Jacksonville", "Dorothy Waller": 4 of 5 CounterFact and 7 of 9 zsRE misses under `tuned`), which
+ending the word fixes. Refinement made the broken replies worse ("the the the ..."). Shipped since 0fc0d00:
+tune_steps 10 and end_words (weights/smollm2/scope.json).
 """
 from __future__ import annotations
 
