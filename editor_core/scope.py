@@ -194,7 +194,8 @@ class Codebook:
         keep = [i for i, o in enumerate(self.owner) if o not in gone]
         return Codebook(self.keys[keep], tuple(self.owner[i] for i in keep),
                         tuple(self.row_pieces[i] for i in keep), tuple(self.row_targets[i] for i in keep),
-                        tuple(self.row_word_end[i] for i in keep), MappingProxyType({k: v for k, v in self.deltas.items() if k not in gone}))
+                        tuple(self.row_word_end[i] for i in keep),
+                        MappingProxyType({k: v for k, v in self.deltas.items() if k not in gone}))
 
     def nearest(self, keys: torch.Tensor, radius: float) -> list[int | None]:
         """Per prompt key: the most similar key row at cosine >= radius (ties: the newest)."""
@@ -384,8 +385,8 @@ class Scope:
         """One scoped edit from each request's own delta (`MENDEditor.compute_deltas`): piece i is keyed by prompt i
         and applies to the prompts that select that key, so edits sent together do not add up on each other's
         prompts. Each piece's step is `scale`, doubled while its own target is not the teacher-forced argmax and
-        the step stays <= `max_scale`; a piece that still misses is tuned (`_tuned`). The pieces travel as one delta: factors concatenated along the rank axis,
-        their ranks per layer in meta["key_ranks"].
+        the step stays <= `max_scale`; a piece that still misses is tuned (`_tuned`). The pieces travel as one
+        delta: factors concatenated along the rank axis, their ranks per layer in meta["key_ranks"].
 
         With several `forms` (the plain prompt, and the same question inside the chat template), pieces come in
         groups of len(forms): piece i*F + j is edit i computed in form j, and all F share one key, the key of
@@ -455,7 +456,8 @@ class Scope:
         Tuned, 16 of the 19 took (5.7 steps each on average), and greedy replies to the edit prompt said the answer
         in 0.94 of the 150 edits instead of 0.87 (weights/experiments/refined_step.py). Only the edits that miss pay
         for it, and a scoped delta acts only inside its radius."""
-        lefts = [{n: left.detach().clone().float().requires_grad_(True) for n, (left, _) in d.factors.items()} for d in deltas]
+        lefts = [{n: left.detach().clone().float().requires_grad_(True) for n, (left, _) in d.factors.items()}
+                 for d in deltas]
         rights = [{n: right for n, (_, right) in d.factors.items()} for d in deltas]
         opt = torch.optim.Adam([{"params": [left], "lr": self.cfg.tune_lr * float(left.detach().abs().mean()) + 1e-12}
                                 for ls in lefts for left in ls.values()])

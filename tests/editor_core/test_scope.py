@@ -344,8 +344,9 @@ def test_edit_forms_end_each_target_with_the_token_the_base_model_likes_best_aft
         assert req.target.startswith(base.target) and len(req.target) > len(base.target)
         extra = req.target[len(base.target):]
         assert not extra[0].isalnum()
+        ids = tokenizer("".join(join(base.prompt, base.target)), return_tensors="pt").input_ids
         with torch.no_grad():
-            logits = model(tokenizer("".join(join(base.prompt, base.target)), return_tensors="pt").input_ids).logits[0, -1]
+            logits = model(ids).logits[0, -1]
         k = min(len(ends), len(logits))
         best = int(logits[:k].masked_fill(~ends[:k], float("-inf")).argmax())
         assert extra == tokenizer.decode([best])
