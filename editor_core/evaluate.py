@@ -23,7 +23,7 @@ from .layers import EditedLayer
 from .fluency import Generate, Query, reply_metrics, reply_reference
 from .batching import Batch, Row
 from .generation import prompt_ids
-from .scope import CHAT, PLAIN, Ask, Scope, forms_of
+from .scope import CHAT, PLAIN, Ask, Scope
 from .scoring import TargetScore, answer_logits, score_targets
 
 # Scoring is not bound by the editor's 64-token window: a long locality answer is scored after its whole prompt
@@ -206,14 +206,9 @@ def mend_method(model, tok, editor, rel_tol: float = 0.0, dtype: torch.dtype | N
 
 def scoped_mend_method(model, tok, editor, scope: Scope, rel_tol: float = 0.0,
                        dtype: torch.dtype | None = None) -> Method:
-    """Each edit's own delta (compressed like mend_method's), in every form (`Scope.edit_forms`), scoped as the service
-    does."""
+    """Each edit's scoped delta (compressed like mend_method's), as the service computes it (`Scope.compute`)."""
     def run(recs: list[EditRecord]) -> LowRankDelta:
-        forms = scope.edit_forms(model, tok, [r.edit for r in recs])
-        pieces = editor.compute_deltas(model, tok, forms)
-        pieces = [p.compressed(rel_tol, dtype) for p in pieces] if rel_tol or dtype else pieces
-        return scope.scoped(model, tok, pieces, forms, [r.edit.prompt for r in recs], forms_of(tok),
-                            answers=[r.edit.target for r in recs])
+        return scope.compute(model, tok, editor, [r.edit for r in recs], rel_tol, dtype)
 
     return run
 

@@ -1,12 +1,15 @@
 """The per-token factors of an edit's gradient: for each edited layer, inputs u_t and output gradients δ_t."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import PreTrainedModel
 
 from .data import target_nll
 from .hooks import CaptureLayers
 from .layers import EditedLayer, find_blocks
+from .prefix_cache import PrefixCache
 from .scoring import answer_logits
 
 
@@ -16,7 +19,7 @@ def grad_from_block(model: PreTrainedModel, layers: list[EditedLayer]):
 
 
 def token_factors(
-    model: PreTrainedModel, layers: list[EditedLayer], batch: dict
+    model: PreTrainedModel, layers: list[EditedLayer], batch: dict, prefix: PrefixCache | None = None
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """One forward and one backward (through the edited blocks only) of the edit loss.
 
@@ -26,7 +29,9 @@ def token_factors(
     The model's weights are not changed and no parameter's .grad is touched.
     """
     modules = {l.name: model.get_submodule(l.module) for l in layers}
-    with torch.enable_grad(), CaptureLayers(modules, grad_from_block(model, layers)) as cap:
+    # The prefix's input is injected first (its hook is registered first), then made the leaf the backward stops at.
+    with (prefix.skipping(batch) if prefix else contextlib.nullcontext(), torch.enable_grad(),
+          CaptureLayers(modules, grad_from_block(model, layers)) as cap):
         loss = target_nll(answer_logits(model, batch), batch["labels"]).sum()
         grads = torch.autograd.grad(loss, [cap.outputs[l.name] for l in layers])
     # Logits at t score token t+1, so δ is exactly zero from a sequence's last target on (causal attention)

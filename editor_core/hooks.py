@@ -63,11 +63,13 @@ class CaptureLayers(_ThreadHooks):
 
 
 class SkipPrefix(_ThreadHooks):
-    """Replace the blocks below `first` by a cached input to block `first` (the frozen-prefix cache).
+    """Replace the blocks below `first` by a given input to block `first` (the frozen-prefix cache), in the forwards
+    of the thread that opened this only.
 
-    Blocks before `first` become identities and block `first` receives `hidden` instead of what they made;
-    the embedding, masks and position encodings are still computed, which costs little. Unlike the
-    capture hooks this swaps the blocks for every thread: it is for training, never for a served model.
+    Blocks before `first` pass their input through and block `first` receives `hidden` instead of what they made;
+    the embedding, masks and position encodings are still computed, which costs little. Another thread's forward
+    through the same blocks meanwhile runs whole: the service checks an edit's candidate deltas this way while
+    other threads generate.
     """
 
     def __init__(self, blocks: nn.ModuleList, first: int, hidden: torch.Tensor) -> None:
@@ -75,23 +77,59 @@ class SkipPrefix(_ThreadHooks):
         self.hidden = hidden
         self._skipped = list(blocks)[:first]
         for block in self._skipped:
-            block.forward = _identity
+            _pass_through(block)
+        self._saved = getattr(_skipping, "blocks", frozenset())
+        _skipping.blocks = frozenset(id(b) for b in self._skipped)
         self._handles.append(blocks[first].register_forward_pre_hook(self._inject, with_kwargs=True))
 
-    def _inject(self, _mod, args, kwargs):
+    def _inject(self, _mod, args, kwargs=None):
+        if not self._mine():
+            return None
         if args:
             return (self.hidden, *args[1:]), kwargs
         kwargs["hidden_states"] = self.hidden
         return args, kwargs
 
     def __exit__(self, *exc) -> None:
+        _skipping.blocks = self._saved
         for block in self._skipped:
-            del block.forward  # drop the instance override: the class's forward shows through again
+            _run_through(block)
         super().__exit__(*exc)
 
 
-def _identity(hidden_states, *args, **kwargs):
-    return hidden_states
+# A block is skipped by a forward of its own that checks whose thread calls it, installed while any thread skips it
+# (counted) and removed after the last: swapping the forward for every thread would feed another thread's
+# generation the wrong hidden states. A forward set on the instance before (accelerate's device hooks) is kept.
+_skipping = threading.local()
+_swap_lock = threading.Lock()
+_swapped: dict[int, tuple[int, object]] = {}  # id(block) -> (threads skipping it, the instance forward it had)
+
+
+def _pass_through(block: nn.Module) -> None:
+    with _swap_lock:
+        users, own = _swapped.get(id(block), (0, None))
+        if users == 0:
+            own = block.__dict__.get("forward")
+            inner = own or type(block).forward.__get__(block)
+
+            def forward(hidden_states, *args, **kwargs):
+                if id(block) in getattr(_skipping, "blocks", ()):
+                    return hidden_states
+                return inner(hidden_states, *args, **kwargs)
+
+            block.forward = forward
+        _swapped[id(block)] = (users + 1, own)
+
+
+def _run_through(block: nn.Module) -> None:
+    with _swap_lock:
+        users, own = _swapped.pop(id(block))
+        if users > 1:
+            _swapped[id(block)] = (users - 1, own)
+        elif own is not None:
+            block.forward = own
+        else:
+            del block.forward  # the class's forward shows through again
 
 
 class CaptureBlockInput(_ThreadHooks):

@@ -23,6 +23,7 @@ from .delta import LowRankDelta
 from .gradients import token_factors
 from .hooks import CaptureLayers
 from .layers import EditedLayer, select_layers
+from .prefix_cache import PrefixCache
 
 EDITOR_VERSION = "1"
 WEIGHTS_FILE, CONFIG_FILE = "editor.safetensors", "editor.json"
@@ -178,13 +179,14 @@ class MENDEditor(nn.Module):
 
     @torch.no_grad()
     def compute_deltas(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                       requests: list[EditRequest]) -> list[LowRankDelta]:
+                       requests: list[EditRequest], prefix: PrefixCache | None = None) -> list[LowRankDelta]:
         """One delta per request, from one forward and backward: each is the update that request alone gets
-        (the loss is a sum over sequences and the networks act on each token), and their sum is `compute_delta`'s."""
+        (the loss is a sum over sequences and the networks act on each token), and their sum is `compute_delta`'s.
+        `prefix`: the first edited block's input of sequences already seen, and a store for these."""
         if self.training:
             raise RuntimeError("call editor.eval() before computing deltas: training mode moves the statistics")
         batch = {k: v.to(model.device) for k, v in tokenize_edits(tokenizer, requests, self.cfg.max_length).items()}
-        factors, seq = token_factors(model, self.layers, batch)
+        factors, seq = token_factors(model, self.layers, batch, prefix)
         delta = self.transform(factors)  # float32: token_factors returns float32 rows whatever the model's dtype
         seq = seq.to(self.log_alpha.device)
         return [LowRankDelta({n: (a[:, seq == i], b[seq == i]) for n, (a, b) in delta.factors.items()})

@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import threading
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -28,13 +29,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import EditRequest, join, target_nll, target_scores, tokenize_edits
+from .data import EditRequest, target_nll, target_scores, tokenize_edits
 from .delta import LowRankDelta
 from .fluency import normalized
 from .generation import chat_text
 from .hooks import input_of_block
 from .layers import EditedLayer, find_blocks
-from .scoring import answer_logits, score_targets
+from .prefix_cache import PrefixCache
+from .scoring import answer_logits
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
 PLAIN, CHAT = "plain", "chat"  # the forms a request comes in: a bare prompt, or a question in the chat template
@@ -226,6 +228,9 @@ class ScopeConfig:
     # Each form's target is extended by the token that ends its word (`Scope.edit_forms`), and the edit released
     # only after it: released on the answer's last piece, the unedited model goes on with the word ("Oxfordshire").
     end_words: bool = False
+    # With `end_words`, MEND's delta is computed on the ended target too (True), or on the user's target while only
+    # the step and tuning check the ended one (False).
+    ended_delta: bool = False
 
 
 class Scope:
@@ -353,35 +358,52 @@ class Scope:
         proj = tensors["proj"].float() if "proj" in tensors else None
         return cls(cfg, layers, tensors["center"].float(), proj)
 
+    def compute(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, editor, requests: list[EditRequest],
+                rel_tol: float = 0.0, dtype: torch.dtype | None = None) -> LowRankDelta:
+        """The scoped edit of these requests, as the service logs it: `editor`'s delta (a `MENDEditor`) of each request
+        in every form (`in_forms`), compressed (`LowRankDelta.compressed`), its step found and tuned on its own
+        target ended as `edit_forms` ends it (`scoped`).
+
+        Every forward of it (the word ends, MEND's, each step's check and each tuning step) reads the same few
+        sequences, and no scoped delta acts below the first edited block: that block's input is computed once per
+        sequence (`PrefixCache`) and the checks run the edited blocks only. On SmolLM2 a forward costs about the
+        same for 10 tokens as for 40 (the weights are read either way), and 27 of 30 blocks are below."""
+        prefix = PrefixCache(model, min(l.block for l in self.layers))
+        forms = in_forms(tok, requests)
+        ended = self.edit_forms(model, tok, requests, prefix) if self.cfg.end_words else forms
+        pieces = editor.compute_deltas(model, tok, ended if self.cfg.ended_delta else forms, prefix=prefix)
+        if rel_tol or dtype:
+            pieces = [p.compressed(rel_tol, dtype) for p in pieces]
+        return self.scoped(model, tok, pieces, ended, [r.prompt for r in requests], forms_of(tok),
+                           answers=[r.target for r in requests], prefix=prefix)
+
     @torch.no_grad()
-    def edit_forms(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase,
-                   requests: list[EditRequest]) -> list[EditRequest]:
-        """What MEND computes a scoped edit's pieces on: each request in every form (`in_forms`), and with
-        `end_words` each target extended by the token that ends its word, the one the unedited model likes best
-        after prompt + target among the tokens that begin with neither a letter nor a digit (" Oxford" ->
-        " Oxford."). Measured on 150 zsRE train records with tuning: greedy replies to the edit prompt said the answer
-        in 0.94 of edits without it and 0.98 with it, in chat 0.93 and 0.98; the rephrases 0.79 either way
-        (weights/experiments/refined_step.py, `tuned` and `tuned_ended`)."""
+    def edit_forms(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, requests: list[EditRequest],
+                   prefix: PrefixCache | None = None) -> list[EditRequest]:
+        """Each request in every form (`in_forms`), and with `end_words` each target extended by the token that ends
+        its word, the one the unedited model likes best after prompt + target among the tokens that begin with
+        neither a letter nor a digit (" Oxford" -> " Oxford."). Measured on 150 zsRE train records with tuning:
+        greedy replies to the edit prompt said the answer in 0.94 of edits without it and 0.98 with it, in chat 0.93
+        and 0.98; the rephrases 0.79 either way (weights/experiments/refined_step.py, `tuned` and `tuned_ended`)."""
         forms = in_forms(tok, requests)
         if not self.cfg.end_words:
             return forms
-        ends = _word_ends(tok)
-        rows = [tok("".join(join(r.prompt, r.target)))["input_ids"] for r in forms]
-        width = max(len(ids) for ids in rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in rows], device=model.device)
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows], device=model.device)
-        with self.off():  # one forward for every form; the logits of each row's last real token only
-            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        last = hidden[torch.arange(len(rows), device=hidden.device), mask.sum(1) - 1]
+        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, forms).items()}
+        with self.off(), prefix.skipping(batch) if prefix else contextlib.nullcontext():
+            hidden = model.base_model(input_ids=batch["input_ids"],
+                                      attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"]
+        last = hidden[torch.arange(len(forms), device=hidden.device), mask.sum(1) - 1]
         logits = model.get_output_embeddings()(last).float()
+        ends = _word_ends(tok)
         k = min(len(ends), logits.shape[1])
         best = logits[:, :k].masked_fill(~ends[:k].to(logits.device), float("-inf")).argmax(1).tolist()
         return [EditRequest(r.prompt, r.target + tok.decode([b])) for r, b in zip(forms, best)]
 
     def scoped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pieces: list[LowRankDelta],
                requests: list[EditRequest], keyed_by: list[str] | None = None,
-               forms: tuple[str, ...] = (PLAIN,), answers: list[str] | None = None) -> LowRankDelta:
+               forms: tuple[str, ...] = (PLAIN,), answers: list[str] | None = None,
+               prefix: PrefixCache | None = None) -> LowRankDelta:
         """One scoped edit from each request's own delta (`MENDEditor.compute_deltas`): piece i is keyed by prompt i
         and applies to the prompts that select that key, so edits sent together do not add up on each other's
         prompts. Each piece's step is `scale`, doubled while its own target is not the teacher-forced argmax and
@@ -394,14 +416,17 @@ class Scope:
         piece of its own form, so a fact edited once shows in plain and in chat requests alike.
 
         `answers`: each edit's answer as the user gave it, stored as its target, when `requests` carry targets
-        extended by `edit_forms` (default: the plain form's target)."""
+        extended by `edit_forms` (default: the plain form's target). `prefix`: the block inputs of these requests'
+        sequences, shared with the forwards that made `pieces` (`compute`)."""
         n_forms = len(forms)
         keyed_by = keyed_by if keyed_by is not None else [r.prompt for r in requests]
         if len(pieces) != len(requests) or len(requests) != len(keyed_by) * n_forms:
             raise ValueError(f"{len(pieces)} deltas for {len(requests)} requests in {n_forms} forms of "
                              f"{len(keyed_by)} prompts")
         keys = self.prompt_keys(model, tok, keyed_by)
-        scaled = self._stepped(model, tok, pieces, [keys[i // n_forms][None] for i in range(len(pieces))], requests)
+        prefix = prefix or PrefixCache(model, min(l.block for l in self.layers))
+        scaled = self._stepped(model, tok, pieces, [keys[i // n_forms][None] for i in range(len(pieces))], requests,
+                               prefix)
         meta = {**pieces[0].meta, "scope_scale": json.dumps([step for _, step in scaled]),
                 "targets": json.dumps(answers if answers is not None else [r.target for r in requests[::n_forms]]),
                 "key_ranks": json.dumps({n: [d.factors[n][0].shape[1] for d, _ in scaled] for n in pieces[0].factors})}
@@ -412,7 +437,8 @@ class Scope:
         return LowRankDelta(LowRankDelta.stack([d for d, _ in scaled]).factors, meta, keys)
 
     def _stepped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pieces: list[LowRankDelta],
-                 keys: list[torch.Tensor], requests: list[EditRequest]) -> list[tuple[LowRankDelta, float]]:
+                 keys: list[torch.Tensor], requests: list[EditRequest],
+                 prefix: PrefixCache) -> list[tuple[LowRankDelta, float]]:
         """Each piece at the smallest step from `scale` up (doubling, at most `max_scale`) at which its own request
         gives its target; the pieces still short are checked together, one forward a round."""
         steps = [self.cfg.scale] * len(pieces)
@@ -424,7 +450,7 @@ class Scope:
         short = [i for i in range(len(pieces)) if steps[i] * 2 <= self.cfg.max_scale]
         took_at = {}  # piece -> whether it took at its final step, for the pieces checked there
         while short:
-            took = self._takes(model, tok, [scaled(i) for i in short], [requests[i] for i in short])
+            took = self._takes(model, tok, [scaled(i) for i in short], [requests[i] for i in short], prefix)
             for i, ok in zip(short, took):
                 if ok or steps[i] * 2 > self.cfg.max_scale:
                     took_at[i] = ok
@@ -436,16 +462,16 @@ class Scope:
             unknown = [i for i in range(len(pieces)) if i not in took_at]
             if unknown:
                 took_at.update(zip(unknown, self._takes(model, tok, [out[i] for i in unknown],
-                                                        [requests[i] for i in unknown])))
+                                                        [requests[i] for i in unknown], prefix)))
             missed = [i for i in range(len(pieces)) if not took_at[i]]
             if missed:
-                tuned = self._tuned(model, tok, [out[i] for i in missed], [requests[i] for i in missed])
+                tuned = self._tuned(model, tok, [out[i] for i in missed], [requests[i] for i in missed], prefix)
                 for i, delta in zip(missed, tuned):
                     out[i] = LowRankDelta(delta.factors, key=keys[i])
         return list(zip(out, steps))
 
     def _tuned(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
-               requests: list[EditRequest]) -> list[LowRankDelta]:
+               requests: list[EditRequest], prefix: PrefixCache) -> list[LowRankDelta]:
         """Row i's delta with its left factors moved by Adam (at most `tune_steps` steps) to lower the NLL of its own
         target, until every target is the teacher-forced argmax. The right factors stay MEND's ũ, so the delta reads
         the same directions of the layer's input and stays as low-rank as it was.
@@ -469,7 +495,7 @@ class Scope:
             for _ in range(self.cfg.tune_steps):
                 with torch.enable_grad():
                     pieces = [LowRankDelta({n: (ls[n], rs[n]) for n in ls}) for ls, rs in zip(lefts, rights)]
-                    with self.acting(self.stacked(pieces)):
+                    with self.acting(self.stacked(pieces)), prefix.skipping(batch):
                         logits = answer_logits(model, batch)
                     took = target_scores(logits.detach(), batch["labels"])[1]
                     if took.all():
@@ -499,15 +525,17 @@ class Scope:
         return [{form: LowRankDelta(flat[i * len(forms) + j]) for j, form in enumerate(forms)}
                 for i in range(len(delta.key))]
 
+    @torch.no_grad()
     def _takes(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
-               requests: list[EditRequest]) -> list[bool]:
+               requests: list[EditRequest], prefix: PrefixCache) -> list[bool]:
         """Per request: is its target the teacher-forced argmax with its own delta (row i applies deltas[i])."""
+        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, requests).items()}
         attached = bool(self._handles)
         if not attached:
             self.attach(model)
         try:
-            with self.acting(self.stacked(deltas)):
-                return [s.exact for s in score_targets(model, tok, requests)]
+            with self.acting(self.stacked(deltas)), prefix.skipping(batch):
+                return target_scores(answer_logits(model, batch), batch["labels"])[1].tolist()
         finally:
             if not attached:
                 self.detach()
@@ -693,17 +721,17 @@ class Scope:
         return self.acting(None)
 
 
-_WORD_ENDS: dict[int, torch.Tensor] = {}
+_WORD_ENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its word-end tokens
 
 
 def _word_ends(tok: PreTrainedTokenizerBase) -> torch.Tensor:
     """(vocab,) bool: the tokens that begin with neither a letter nor a digit (and are not special), so that
     following an answer they end its last word."""
-    if id(tok) not in _WORD_ENDS:
+    if tok not in _WORD_ENDS:
         special = set(tok.all_special_ids)
-        _WORD_ENDS[id(tok)] = torch.tensor([i not in special and bool(t := tok.decode([i])) and not t[0].isalnum()
-                                            for i in range(len(tok))])
-    return _WORD_ENDS[id(tok)]
+        _WORD_ENDS[tok] = torch.tensor([i not in special and bool(t := tok.decode([i])) and not t[0].isalnum()
+                                        for i in range(len(tok))])
+    return _WORD_ENDS[tok]
 
 
 def key_block_candidates(model: PreTrainedModel) -> list[int]:

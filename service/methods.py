@@ -22,7 +22,7 @@ from editor_core import EditRequest, LowRankDelta, MENDEditor, restore, snapshot
 from editor_core.delta import WeightsView
 from editor_core.export import merged, to_peft
 from editor_core.model import DTYPES
-from editor_core.scope import PLAIN, Ask, Codebook, Scope, forms_of
+from editor_core.scope import PLAIN, Ask, Codebook, Scope
 
 from .canary import CanarySet, load_canaries, shadow_of
 from .errors import MergedScopedExport, NothingToExport
@@ -207,11 +207,7 @@ class Scoped(EditMethod):
 
     def compute(self, requests: list[EditRequest]) -> tuple[LowRankDelta, Verdict]:
         # Computed on the base weights: the scope's hooks act only in a thread that opened one of its contexts.
-        forms = self.scope.edit_forms(self.model, self.tokenizer, requests)
-        pieces = self.editor.compute_deltas(self.model, self.tokenizer, forms)
-        delta = self.scope.scoped(self.model, self.tokenizer, [p.compressed(**self.compress) for p in pieces],
-                                  forms, [r.prompt for r in requests], forms_of(self.tokenizer),
-                                  answers=[r.target for r in requests])
+        delta = self.scope.compute(self.model, self.tokenizer, self.editor, requests, **self.compress)
         verdict = check_scoped_edit(self.model, delta, self.canary_keys, self.canary_of, self.canary_prompts,
                                     self.scope.cfg.radius, self.settings.guard_max_captured)
         return delta, verdict

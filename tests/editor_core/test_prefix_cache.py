@@ -1,6 +1,8 @@
 """The frozen-prefix cache: skipping the blocks below the first edited one changes nothing in the logits."""
 from __future__ import annotations
 
+import threading
+
 import torch
 from editor_support import REQS
 
@@ -53,3 +55,61 @@ def test_blocks_are_restored_after_skipping(llama, tokenizer):
     _, blocks = find_blocks(llama)
     assert not blocks[2]._forward_pre_hooks
     assert torch.equal(_logits(llama, other), expected)
+
+
+def test_a_skip_acts_only_in_the_thread_that_opened_it(llama, tokenizer):
+    """The service checks an edit's candidates with the prefix skipped while other threads generate through the
+    same blocks: their forwards must run whole, also while a second thread opens and closes a skip of its own."""
+    batch = tokenize_edits(tokenizer, REQS)
+    other = tokenize_edits(tokenizer, [EditRequest("Something else entirely", "yes")])
+    expected, expected_other = _logits(llama, batch), _logits(llama, other)
+    cache, cache_b = PrefixCache(llama, first_block=2), PrefixCache(llama, first_block=1)
+    opened, checked = threading.Event(), threading.Event()
+    seen = {}
+
+    def elsewhere():
+        seen["whole"] = _logits(llama, other)  # while the main thread skips
+        with cache_b.skipping(other):
+            opened.set()
+            checked.wait(10)
+            seen["own_skip"] = _logits(llama, other)
+
+    with cache.skipping(batch):
+        worker = threading.Thread(target=elsewhere)
+        worker.start()
+        opened.wait(10)
+        seen["main"] = _logits(llama, batch)  # the other thread's skip is open meanwhile
+        checked.set()
+        worker.join(10)
+        again = _logits(llama, batch)  # and closed again
+    assert torch.equal(seen["whole"], expected_other)
+    torch.testing.assert_close(_real(seen["own_skip"], other), _real(expected_other, other), rtol=1e-5, atol=1e-5)
+    assert torch.equal(_real(seen["main"], batch), _real(expected, batch))
+    assert torch.equal(_real(again, batch), _real(expected, batch))
+    _, blocks = find_blocks(llama)
+    assert all("forward" not in b.__dict__ for b in blocks)
+    assert torch.equal(_logits(llama, other), expected_other)
+
+
+def test_a_forward_set_on_a_block_before_a_skip_is_kept(llama, tokenizer):
+    """accelerate's device hooks replace a block's forward on the instance: a skip must hand it back."""
+    _, blocks = find_blocks(llama)
+    calls = []
+    own = blocks[0].forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return own(*args, **kwargs)
+
+    blocks[0].forward = counted
+    try:
+        batch = tokenize_edits(tokenizer, REQS)
+        with PrefixCache(llama, first_block=2).skipping(batch):
+            n = len(calls)  # the cache's own forward to block 2 ran block 0 through `counted`
+            _logits(llama, batch)
+            assert len(calls) == n  # skipped
+        assert blocks[0].__dict__["forward"] is counted
+        _logits(llama, batch)
+        assert len(calls) == n + 1
+    finally:
+        del blocks[0].forward
