@@ -21,6 +21,7 @@ import json
 import re
 import threading
 import weakref
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -39,6 +40,9 @@ from .prefix_cache import PrefixCache
 from .scoring import answer_logits
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
+# Stand-ins for the unrelated sentence a question may follow (`ScopeConfig.preambles`); none is from the data.
+PREAMBLES = ("The weather was mild that year.", "It was first published in 1998.")
+MEMO_PROMPTS = 4096  # pooled prompt states kept (2.3 KB each on SmolLM2)
 PLAIN, CHAT = "plain", "chat"  # the forms a request comes in: a bare prompt, or a question in the chat template
 
 
@@ -231,6 +235,9 @@ class ScopeConfig:
     # With `end_words`, MEND's delta is computed on the ended target too (True), or on the user's target while only
     # the step and tuning check the ended one (False).
     ended_delta: bool = False
+    # A plain prompt's piece must also give its target behind each of PREAMBLES (an unrelated sentence first, as
+    # CounterFact's paraphrases ask), both for its step and its tuning.
+    preambles: bool = False
 
 
 class Scope:
@@ -246,6 +253,8 @@ class Scope:
         self.codebook = Codebook.empty(center.numel())  # replaced whole by add/remove, never changed in place
         self._local = threading.local()
         self._handles: list = []
+        self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> pooled state (`_pooled_prompts`)
+        self._memo_lock, self._memo_model = threading.Lock(), None
 
     # The current codebook's fields, for reading.
     keys = property(lambda self: self.codebook.keys)
@@ -280,11 +289,27 @@ class Scope:
 
     def _pooled_prompts(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
                         batch_size: int = 32) -> torch.Tensor:
-        out = []
-        for i in range(0, len(prompts), batch_size):
-            enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True)
-            out.append(self._pooled(model, enc["input_ids"], enc["attention_mask"]))
-        return torch.cat(out)
+        """(len(prompts), d) pooled states, each text's computed once per model (an edit keys its prompt for the
+        score before, the edit itself and the score after; keys come from unedited blocks, so they never change)."""
+        with self._memo_lock:
+            if self._memo_model != id(model):
+                self._memo.clear()
+                self._memo_model = id(model)
+            todo = list(dict.fromkeys(p for p in prompts if p not in self._memo))
+        fresh = {}
+        for i in range(0, len(todo), batch_size):
+            enc = tok(todo[i : i + batch_size], return_tensors="pt", padding=True)
+            pooled = self._pooled(model, enc["input_ids"], enc["attention_mask"])
+            fresh.update(zip(todo[i : i + batch_size], [row.clone() for row in pooled]))
+        with self._memo_lock:
+            out = torch.stack([fresh[p] if p in fresh else self._memo[p] for p in prompts]) if prompts else \
+                torch.zeros(0, self.center.numel())
+            for text, pooled in fresh.items():
+                self._memo[text] = pooled
+                self._memo.move_to_end(text)
+            while len(self._memo) > MEMO_PROMPTS:
+                self._memo.popitem(last=False)
+        return out
 
     def prompt_keys(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str]) -> torch.Tensor:
         return self._unit(self._pooled_prompts(model, tok, prompts))
@@ -425,7 +450,10 @@ class Scope:
                              f"{len(keyed_by)} prompts")
         keys = self.prompt_keys(model, tok, keyed_by)
         prefix = prefix or PrefixCache(model, min(l.block for l in self.layers))
-        scaled = self._stepped(model, tok, pieces, [keys[i // n_forms][None] for i in range(len(pieces))], requests,
+        checks = [[r] + ([EditRequest(f"{p} {r.prompt}", r.target) for p in PREAMBLES]
+                         if self.cfg.preambles and forms[i % n_forms] == PLAIN else [])
+                  for i, r in enumerate(requests)]
+        scaled = self._stepped(model, tok, pieces, [keys[i // n_forms][None] for i in range(len(pieces))], checks,
                                prefix)
         meta = {**pieces[0].meta, "scope_scale": json.dumps([step for _, step in scaled]),
                 "targets": json.dumps(answers if answers is not None else [r.target for r in requests[::n_forms]]),
@@ -437,10 +465,11 @@ class Scope:
         return LowRankDelta(LowRankDelta.stack([d for d, _ in scaled]).factors, meta, keys)
 
     def _stepped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pieces: list[LowRankDelta],
-                 keys: list[torch.Tensor], requests: list[EditRequest],
+                 keys: list[torch.Tensor], checks: list[list[EditRequest]],
                  prefix: PrefixCache) -> list[tuple[LowRankDelta, float]]:
-        """Each piece at the smallest step from `scale` up (doubling, at most `max_scale`) at which its own request
-        gives its target; the pieces still short are checked together, one forward a round."""
+        """Each piece at the smallest step from `scale` up (doubling, at most `max_scale`) at which each of its
+        `checks` (its own request, and with `preambles` that request behind each preamble) gives its target; the
+        pieces still short are checked together, one forward a round."""
         steps = [self.cfg.scale] * len(pieces)
 
         def scaled(i: int) -> LowRankDelta:
@@ -450,7 +479,7 @@ class Scope:
         short = [i for i in range(len(pieces)) if steps[i] * 2 <= self.cfg.max_scale]
         took_at = {}  # piece -> whether it took at its final step, for the pieces checked there
         while short:
-            took = self._takes(model, tok, [scaled(i) for i in short], [requests[i] for i in short], prefix)
+            took = self._takes(model, tok, [scaled(i) for i in short], [checks[i] for i in short], prefix)
             for i, ok in zip(short, took):
                 if ok or steps[i] * 2 > self.cfg.max_scale:
                     took_at[i] = ok
@@ -462,18 +491,18 @@ class Scope:
             unknown = [i for i in range(len(pieces)) if i not in took_at]
             if unknown:
                 took_at.update(zip(unknown, self._takes(model, tok, [out[i] for i in unknown],
-                                                        [requests[i] for i in unknown], prefix)))
+                                                        [checks[i] for i in unknown], prefix)))
             missed = [i for i in range(len(pieces)) if not took_at[i]]
             if missed:
-                tuned = self._tuned(model, tok, [out[i] for i in missed], [requests[i] for i in missed], prefix)
+                tuned = self._tuned(model, tok, [out[i] for i in missed], [checks[i] for i in missed], prefix)
                 for i, delta in zip(missed, tuned):
                     out[i] = LowRankDelta(delta.factors, key=keys[i])
         return list(zip(out, steps))
 
     def _tuned(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
-               requests: list[EditRequest], prefix: PrefixCache) -> list[LowRankDelta]:
-        """Row i's delta with its left factors moved by Adam (at most `tune_steps` steps) to lower the NLL of its own
-        target, until every target is the teacher-forced argmax. The right factors stay MEND's ũ, so the delta reads
+               checks: list[list[EditRequest]], prefix: PrefixCache) -> list[LowRankDelta]:
+        """Delta i with its left factors moved by Adam (at most `tune_steps` steps) to lower the NLL of the targets of
+        its `checks` (`_stepped`) that are not yet the teacher-forced argmax, until all are. The right factors stay MEND's ũ, so the delta reads
         the same directions of the layer's input and stays as low-rank as it was.
 
         Why: 19 of 150 zsRE train edits miss their own prompt at every step up to 8 and also at 16 (no larger step
@@ -487,14 +516,15 @@ class Scope:
         rights = [{n: right for n, (_, right) in d.factors.items()} for d in deltas]
         opt = torch.optim.Adam([{"params": [left], "lr": self.cfg.tune_lr * float(left.detach().abs().mean()) + 1e-12}
                                 for ls in lefts for left in ls.values()])
-        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, requests).items()}
+        owner = [i for i, reqs in enumerate(checks) for _ in reqs]
+        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, [r for reqs in checks for r in reqs]).items()}
         attached = bool(self._handles)
         if not attached:
             self.attach(model)
         try:
             for _ in range(self.cfg.tune_steps):
                 with torch.enable_grad():
-                    pieces = [LowRankDelta({n: (ls[n], rs[n]) for n in ls}) for ls, rs in zip(lefts, rights)]
+                    pieces = [LowRankDelta({n: (lefts[i][n], rights[i][n]) for n in lefts[i]}) for i in owner]
                     with self.acting(self.stacked(pieces)), prefix.skipping(batch):
                         logits = answer_logits(model, batch)
                     took = target_scores(logits.detach(), batch["labels"])[1]
@@ -527,15 +557,17 @@ class Scope:
 
     @torch.no_grad()
     def _takes(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
-               requests: list[EditRequest], prefix: PrefixCache) -> list[bool]:
-        """Per request: is its target the teacher-forced argmax with its own delta (row i applies deltas[i])."""
-        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, requests).items()}
+               checks: list[list[EditRequest]], prefix: PrefixCache) -> list[bool]:
+        """Per delta: does each of its checks give its target as the teacher-forced argmax with it acting."""
+        owner = [i for i, reqs in enumerate(checks) for _ in reqs]
+        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, [r for reqs in checks for r in reqs]).items()}
         attached = bool(self._handles)
         if not attached:
             self.attach(model)
         try:
-            with self.acting(self.stacked(deltas)), prefix.skipping(batch):
-                return target_scores(answer_logits(model, batch), batch["labels"])[1].tolist()
+            with self.acting(self.stacked([deltas[i] for i in owner])), prefix.skipping(batch):
+                took = target_scores(answer_logits(model, batch), batch["labels"])[1].tolist()
+            return [all(ok for i, ok in zip(owner, took) if i == j) for j in range(len(deltas))]
         finally:
             if not attached:
                 self.detach()
@@ -706,10 +738,10 @@ class Scope:
         return self.applying(keys, form, book)
 
     def fingerprint(self) -> str:
-        # max_scale, tuning and end_words only pick the delta of new edits, and the log stores each delta as it was
-        # picked (with meta["word_end"]), so a log replays the same under any of them.
+        # These only pick the delta of new edits, and the log stores each delta as it was picked (with
+        # meta["word_end"]), so a log replays the same under any of them.
         cfg = {k: v for k, v in asdict(self.cfg).items()
-               if k not in ("max_scale", "tune_steps", "tune_lr", "end_words")}
+               if k not in ("max_scale", "tune_steps", "tune_lr", "end_words", "ended_delta", "preambles")}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         h.update(self.center.contiguous().numpy().tobytes())
         if self.proj is not None:  # stored keys live in the projected space: another projection, another log

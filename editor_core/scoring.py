@@ -1,6 +1,7 @@
 """Teacher-forced scores of targets under a model: what /edit reports and what evaluation counts."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -8,6 +9,7 @@ from torch.func import functional_call
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import EditRequest, answer_positions, target_scores, tokenize_edits
+from .prefix_cache import PrefixCache
 
 
 def answer_logits(model: PreTrainedModel, batch: dict, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -43,10 +45,12 @@ class TargetScore:
 
 @torch.no_grad()
 def score_targets(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest],
-                  max_length: int = 64, keep_logp: bool = False) -> list[TargetScore]:
-    """The one teacher-forced scorer: what /edit and /score report and what `mend eval` counts."""
+                  max_length: int = 64, keep_logp: bool = False, prefix: PrefixCache | None = None) -> list[TargetScore]:
+    """The one teacher-forced scorer: what /edit and /score report and what `mend eval` counts. `prefix`: the first
+    edited block's input of sequences scored before (an edit's score after reuses its score before's)."""
     batch = {k: v.to(model.device) for k, v in tokenize_edits(tokenizer, requests, max_length).items()}
-    logits = answer_logits(model, batch)
+    with prefix.skipping(batch) if prefix else contextlib.nullcontext():
+        logits = answer_logits(model, batch)
     logp, exact, argmax = target_scores(logits, batch["labels"])
     counts = answer_positions(batch["labels"]).sum(1).tolist()
     rows = (torch.log_softmax(logits.float(), -1).half().cpu().split(counts) if keep_logp

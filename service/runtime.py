@@ -32,6 +32,7 @@ from editor_core import (
     model_fingerprint,
     score_targets,
 )
+from editor_core.prefix_cache import PrefixCache
 from editor_core.scope import CHAT, PLAIN
 
 from .editlog import EDIT, ROLLBACK, Event, LogMoved
@@ -223,8 +224,12 @@ class Runtime(Replica):
         asked = [{"prompt": r.prompt, "target": r.target} for r in requests]
         digest = request_digest(EDIT, requests=asked, author=author, note=note, force=force)
 
+        # The score after runs only the edited blocks: the ones below never change, and it scores what the score
+        # before did.
+        prefix = PrefixCache(self.model, min(l.block for l in self.editor.layers))
+
         def edit_event() -> Event:
-            pre = self._scores(requests)
+            pre = self._scores(requests, prefix=prefix)
             delta, verdict = self.method.compute(requests)
             guard = verdict.enforce(force)
             body = {"edit_id": uuid.uuid4().hex, "requests": asked, "author": author, "note": note, "force": force,
@@ -235,7 +240,7 @@ class Runtime(Replica):
         with self.edit_mutex:
             body, version, repeated = self._write(edit_event, idempotency_key, digest)
             with self.rw.read():
-                post = self._scores(requests)
+                post = self._scores(requests, prefix=prefix)
             self.maybe_checkpoint()
         pre = [TargetScore(s["logprob"], s["exact"]) for s in body["pre"]]
         return EditOutcome(body["edit_id"], version, pre, post, body["rank"], body["bytes"],
@@ -391,12 +396,13 @@ class Runtime(Replica):
             return self._scores(requests, max(a + b for a, b in counts)), self.version
 
     def _scores(self, requests: list[EditRequest], max_length: int | None = None,
-                on: Served | None = None) -> list[TargetScore]:
+                on: Served | None = None, prefix: PrefixCache | None = None) -> list[TargetScore]:
         """Teacher-forced scores on `on` (default: the live state), scoped edits selected by each request's prompt;
         under a lock."""
         on = on or Served(self.model, self.published.view)
         with self.method.scoring([r.prompt for r in requests], on.view):
-            return score_targets(on.model, self.tokenizer, requests, max_length or self.editor.cfg.max_length)
+            return score_targets(on.model, self.tokenizer, requests, max_length or self.editor.cfg.max_length,
+                                 prefix=prefix)
 
     # ---- state for the read endpoints ---------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import torch
 from editor_support import REQS
 
 from editor_core import LowRankDelta, MENDEditor
-from editor_core.data import tokenize_edits
+from editor_core.data import EditRequest, tokenize_edits
 from editor_core.gradients import token_factors
 from editor_core.scope import ANSWER_SLACK, PLAIN, Scope, ScopeConfig, Selection
 
@@ -124,10 +124,26 @@ def test_keys_computed_in_one_thread_leave_other_threads_forwards_whole(setup):
     from editor_core.layers import find_blocks
     handle = find_blocks(model)[1][0].register_forward_pre_hook(interleave)
     try:
-        scope.prompt_keys(model, tok, PROMPTS[:1])
+        scope.prompt_keys(model, tok, ["A prompt whose key was never computed"])
     finally:
         handle.remove()
     assert "error" not in seen and torch.equal(seen["logits"], full)
+
+
+def test_a_prompts_key_is_computed_once_and_is_the_key_computed_alone(setup):
+    """/edit keys its prompt for the score before, the edit and the score after: one forward, not three."""
+    model, tok, scope, _ = setup
+    prompts = ["Who wrote the letter to the editor?", "Which river runs through the old town?"]
+    alone = [scope.prompt_keys(model, tok, [p]) for p in prompts]
+    forwards = []
+    from editor_core.layers import find_blocks
+    handle = find_blocks(model)[1][0].register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        both = scope.prompt_keys(model, tok, prompts + [prompts[0]])
+    finally:
+        handle.remove()
+    assert forwards == []
+    assert torch.equal(both, torch.cat(alone + alone[:1]))
 
 
 def test_the_step_doubles_until_the_edit_takes_up_to_max_scale(model, tokenizer):
@@ -229,6 +245,34 @@ def test_an_edit_that_misses_at_every_step_is_tuned_on_its_left_factors(model, t
         assert torch.equal(pieces[0].factors[name][0], kept[name])
     if model.config.model_type == "gpt2":  # this one is reached in 20 steps
         assert after.exact
+
+
+def test_with_preambles_a_plain_piece_is_tuned_to_answer_behind_an_unrelated_sentence_too(model, tokenizer):
+    """CounterFact asks its paraphrases after an unrelated sentence: with `preambles` the step and tuning of a plain
+    piece also count its prompt behind each of PREAMBLES, so that form's target becomes more likely than when only
+    the bare prompt is counted; the log replays the same (not in the fingerprint)."""
+    from editor_core.scope import PREAMBLES
+    from editor_core.scoring import score_targets
+
+    editor = MENDEditor.for_model(model, rank=8, init_alpha=1e-2).eval()
+    pieces = editor.compute_deltas(model, tokenizer, REQS[:1])
+    behind = [EditRequest(f"{p} {REQS[0].prompt}", REQS[0].target) for p in PREAMBLES]
+
+    def scored(preambles: bool):
+        scope = Scope.fit(model, tokenizer, editor.layers, PROMPTS,
+                          ScopeConfig(key_block=0, radius=0.999, tune_steps=20, tune_lr=1.0, preambles=preambles))
+        delta = scope.scoped(model, tokenizer, pieces, REQS[:1])
+        scope.attach(model)
+        try:
+            with scope.acting(scope.stacked([Scope.pieces(delta)[0][PLAIN]] * len(behind))):
+                return scope, sum(s.logprob for s in score_targets(model, tokenizer, behind))
+        finally:
+            scope.detach()
+
+    bare_scope, bare = scored(False)
+    pre_scope, pre = scored(True)
+    assert pre > bare + 0.02  # ignored, the two runs are the same computation (equal); measured 0.035 and 0.28
+    assert pre_scope.fingerprint() == bare_scope.fingerprint()
 
 
 def test_a_selection_releases_once_its_answer_is_said(setup):

@@ -1,4 +1,6 @@
 """Why CounterFact paraphrases miss a scoped edit they select, and which step rule fixes it, on training records
+(Runs at commit 6378ff3, the code it was measured on: it overrides Scope's private step methods, whose signatures
+changed since; `git worktree add /tmp/x 6378ff3` to rerun it.)
 (never a dev split). Per record: one scoped edit, then greedy replies (12 tokens, plain prompts) to the edit
 prompt, its two paraphrases and two neighbours; `says` as in editor_core.fluency, `selected` whether the
 paraphrase's key picks the edit, `unchanged` whether a neighbour's reply is the unedited one.

@@ -1,4 +1,6 @@
 """Do scoped edits that miss their own prompt miss because the step is too small, or because the direction is wrong?
+(Runs at commit ef62732, the code it was measured on: it overrides Scope's private step methods, whose signatures
+changed since; `git worktree add /tmp/x ef62732` to rerun it.)
 On training records (never a dev split): one scoped edit per record, greedy 16-token replies to the edit prompt,
 its first two rephrases, and the edit prompt as a chat message; `says`/`mentions` as in editor_core.fluency.
 

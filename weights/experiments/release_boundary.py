@@ -1,4 +1,6 @@
 """Does a scoped edit's reply run its answer into a longer word ("Oxford" -> "Oxfordshire", "Sega" -> "SegaMX")
+(Runs at commit d8387a1, the code it was measured on: it overrides Scope's private step methods, whose signatures
+changed since; `git worktree add /tmp/x d8387a1` to rerun it.)
 because the edit is released on the token that completes the answer's text, before the word has ended? On training
 records (never a dev split): one scoped edit per record, greedy 16-token replies to the edit prompt, its first two
 rephrases, and the edit prompt as a chat message; `says`/`mentions` as in editor_core.fluency.
