@@ -384,7 +384,8 @@ class Scope:
         return cls(cfg, layers, tensors["center"].float(), proj)
 
     def compute(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, editor, requests: list[EditRequest],
-                rel_tol: float = 0.0, dtype: torch.dtype | None = None) -> LowRankDelta:
+                rel_tol: float = 0.0, dtype: torch.dtype | None = None,
+                prefix: PrefixCache | None = None) -> LowRankDelta:
         """The scoped edit of these requests, as the service logs it: `editor`'s delta (a `MENDEditor`) of each request
         in every form (`in_forms`), compressed (`LowRankDelta.compressed`), its step found and tuned on its own
         target ended as `edit_forms` ends it (`scoped`).
@@ -392,8 +393,9 @@ class Scope:
         Every forward of it (the word ends, MEND's, each step's check and each tuning step) reads the same few
         sequences, and no scoped delta acts below the first edited block: that block's input is computed once per
         sequence (`PrefixCache`) and the checks run the edited blocks only. On SmolLM2 a forward costs about the
-        same for 10 tokens as for 40 (the weights are read either way), and 27 of 30 blocks are below."""
-        prefix = PrefixCache(model, min(l.block for l in self.layers))
+        same for 10 tokens as for 40 (the weights are read either way), and 27 of 30 blocks are below. `prefix`:
+        a store to share (the service's scores of the same edit read its plain form)."""
+        prefix = prefix or PrefixCache(model, min(l.block for l in self.layers))
         forms = in_forms(tok, requests)
         ended = self.edit_forms(model, tok, requests, prefix) if self.cfg.end_words else forms
         pieces = editor.compute_deltas(model, tok, ended if self.cfg.ended_delta else forms, prefix=prefix)

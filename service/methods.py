@@ -22,6 +22,7 @@ from editor_core import EditRequest, LowRankDelta, MENDEditor, restore, snapshot
 from editor_core.delta import WeightsView
 from editor_core.export import merged, to_peft
 from editor_core.model import DTYPES
+from editor_core.prefix_cache import PrefixCache
 from editor_core.scope import PLAIN, Ask, Codebook, Scope
 
 from .canary import CanarySet, load_canaries, shadow_of
@@ -62,9 +63,11 @@ class EditMethod:
         """The fingerprint a log of this method is written for."""
         return editor_fp
 
-    def compute(self, requests: list[EditRequest]) -> tuple[LowRankDelta, Verdict]:
+    def compute(self, requests: list[EditRequest],
+                prefix: PrefixCache | None = None) -> tuple[LowRankDelta, Verdict]:
         """The delta to log for these requests and the guard's verdict on it; under a lock. Raises EditRejected
-        only for a delta that can never be applied (non-finite), forced or not."""
+        only for a delta that can never be applied (non-finite), forced or not. `prefix`: where the forwards leave
+        the first edited block's input of the sequences they read, for the scores of the same edit."""
         raise NotImplementedError
 
     def candidate(self, delta: LowRankDelta, view: object) -> Served:
@@ -137,7 +140,8 @@ class InPlace(EditMethod):
         params = dict(self.model.named_parameters())
         return {n: float((params[n].detach().float() - self.base[n].float()).norm()) for n in self.layer_names}
 
-    def compute(self, requests: list[EditRequest]) -> tuple[LowRankDelta, Verdict]:
+    def compute(self, requests: list[EditRequest],
+                prefix: PrefixCache | None = None) -> tuple[LowRankDelta, Verdict]:
         # What is logged is what applies: compressed before either use.
         delta = self.editor.compute_delta(self.model, self.tokenizer, requests).compressed(**self.compress)
         return delta, check_edit(self.model, delta, self.canaries, self.settings.guard_max_changed)
@@ -205,9 +209,10 @@ class Scoped(EditMethod):
     def fingerprint(self, editor_fp: str) -> str:
         return scoped_fingerprint(editor_fp, self.scope)
 
-    def compute(self, requests: list[EditRequest]) -> tuple[LowRankDelta, Verdict]:
+    def compute(self, requests: list[EditRequest],
+                prefix: PrefixCache | None = None) -> tuple[LowRankDelta, Verdict]:
         # Computed on the base weights: the scope's hooks act only in a thread that opened one of its contexts.
-        delta = self.scope.compute(self.model, self.tokenizer, self.editor, requests, **self.compress)
+        delta = self.scope.compute(self.model, self.tokenizer, self.editor, requests, prefix=prefix, **self.compress)
         verdict = check_scoped_edit(self.model, delta, self.canary_keys, self.canary_of, self.canary_prompts,
                                     self.scope.cfg.radius, self.settings.guard_max_captured)
         return delta, verdict

@@ -224,13 +224,13 @@ class Runtime(Replica):
         asked = [{"prompt": r.prompt, "target": r.target} for r in requests]
         digest = request_digest(EDIT, requests=asked, author=author, note=note, force=force)
 
-        # The score after runs only the edited blocks: the ones below never change, and it scores what the score
-        # before did.
+        # The blocks below the first edited one never change: the scores before and after run only the edited
+        # blocks on the input the edit's own forwards left for its prompt and target.
         prefix = PrefixCache(self.model, min(l.block for l in self.editor.layers))
 
         def edit_event() -> Event:
-            pre = self._scores(requests, prefix=prefix)
-            delta, verdict = self.method.compute(requests)
+            delta, verdict = self.method.compute(requests, prefix)
+            pre = self._scores(requests, prefix=prefix)  # nothing is applied yet
             guard = verdict.enforce(force)
             body = {"edit_id": uuid.uuid4().hex, "requests": asked, "author": author, "note": note, "force": force,
                     "time": now(), "pre": score_dicts(pre), "rank": delta.rank, "bytes": delta.nbytes,
