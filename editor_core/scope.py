@@ -232,9 +232,6 @@ class ScopeConfig:
     # Each form's target is extended by the token that ends its word (`Scope.edit_forms`), and the edit released
     # only after it: released on the answer's last piece, the unedited model goes on with the word ("Oxfordshire").
     end_words: bool = False
-    # With `end_words`, MEND's delta is computed on the ended target too (True), or on the user's target while only
-    # the step and tuning check the ended one (False).
-    ended_delta: bool = False
     # A plain prompt's piece must also give its target behind each of PREAMBLES (an unrelated sentence first, as
     # CounterFact's paraphrases ask), both for its step and its tuning.
     preambles: bool = False
@@ -396,9 +393,8 @@ class Scope:
         same for 10 tokens as for 40 (the weights are read either way), and 27 of 30 blocks are below. `prefix`:
         a store to share (the service's scores of the same edit read its plain form)."""
         prefix = prefix or PrefixCache(model, min(l.block for l in self.layers))
-        forms = in_forms(tok, requests)
-        ended = self.edit_forms(model, tok, requests, prefix) if self.cfg.end_words else forms
-        pieces = editor.compute_deltas(model, tok, ended if self.cfg.ended_delta else forms, prefix=prefix)
+        ended = self.edit_forms(model, tok, requests, prefix)
+        pieces = editor.compute_deltas(model, tok, ended, prefix=prefix)
         if rel_tol or dtype:
             pieces = [p.compressed(rel_tol, dtype) for p in pieces]
         return self.scoped(model, tok, pieces, ended, [r.prompt for r in requests], forms_of(tok),
@@ -743,7 +739,7 @@ class Scope:
         # These only pick the delta of new edits, and the log stores each delta as it was picked (with
         # meta["word_end"]), so a log replays the same under any of them.
         cfg = {k: v for k, v in asdict(self.cfg).items()
-               if k not in ("max_scale", "tune_steps", "tune_lr", "end_words", "ended_delta", "preambles")}
+               if k not in ("max_scale", "tune_steps", "tune_lr", "end_words", "preambles")}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         h.update(self.center.contiguous().numpy().tobytes())
         if self.proj is not None:  # stored keys live in the projected space: another projection, another log
