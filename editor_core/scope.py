@@ -40,8 +40,6 @@ from .prefix_cache import PrefixCache
 from .scoring import answer_logits
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
-# Stand-ins for the unrelated sentence a question may follow (`ScopeConfig.preambles`); none is from the data.
-PREAMBLES = ("The weather was mild that year.", "It was first published in 1998.")
 MEMO_PROMPTS = 4096  # pooled prompt states kept (2.3 KB each on SmolLM2)
 PLAIN, CHAT = "plain", "chat"  # the forms a request comes in: a bare prompt, or a question in the chat template
 
@@ -189,7 +187,7 @@ class Codebook:
         return Codebook(torch.cat([self.keys, delta.key.float()]), self.owner + (edit_id,) * n,
                         self.row_pieces + tuple(Scope.pieces(delta)),
                         self.row_targets + tuple(targets if len(targets) == n else [None] * n),
-                        self.row_word_end + (delta.meta.get("word_end") == "1",) * n,
+                        self.row_word_end + _word_end_rows(delta.meta.get("word_end"), n),
                         MappingProxyType({**self.deltas, edit_id: delta}))
 
     def without(self, *edit_ids: str) -> Codebook:
@@ -232,9 +230,6 @@ class ScopeConfig:
     # Each form's target is extended by the token that ends its word (`Scope.edit_forms`), and the edit released
     # only after it: released on the answer's last piece, the unedited model goes on with the word ("Oxfordshire").
     end_words: bool = False
-    # A plain prompt's piece must also give its target behind each of PREAMBLES (an unrelated sentence first, as
-    # CounterFact's paraphrases ask), both for its step and its tuning.
-    preambles: bool = False
 
 
 class Scope:
@@ -403,11 +398,17 @@ class Scope:
     @torch.no_grad()
     def edit_forms(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, requests: list[EditRequest],
                    prefix: PrefixCache | None = None) -> list[EditRequest]:
-        """Each request in every form (`in_forms`), and with `end_words` each target extended by the token that ends
-        its word, the one the unedited model likes best after prompt + target among the tokens that begin with
-        neither a letter nor a digit (" Oxford" -> " Oxford."). Measured on 150 zsRE train records with tuning:
-        greedy replies to the edit prompt said the answer in 0.94 of edits without it and 0.98 with it, in chat 0.93
-        and 0.98; the rephrases 0.79 either way (weights/experiments/refined_step.py, `tuned` and `tuned_ended`)."""
+        """Each request in every form (`in_forms`), and with `end_words`, where the unedited model would run the
+        answer on into a longer word (its favourite token after prompt + target, in any form, begins with a letter
+        or a digit: " Oxford" -> "shire"), every form's target extended by the token that ends the word, the one it
+        likes best there among the tokens that begin with neither (" Oxford" -> " Oxford.").
+
+        Measured on 150 zsRE train records with tuning, extending every target: greedy replies to the edit prompt
+        said the answer in 0.94 of edits without it and 0.98 with it, in chat 0.93 and 0.98; the rephrases 0.79
+        either way (weights/experiments/refined_step.py). But on 40 CounterFact train records CounterFact's
+        paraphrases said it in 0.60 instead of 0.69 (`mend eval --generate`): an answer that the model already
+        ends by itself (" Spanish" -> " language") gains nothing from the extra token, and the delta trained to
+        say it reaches other wordings less well. Hence only the answers that would run on."""
         forms = in_forms(tok, requests)
         if not self.cfg.end_words:
             return forms
@@ -418,10 +419,13 @@ class Scope:
         mask = batch["attention_mask"]
         last = hidden[torch.arange(len(forms), device=hidden.device), mask.sum(1) - 1]
         logits = model.get_output_embeddings()(last).float()
-        ends = _word_ends(tok)
+        ends, goes_on = _word_tokens(tok)
         k = min(len(ends), logits.shape[1])
         best = logits[:, :k].masked_fill(~ends[:k].to(logits.device), float("-inf")).argmax(1).tolist()
-        return [EditRequest(r.prompt, r.target + tok.decode([b])) for r, b in zip(forms, best)]
+        runs_on = goes_on[logits[:, :k].argmax(1).cpu()].view(len(requests), -1).any(1).tolist()
+        n_forms = len(forms) // len(requests)
+        return [EditRequest(r.prompt, r.target + tok.decode([b])) if runs_on[i // n_forms] else r
+                for i, (r, b) in enumerate(zip(forms, best))]
 
     def scoped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pieces: list[LowRankDelta],
                requests: list[EditRequest], keyed_by: list[str] | None = None,
@@ -448,10 +452,7 @@ class Scope:
                              f"{len(keyed_by)} prompts")
         keys = self.prompt_keys(model, tok, keyed_by)
         prefix = prefix or PrefixCache(model, min(l.block for l in self.layers))
-        checks = [[r] + ([EditRequest(f"{p} {r.prompt}", r.target) for p in PREAMBLES]
-                         if self.cfg.preambles and forms[i % n_forms] == PLAIN else [])
-                  for i, r in enumerate(requests)]
-        scaled = self._stepped(model, tok, pieces, [keys[i // n_forms][None] for i in range(len(pieces))], checks,
+        scaled = self._stepped(model, tok, pieces, [keys[i // n_forms][None] for i in range(len(pieces))], requests,
                                prefix)
         meta = {**pieces[0].meta, "scope_scale": json.dumps([step for _, step in scaled]),
                 "targets": json.dumps(answers if answers is not None else [r.target for r in requests[::n_forms]]),
@@ -459,15 +460,16 @@ class Scope:
         if forms != (PLAIN,):
             meta["forms"] = json.dumps(list(forms))
         if answers is not None and self.cfg.end_words:
-            meta["word_end"] = "1"
+            # Per edit: whether its target was extended to end its word (the plain form's target is then longer
+            # than the answer): only those wait for the word's end before their release.
+            meta["word_end"] = json.dumps([int(r.target != a) for r, a in zip(requests[::n_forms], answers)])
         return LowRankDelta(LowRankDelta.stack([d for d, _ in scaled]).factors, meta, keys)
 
     def _stepped(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, pieces: list[LowRankDelta],
-                 keys: list[torch.Tensor], checks: list[list[EditRequest]],
+                 keys: list[torch.Tensor], requests: list[EditRequest],
                  prefix: PrefixCache) -> list[tuple[LowRankDelta, float]]:
-        """Each piece at the smallest step from `scale` up (doubling, at most `max_scale`) at which each of its
-        `checks` (its own request, and with `preambles` that request behind each preamble) gives its target; the
-        pieces still short are checked together, one forward a round."""
+        """Each piece at the smallest step from `scale` up (doubling, at most `max_scale`) at which its own request
+        gives its target; the pieces still short are checked together, one forward a round."""
         steps = [self.cfg.scale] * len(pieces)
 
         def scaled(i: int) -> LowRankDelta:
@@ -477,7 +479,7 @@ class Scope:
         short = [i for i in range(len(pieces)) if steps[i] * 2 <= self.cfg.max_scale]
         took_at = {}  # piece -> whether it took at its final step, for the pieces checked there
         while short:
-            took = self._takes(model, tok, [scaled(i) for i in short], [checks[i] for i in short], prefix)
+            took = self._takes(model, tok, [scaled(i) for i in short], [requests[i] for i in short], prefix)
             for i, ok in zip(short, took):
                 if ok or steps[i] * 2 > self.cfg.max_scale:
                     took_at[i] = ok
@@ -489,18 +491,18 @@ class Scope:
             unknown = [i for i in range(len(pieces)) if i not in took_at]
             if unknown:
                 took_at.update(zip(unknown, self._takes(model, tok, [out[i] for i in unknown],
-                                                        [checks[i] for i in unknown], prefix)))
+                                                        [requests[i] for i in unknown], prefix)))
             missed = [i for i in range(len(pieces)) if not took_at[i]]
             if missed:
-                tuned = self._tuned(model, tok, [out[i] for i in missed], [checks[i] for i in missed], prefix)
+                tuned = self._tuned(model, tok, [out[i] for i in missed], [requests[i] for i in missed], prefix)
                 for i, delta in zip(missed, tuned):
                     out[i] = LowRankDelta(delta.factors, key=keys[i])
         return list(zip(out, steps))
 
     def _tuned(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
-               checks: list[list[EditRequest]], prefix: PrefixCache) -> list[LowRankDelta]:
-        """Delta i with its left factors moved by Adam (at most `tune_steps` steps) to lower the NLL of the targets of
-        its `checks` (`_stepped`) that are not yet the teacher-forced argmax, until all are. The right factors stay MEND's ũ, so the delta reads
+               requests: list[EditRequest], prefix: PrefixCache) -> list[LowRankDelta]:
+        """Row i's delta with its left factors moved by Adam (at most `tune_steps` steps) to lower the NLL of its own
+        target, until every target is the teacher-forced argmax. The right factors stay MEND's ũ, so the delta reads
         the same directions of the layer's input and stays as low-rank as it was.
 
         Why: 19 of 150 zsRE train edits miss their own prompt at every step up to 8 and also at 16 (no larger step
@@ -514,15 +516,14 @@ class Scope:
         rights = [{n: right for n, (_, right) in d.factors.items()} for d in deltas]
         opt = torch.optim.Adam([{"params": [left], "lr": self.cfg.tune_lr * float(left.detach().abs().mean()) + 1e-12}
                                 for ls in lefts for left in ls.values()])
-        owner = [i for i, reqs in enumerate(checks) for _ in reqs]
-        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, [r for reqs in checks for r in reqs]).items()}
+        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, requests).items()}
         attached = bool(self._handles)
         if not attached:
             self.attach(model)
         try:
             for _ in range(self.cfg.tune_steps):
                 with torch.enable_grad():
-                    pieces = [LowRankDelta({n: (lefts[i][n], rights[i][n]) for n in lefts[i]}) for i in owner]
+                    pieces = [LowRankDelta({n: (ls[n], rs[n]) for n in ls}) for ls, rs in zip(lefts, rights)]
                     with self.acting(self.stacked(pieces)), prefix.skipping(batch):
                         logits = answer_logits(model, batch)
                     took = target_scores(logits.detach(), batch["labels"])[1]
@@ -555,17 +556,15 @@ class Scope:
 
     @torch.no_grad()
     def _takes(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
-               checks: list[list[EditRequest]], prefix: PrefixCache) -> list[bool]:
-        """Per delta: does each of its checks give its target as the teacher-forced argmax with it acting."""
-        owner = [i for i, reqs in enumerate(checks) for _ in reqs]
-        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, [r for reqs in checks for r in reqs]).items()}
+               requests: list[EditRequest], prefix: PrefixCache) -> list[bool]:
+        """Per request: is its target the teacher-forced argmax with its own delta (row i applies deltas[i])."""
+        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, requests).items()}
         attached = bool(self._handles)
         if not attached:
             self.attach(model)
         try:
-            with self.acting(self.stacked([deltas[i] for i in owner])), prefix.skipping(batch):
-                took = target_scores(answer_logits(model, batch), batch["labels"])[1].tolist()
-            return [all(ok for i, ok in zip(owner, took) if i == j) for j in range(len(deltas))]
+            with self.acting(self.stacked(deltas)), prefix.skipping(batch):
+                return target_scores(answer_logits(model, batch), batch["labels"])[1].tolist()
         finally:
             if not attached:
                 self.detach()
@@ -739,7 +738,7 @@ class Scope:
         # These only pick the delta of new edits, and the log stores each delta as it was picked (with
         # meta["word_end"]), so a log replays the same under any of them.
         cfg = {k: v for k, v in asdict(self.cfg).items()
-               if k not in ("max_scale", "tune_steps", "tune_lr", "end_words", "preambles")}
+               if k not in ("max_scale", "tune_steps", "tune_lr", "end_words")}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         h.update(self.center.contiguous().numpy().tobytes())
         if self.proj is not None:  # stored keys live in the projected space: another projection, another log
@@ -751,17 +750,24 @@ class Scope:
         return self.acting(None)
 
 
-_WORD_ENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its word-end tokens
+_WORD_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> `_word_tokens`
 
 
-def _word_ends(tok: PreTrainedTokenizerBase) -> torch.Tensor:
-    """(vocab,) bool: the tokens that begin with neither a letter nor a digit (and are not special), so that
-    following an answer they end its last word."""
-    if tok not in _WORD_ENDS:
+def _word_tokens(tok: PreTrainedTokenizerBase) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (vocab,) bool masks of the tokens that are not special: those that begin with neither a letter nor a
+    digit, which following an answer end its last word; and those that begin with one, which go on with it."""
+    if tok not in _WORD_TOKENS:
         special = set(tok.all_special_ids)
-        _WORD_ENDS[tok] = torch.tensor([i not in special and bool(t := tok.decode([i])) and not t[0].isalnum()
-                                        for i in range(len(tok))])
-    return _WORD_ENDS[tok]
+        texts = [None if i in special else tok.decode([i]) for i in range(len(tok))]
+        _WORD_TOKENS[tok] = (torch.tensor([bool(t) and not t[0].isalnum() for t in texts]),
+                             torch.tensor([bool(t) and t[0].isalnum() for t in texts]))
+    return _WORD_TOKENS[tok]
+
+
+def _word_end_rows(flags: str | None, n: int) -> tuple[bool, ...]:
+    # "1": every row's target was extended (logs written before only the answers that run on were).
+    rows = [True] * n if flags == "1" else [bool(f) for f in json.loads(flags)] if flags else [False] * n
+    return tuple(rows) if len(rows) == n else (False,) * n
 
 
 def key_block_candidates(model: PreTrainedModel) -> list[int]:

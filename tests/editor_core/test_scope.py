@@ -247,34 +247,6 @@ def test_an_edit_that_misses_at_every_step_is_tuned_on_its_left_factors(model, t
         assert after.exact
 
 
-def test_with_preambles_a_plain_piece_is_tuned_to_answer_behind_an_unrelated_sentence_too(model, tokenizer):
-    """CounterFact asks its paraphrases after an unrelated sentence: with `preambles` the step and tuning of a plain
-    piece also count its prompt behind each of PREAMBLES, so that form's target becomes more likely than when only
-    the bare prompt is counted; the log replays the same (not in the fingerprint)."""
-    from editor_core.scope import PREAMBLES
-    from editor_core.scoring import score_targets
-
-    editor = MENDEditor.for_model(model, rank=8, init_alpha=1e-2).eval()
-    pieces = editor.compute_deltas(model, tokenizer, REQS[:1])
-    behind = [EditRequest(f"{p} {REQS[0].prompt}", REQS[0].target) for p in PREAMBLES]
-
-    def scored(preambles: bool):
-        scope = Scope.fit(model, tokenizer, editor.layers, PROMPTS,
-                          ScopeConfig(key_block=0, radius=0.999, tune_steps=20, tune_lr=1.0, preambles=preambles))
-        delta = scope.scoped(model, tokenizer, pieces, REQS[:1])
-        scope.attach(model)
-        try:
-            with scope.acting(scope.stacked([Scope.pieces(delta)[0][PLAIN]] * len(behind))):
-                return scope, sum(s.logprob for s in score_targets(model, tokenizer, behind))
-        finally:
-            scope.detach()
-
-    bare_scope, bare = scored(False)
-    pre_scope, pre = scored(True)
-    assert pre > bare + 0.02  # ignored, the two runs are the same computation (equal); measured 0.035 and 0.28
-    assert pre_scope.fingerprint() == bare_scope.fingerprint()
-
-
 def test_a_selection_releases_once_its_answer_is_said(setup):
     # A scoped delta left on after its answer keeps pushing that answer at every later token ("Rome Rome Rome"):
     # the decoding loop drops it once its selection is released (test_batching.py checks what follows).
@@ -370,30 +342,42 @@ def test_a_whitening_projection_keys_prompts_and_travels_with_the_scope(setup, t
     assert torch.allclose(loaded.prompt_keys(model, tok, PROMPTS), plain, atol=1e-6)
 
 
-def test_edit_forms_end_each_target_with_the_token_the_base_model_likes_best_after_it(model, tokenizer):
-    """With end_words, each form's target gains one token that begins with neither a letter nor a digit: the
-    unedited model's best after prompt + target (computed for all forms in one padded forward, equal to each
-    alone); without it the forms are `in_forms`'."""
+def test_edit_forms_end_the_targets_that_would_run_on_with_the_token_the_base_model_likes_best_after_them(
+        model, tokenizer):
+    """With end_words, an edit whose answer the unedited model would go on with in some form (its best token after
+    prompt + target begins with a letter or a digit) gains, in every form, the token it likes best there among
+    those that begin with neither; the others stay as they are. All forms in one padded forward, equal to each
+    alone; without end_words the forms are `in_forms`'. The logged delta says which edits wait for the word."""
     from editor_core.data import join
-    from editor_core.scope import _word_ends, in_forms
+    from editor_core.scope import _word_tokens, forms_of, in_forms
 
     editor = MENDEditor.for_model(model, rank=8).eval()
     scope = Scope.fit(model, tokenizer, editor.layers, PROMPTS, ScopeConfig(key_block=0, end_words=True))
-    reqs = REQS[:3]
+    reqs = list(REQS) + [EditRequest(p, "blue") for p in PROMPTS[:6]]
     ended = scope.edit_forms(model, tokenizer, reqs)
     plain = in_forms(tokenizer, reqs)
+    n_forms = len(plain) // len(reqs)
     assert [r.prompt for r in ended] == [r.prompt for r in plain]
-    ends = _word_ends(tokenizer)
-    for req, base in zip(ended, plain):
-        assert req.target.startswith(base.target) and len(req.target) > len(base.target)
-        extra = req.target[len(base.target):]
-        assert not extra[0].isalnum()
+    ends, goes_on = _word_tokens(tokenizer)
+    best, runs_on = [], []
+    for base in plain:
         ids = tokenizer("".join(join(base.prompt, base.target)), return_tensors="pt").input_ids
         with torch.no_grad():
             logits = model(ids).logits[0, -1]
         k = min(len(ends), len(logits))
-        best = int(logits[:k].masked_fill(~ends[:k], float("-inf")).argmax())
-        assert extra == tokenizer.decode([best])
+        best.append(tokenizer.decode([int(logits[:k].masked_fill(~ends[:k], float("-inf")).argmax())]))
+        runs_on.append(bool(goes_on[int(logits[:k].argmax())]))
+    extended = [any(runs_on[i * n_forms:(i + 1) * n_forms]) for i in range(len(reqs))]
+    assert 0 < sum(extended) < len(reqs)  # both kinds are here
+    for i, (req, base) in enumerate(zip(ended, plain)):
+        assert req.target == (base.target + best[i] if extended[i // n_forms] else base.target)
+    delta = scope.scoped(model, tokenizer, editor.compute_deltas(model, tokenizer, ended), ended,
+                         [r.prompt for r in reqs], forms_of(tokenizer), answers=[r.target for r in reqs])
+    assert json.loads(delta.meta["word_end"]) == [int(e) for e in extended]
+    scope.add("e", delta)
+    assert scope.codebook.row_word_end == tuple(extended)
+    scope.add("old", LowRankDelta(delta.factors, {**delta.meta, "word_end": "1"}, delta.key))  # logged before
+    assert scope.codebook.row_word_end[len(reqs):] == (True,) * len(reqs)
     scope.cfg.end_words = False
     assert scope.edit_forms(model, tokenizer, reqs) == plain
 
