@@ -159,10 +159,10 @@ def test_a_retry_after_a_timeout_returns_the_first_outcome_and_edits_once(settin
         method, computed = app.state.runtime.method, []
         real = method.compute
 
-        def slow(requests):
+        def slow(requests, prefix=None):
             computed.append(requests)
             time.sleep(2.5)
-            return real(requests)
+            return real(requests, prefix)
 
         monkeypatch.setattr(method, "compute", slow)
         keys = []
