@@ -2,6 +2,9 @@
 
     python weights/experiments/edit_time.py
 Measured 2026-12-01 on the quiet 2-core CPU: 681-997 ms, p50 893 ms (README status).
+2026-12-02, after tuning and word ends (66b9850): 1.78-4.75 s, p50 2.40 s.
+2026-12-02, edits running only the edited blocks (PrefixCache), word ends only where the answer runs on (7ba11f0):
+1.13-1.66 s, p50 1.36 s; without the profiler 1.06-1.67 s, p50 1.28 s.
 """
 import tempfile
 import time
