@@ -37,7 +37,7 @@ from .generation import chat_text
 from .hooks import input_of_block
 from .layers import EditedLayer, find_blocks
 from .prefix_cache import PrefixCache
-from .scoring import answer_logits
+from .scoring import answer_logits, score_targets
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
 MEMO_PROMPTS = 4096  # pooled prompt states kept (2.3 KB each on SmolLM2)
@@ -554,17 +554,15 @@ class Scope:
         return [{form: LowRankDelta(flat[i * len(forms) + j]) for j, form in enumerate(forms)}
                 for i in range(len(delta.key))]
 
-    @torch.no_grad()
     def _takes(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
                requests: list[EditRequest], prefix: PrefixCache) -> list[bool]:
         """Per request: is its target the teacher-forced argmax with its own delta (row i applies deltas[i])."""
-        batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, requests).items()}
         attached = bool(self._handles)
         if not attached:
             self.attach(model)
         try:
-            with self.acting(self.stacked(deltas)), prefix.skipping(batch):
-                return target_scores(answer_logits(model, batch), batch["labels"])[1].tolist()
+            with self.acting(self.stacked(deltas)):
+                return [s.exact for s in score_targets(model, tok, requests, prefix=prefix)]
         finally:
             if not attached:
                 self.detach()
