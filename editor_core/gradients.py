@@ -8,14 +8,14 @@ from transformers import PreTrainedModel
 
 from .data import target_nll
 from .hooks import CaptureLayers
-from .layers import EditedLayer, find_blocks
+from .layers import EditedLayer, find_blocks, first_block
 from .prefix_cache import PrefixCache
 from .scoring import answer_logits
 
 
 def grad_from_block(model: PreTrainedModel, layers: list[EditedLayer]):
     _, blocks = find_blocks(model)
-    return blocks[min(l.block for l in layers)]
+    return blocks[first_block(layers)]
 
 
 def token_factors(

@@ -25,6 +25,11 @@ class EditedLayer:
         return f"{self.out_features}x{self.in_features}"
 
 
+def first_block(layers: list[EditedLayer]) -> int:
+    """The lowest block any of these layers is in: everything below it is frozen (`PrefixCache`)."""
+    return min(layer.block for layer in layers)
+
+
 def find_blocks(model: PreTrainedModel) -> tuple[str, nn.ModuleList]:
     """The ModuleList of transformer blocks: the one with num_hidden_layers entries (n_layer for GPT-2)."""
     n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)

@@ -35,7 +35,7 @@ from .delta import LowRankDelta
 from .fluency import normalized
 from .generation import chat_text
 from .hooks import input_of_block
-from .layers import EditedLayer, find_blocks
+from .layers import EditedLayer, find_blocks, first_block
 from .prefix_cache import PrefixCache
 from .scoring import answer_logits, score_targets
 
@@ -387,7 +387,7 @@ class Scope:
         sequence (`PrefixCache`) and the checks run the edited blocks only. On SmolLM2 a forward costs about the
         same for 10 tokens as for 40 (the weights are read either way), and 27 of 30 blocks are below. `prefix`:
         a store to share (the service's scores of the same edit read its plain form)."""
-        prefix = prefix or PrefixCache(model, min(l.block for l in self.layers))
+        prefix = prefix or PrefixCache(model, first_block(self.layers))
         ended = self.edit_forms(model, tok, requests, prefix)
         pieces = editor.compute_deltas(model, tok, ended, prefix=prefix)
         if rel_tol or dtype:
@@ -451,7 +451,7 @@ class Scope:
             raise ValueError(f"{len(pieces)} deltas for {len(requests)} requests in {n_forms} forms of "
                              f"{len(keyed_by)} prompts")
         keys = self.prompt_keys(model, tok, keyed_by)
-        prefix = prefix or PrefixCache(model, min(l.block for l in self.layers))
+        prefix = prefix or PrefixCache(model, first_block(self.layers))
         scaled = self._stepped(model, tok, pieces, [keys[i // n_forms][None] for i in range(len(pieces))], requests,
                                prefix)
         meta = {**pieces[0].meta, "scope_scale": json.dumps([step for _, step in scaled]),
@@ -517,10 +517,7 @@ class Scope:
         opt = torch.optim.Adam([{"params": [left], "lr": self.cfg.tune_lr * float(left.detach().abs().mean()) + 1e-12}
                                 for ls in lefts for left in ls.values()])
         batch = {k: v.to(model.device) for k, v in tokenize_edits(tok, requests).items()}
-        attached = bool(self._handles)
-        if not attached:
-            self.attach(model)
-        try:
+        with self._attached(model):
             for _ in range(self.cfg.tune_steps):
                 with torch.enable_grad():
                     pieces = [LowRankDelta({n: (ls[n], rs[n]) for n in ls}) for ls, rs in zip(lefts, rights)]
@@ -533,9 +530,6 @@ class Scope:
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-        finally:
-            if not attached:
-                self.detach()
         return [LowRankDelta({n: (ls[n].detach().to(d.factors[n][0].dtype), rs[n]) for n in ls})
                 for ls, rs, d in zip(lefts, rights, deltas)]
 
@@ -557,15 +551,8 @@ class Scope:
     def _takes(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
                requests: list[EditRequest], prefix: PrefixCache) -> list[bool]:
         """Per request: is its target the teacher-forced argmax with its own delta (row i applies deltas[i])."""
-        attached = bool(self._handles)
-        if not attached:
-            self.attach(model)
-        try:
-            with self.acting(self.stacked(deltas)):
-                return [s.exact for s in score_targets(model, tok, requests, prefix=prefix)]
-        finally:
-            if not attached:
-                self.detach()
+        with self._attached(model), self.acting(self.stacked(deltas)):
+            return [s.exact for s in score_targets(model, tok, requests, prefix=prefix)]
 
     # ---- the codebook --------------------------------------------------------------------------------------
 
@@ -595,6 +582,19 @@ class Scope:
             self._handles.append(mod.register_forward_hook(self._hook(layer)))
         _, blocks = find_blocks(model)
         self._handles.append(blocks[self.cfg.key_block + 1].register_forward_pre_hook(self._keying, with_kwargs=True))
+
+    @contextlib.contextmanager
+    def _attached(self, model: PreTrainedModel):
+        """The hooks attached for a check made while computing an edit: the service's own (already attached) if
+        there are, else attached for this check and removed after."""
+        if self._handles:
+            yield
+            return
+        self.attach(model)
+        try:
+            yield
+        finally:
+            self.detach()
 
     def _keying(self, _mod, args, kwargs=None) -> None:
         # kwargs=None: a with_kwargs hook can be called without them while it is being registered
@@ -691,7 +691,7 @@ class Scope:
         question itself, of one sentence (no suffix candidates), and every edited layer lies above the key block,
         so no edit changes what the key is pooled from."""
         return (ask.form == PLAIN and sentence_suffixes(ask.text) == [ask.text]
-                and self.cfg.key_block < min(layer.block for layer in self.layers)
+                and self.cfg.key_block < first_block(self.layers)
                 and tok(ask.text)["input_ids"] == ids)
 
     @contextlib.contextmanager

@@ -31,6 +31,7 @@ from .data import (
     tokenize_edits,
 )
 from .gradients import token_factors
+from .layers import first_block
 from .mend import WEIGHTS_FILE, MENDEditor
 from .model import load_base_model, model_fingerprint
 from .prefix_cache import PrefixCache
@@ -193,7 +194,7 @@ def train(cfg: TrainConfig, resume: bool = True) -> Path:
         editor.fit_preconditioner(model, tok, [q for r in pool for q in r.loc[:1]] + [r.edit for r in pool])
     if step == 0:
         warm_up_statistics(model, tok, editor, train_recs, cfg, rng)
-    cache = PrefixCache(model, min(l.block for l in editor.layers)) if cfg.prefix_cache else None
+    cache = PrefixCache(model, first_block(editor.layers)) if cfg.prefix_cache else None
     bar = tqdm(total=cfg.steps, initial=step, desc="mend train", dynamic_ncols=True)
     t0, bad = time.time(), 0
     while step < cfg.steps:

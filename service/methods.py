@@ -22,6 +22,7 @@ from editor_core import EditRequest, LowRankDelta, MENDEditor, restore, snapshot
 from editor_core.delta import WeightsView
 from editor_core.export import merged, to_peft
 from editor_core.model import DTYPES
+from editor_core.layers import first_block
 from editor_core.prefix_cache import PrefixCache
 from editor_core.scope import PLAIN, Ask, Codebook, Scope
 
@@ -131,7 +132,7 @@ class InPlace(EditMethod):
         t0, canaries = time.perf_counter(), self._canaries()
         # Built on the base weights: the log is replayed after this.
         self.canaries = canaries and CanarySet(self.model, self.tokenizer, canaries,
-                                               min(l.block for l in self.editor.layers))
+                                               first_block(self.editor.layers))
         if canaries:
             log.info("edit guard: %d canaries answered by the base model in %.2f s", len(canaries),
                      time.perf_counter() - t0)

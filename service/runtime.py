@@ -32,6 +32,7 @@ from editor_core import (
     model_fingerprint,
     score_targets,
 )
+from editor_core.layers import first_block
 from editor_core.prefix_cache import PrefixCache
 from editor_core.scope import CHAT, PLAIN
 
@@ -226,7 +227,7 @@ class Runtime(Replica):
 
         # The blocks below the first edited one never change: the scores before and after run only the edited
         # blocks on the input the edit's own forwards left for its prompt and target.
-        prefix = PrefixCache(self.model, min(l.block for l in self.editor.layers))
+        prefix = PrefixCache(self.model, first_block(self.editor.layers))
 
         def edit_event() -> Event:
             delta, verdict = self.method.compute(requests, prefix)

@@ -8,7 +8,7 @@ from editor_support import REQS, identity_editor
 
 from editor_core.data import tokenize_edits
 from editor_core.gradients import token_factors
-from editor_core.layers import find_blocks
+from editor_core.layers import find_blocks, first_block
 from editor_core.model import model_fingerprint
 
 ALPHA = 1e-3
@@ -77,7 +77,7 @@ def test_computing_a_delta_leaves_the_model_unchanged(model, tokenizer):
 def test_backward_stops_at_the_first_edited_block(model, tokenizer):
     editor = identity_editor(model)
     _, blocks = find_blocks(model)
-    first = min(l.block for l in editor.layers)
+    first = first_block(editor.layers)
     assert first == 1  # the default edits the last 3 of 4 blocks
     fired, below_requires_grad = [], []
     handles = [blocks[0].register_full_backward_hook(lambda *a: fired.append(0)),

@@ -11,7 +11,7 @@ from editor_support import trained_like_editor
 from safetensors.torch import load_file
 
 from editor_core.data import EditRequest, load_records, tokenize_edits
-from editor_core.layers import select_layers
+from editor_core.layers import first_block, select_layers
 from editor_core.model import load_base_model
 from editor_core.prefix_cache import PrefixCache
 from editor_core.train import TrainConfig, edit_losses, train
@@ -99,7 +99,7 @@ def test_training_losses_and_gradients_equal_with_and_without_the_prefix_cache(m
     editor = trained_like_editor(model, tokenizer)  # eval mode: both passes see the same statistics
     editor.log_alpha.data.fill_(-2.0)  # a step large enough that the KL term is far from zero
     results = []
-    for cache in (None, PrefixCache(model, min(l.block for l in editor.layers))):
+    for cache in (None, PrefixCache(model, first_block(editor.layers))):
         editor.zero_grad(set_to_none=True)
         l_edit, l_loc, _ = edit_losses(model, tokenizer, editor, edits, outer, loc, cache, 64)
         (l_edit + l_loc).backward()
