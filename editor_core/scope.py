@@ -472,9 +472,8 @@ class Scope:
                  keys: list[torch.Tensor], requests: list[EditRequest],
                  prefix: PrefixCache) -> list[tuple[LowRankDelta, float]]:
         """Each piece at the smallest step from `scale` up (doubling, at most `max_scale`) at which its own request
-        gives its target by at least `margin` (teacher-forced, `TargetScore.margin`). One that never does keeps
-        the step at which its target came nearest (led by the most, or trailed by the least): larger steps can
-        overshoot, and a piece tuned from an overshot step seldom recovers. The pieces still short are checked
+        gives its target by at least `margin` (teacher-forced, `TargetScore.margin`); one that gives it at some
+        step but never by the margin keeps the step that gave it by the most. The pieces still short are checked
         together, one forward a round."""
         steps = [self.cfg.scale] * len(pieces)
 
@@ -484,20 +483,20 @@ class Scope:
 
         short = [i for i in range(len(pieces)) if steps[i] * 2 <= self.cfg.max_scale]
         took_at = {}  # piece -> whether it gives its target at its final step, for the pieces checked there
-        nearest = {}  # piece -> (margin, step) of the step at which its target came nearest
+        gave = {}  # piece -> (margin, step) of the step at which it gave its target by the most
         while short:
             margins = self._margins(model, tok, [scaled(i) for i in short], [requests[i] for i in short], prefix)
             for i, m in zip(short, margins):
-                if i not in nearest or m > nearest[i][0]:
-                    nearest[i] = (m, steps[i])
+                if m > 0 and m > gave.get(i, (0.0,))[0]:
+                    gave[i] = (m, steps[i])
                 if (m > 0 and m >= self.cfg.margin) or steps[i] * 2 > self.cfg.max_scale:
                     took_at[i] = m > 0
                 else:
                     steps[i] *= 2
             short = [i for i in short if i not in took_at]
-        for i, (m, step) in nearest.items():
-            if not took_at[i]:
-                steps[i], took_at[i] = step, m > 0
+        for i, (_, step) in gave.items():
+            if not took_at[i]:  # the largest step overshot: back to the one that gave the target by the most
+                steps[i], took_at[i] = step, True
         out = [scaled(i) for i in range(len(pieces))]
         if self.cfg.tune_steps:
             unknown = [i for i in range(len(pieces)) if i not in took_at]
