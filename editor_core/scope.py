@@ -227,9 +227,6 @@ class ScopeConfig:
     # pieces' left factors (MEND's ũ kept as the right ones), on its own target, until it does (`Scope._tuned`).
     tune_steps: int = 0
     tune_lr: float = 0.05  # Adam's step, relative to each left factor's mean magnitude
-    # The step is doubled until the target leads every other token by this much (logits, teacher-forced), not
-    # merely until it is the argmax: an edit that barely takes on its own prompt misses its other wordings.
-    margin: float = 0.0
     # Each form's target is extended by the token that ends its word (`Scope.edit_forms`), and the edit released
     # only after it: released on the answer's last piece, the unedited model goes on with the word ("Oxfordshire").
     end_words: bool = False
@@ -472,9 +469,7 @@ class Scope:
                  keys: list[torch.Tensor], requests: list[EditRequest],
                  prefix: PrefixCache) -> list[tuple[LowRankDelta, float]]:
         """Each piece at the smallest step from `scale` up (doubling, at most `max_scale`) at which its own request
-        gives its target by at least `margin` (teacher-forced, `TargetScore.margin`); one that gives it at some
-        step but never by the margin keeps the step that gave it by the most. The pieces still short are checked
-        together, one forward a round."""
+        gives its target; the pieces still short are checked together, one forward a round."""
         steps = [self.cfg.scale] * len(pieces)
 
         def scaled(i: int) -> LowRankDelta:
@@ -482,27 +477,21 @@ class Scope:
                                 key=keys[i])
 
         short = [i for i in range(len(pieces)) if steps[i] * 2 <= self.cfg.max_scale]
-        took_at = {}  # piece -> whether it gives its target at its final step, for the pieces checked there
-        gave = {}  # piece -> (margin, step) of the step at which it gave its target by the most
+        took_at = {}  # piece -> whether it took at its final step, for the pieces checked there
         while short:
-            margins = self._margins(model, tok, [scaled(i) for i in short], [requests[i] for i in short], prefix)
-            for i, m in zip(short, margins):
-                if m > 0 and m > gave.get(i, (0.0,))[0]:
-                    gave[i] = (m, steps[i])
-                if (m > 0 and m >= self.cfg.margin) or steps[i] * 2 > self.cfg.max_scale:
-                    took_at[i] = m > 0
+            took = self._takes(model, tok, [scaled(i) for i in short], [requests[i] for i in short], prefix)
+            for i, ok in zip(short, took):
+                if ok or steps[i] * 2 > self.cfg.max_scale:
+                    took_at[i] = ok
                 else:
                     steps[i] *= 2
-            short = [i for i in short if i not in took_at]
-        for i, (_, step) in gave.items():
-            if not took_at[i]:  # the largest step overshot: back to the one that gave the target by the most
-                steps[i], took_at[i] = step, True
+            short = [i for i, ok in zip(short, took) if not ok and steps[i] * 2 <= self.cfg.max_scale]
         out = [scaled(i) for i in range(len(pieces))]
         if self.cfg.tune_steps:
             unknown = [i for i in range(len(pieces)) if i not in took_at]
             if unknown:
-                margins = self._margins(model, tok, [out[i] for i in unknown], [requests[i] for i in unknown], prefix)
-                took_at.update((i, m > 0) for i, m in zip(unknown, margins))
+                took_at.update(zip(unknown, self._takes(model, tok, [out[i] for i in unknown],
+                                                        [requests[i] for i in unknown], prefix)))
             missed = [i for i in range(len(pieces)) if not took_at[i]]
             if missed:
                 tuned = self._tuned(model, tok, [out[i] for i in missed], [requests[i] for i in missed], prefix)
@@ -559,13 +548,11 @@ class Scope:
         return [{form: LowRankDelta(flat[i * len(forms) + j]) for j, form in enumerate(forms)}
                 for i in range(len(delta.key))]
 
-    def _margins(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
-                 requests: list[EditRequest], prefix: PrefixCache) -> list[float]:
-        """Per request, with its own delta (row i applies deltas[i]): by how much its target is the teacher-forced
-        argmax (`TargetScore.margin`; <= 0: it is not)."""
+    def _takes(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, deltas: list[LowRankDelta],
+               requests: list[EditRequest], prefix: PrefixCache) -> list[bool]:
+        """Per request: is its target the teacher-forced argmax with its own delta (row i applies deltas[i])."""
         with self._attached(model), self.acting(self.stacked(deltas)):
-            return [s.margin if s.exact else min(s.margin, 0.0)
-                    for s in score_targets(model, tok, requests, prefix=prefix)]
+            return [s.exact for s in score_targets(model, tok, requests, prefix=prefix)]
 
     # ---- the codebook --------------------------------------------------------------------------------------
 

@@ -35,9 +35,6 @@ class TargetScore:
     logprob: float  # summed log-probability of the target tokens given the prompt
     exact: bool  # every target token is the teacher-forced argmax (whole-answer match, as in the paper)
     argmax: tuple[int, ...] = ()  # the teacher-forced argmax token at each target position: locality compares them
-    # The least, over the target positions, of the target token's logit minus the best other token's: > 0 when
-    # `exact`, and how far from the nearest other answer (how sure the model is of the whole target).
-    margin: float = 0.0
     # (n_target, V) log-probabilities at the target positions, fp16 on the CPU, when asked for (a KL needs them)
     logp: torch.Tensor | None = field(default=None, compare=False)
 
@@ -55,11 +52,8 @@ def score_targets(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, re
     with prefix.skipping(batch) if prefix else contextlib.nullcontext():
         logits = answer_logits(model, batch)
     logp, exact, argmax = target_scores(logits, batch["labels"])
-    positions = answer_positions(batch["labels"])
-    counts = positions.sum(1).tolist()
-    tokens = batch["labels"][:, 1:][positions][:, None]
-    gap = logits.float().gather(1, tokens)[:, 0] - logits.float().scatter(1, tokens, float("-inf")).max(1).values
+    counts = answer_positions(batch["labels"]).sum(1).tolist()
     rows = (torch.log_softmax(logits.float(), -1).half().cpu().split(counts) if keep_logp
             else [None] * len(requests))
-    return [TargetScore(float(a), bool(b), tuple(i.tolist()), float(g.min()) if len(g) else 0.0, r)
-            for a, b, i, g, r in zip(logp, exact, argmax.split(counts), gap.cpu().split(counts), rows)]
+    return [TargetScore(float(a), bool(b), tuple(i.tolist()), r)
+            for a, b, i, r in zip(logp, exact, argmax.split(counts), rows)]
