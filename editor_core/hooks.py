@@ -167,17 +167,3 @@ def input_of_block(model: nn.Module, block: nn.Module, **inputs) -> torch.Tensor
         finally:
             handle.remove()
     return cap.hidden
-
-
-def contiguous_head_input(model: nn.Module) -> None:
-    """Hand the vocabulary projection a contiguous input. With `logits_to_keep`, transformers passes it a slice of
-    the hidden states (the last k positions of each row), and for several rows in bfloat16 torch's CPU matmul then
-    takes a batched path that copies the (vocabulary x hidden) weight over and over: on SmolLM2 a left-padded
-    prefill of 32 rows took 4.3 s instead of 0.5 s, and the edit guard's pass over 32 canaries 9.7 s instead of 0.5."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None:
-        head.register_forward_pre_hook(_contiguous_input)
-
-
-def _contiguous_input(_mod, args):
-    return (args[0].contiguous(), *args[1:]) if args else None

@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .hooks import contiguous_head_input
+from .projection import fast_head
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def prepare_model(model: PreTrainedModel) -> PreTrainedModel:
     # Frozen parameters are what keep the blocks below the first edited one out of autograd (see hooks.py).
     model.eval()
     model.requires_grad_(False)
-    contiguous_head_input(model)
+    fast_head(model)
     return model
 
 

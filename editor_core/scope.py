@@ -37,6 +37,7 @@ from .generation import chat_text
 from .hooks import input_of_block
 from .layers import EditedLayer, find_blocks, first_block
 from .prefix_cache import PrefixCache
+from .projection import project
 from .scoring import answer_logits, score_targets
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
@@ -418,7 +419,7 @@ class Scope:
                                       attention_mask=batch["attention_mask"]).last_hidden_state
         mask = batch["attention_mask"]
         last = hidden[torch.arange(len(forms), device=hidden.device), mask.sum(1) - 1]
-        logits = model.get_output_embeddings()(last).float()
+        logits = project(model.get_output_embeddings(), last).float()
         ends, goes_on = _word_tokens(tok)
         k = min(len(ends), logits.shape[1])
         best = logits[:, :k].masked_fill(~ends[:k].to(logits.device), float("-inf")).argmax(1).tolist()
@@ -450,7 +451,10 @@ class Scope:
         if len(pieces) != len(requests) or len(requests) != len(keyed_by) * n_forms:
             raise ValueError(f"{len(pieces)} deltas for {len(requests)} requests in {n_forms} forms of "
                              f"{len(keyed_by)} prompts")
-        keys = self.prompt_keys(model, tok, keyed_by)
+        # Keyed with their sentence suffixes in one batch: scoring a prompt (/edit's scores before and after)
+        # selects by all of them (`request_keys`), and a forward costs about the same for one text as for a few.
+        pooled, owner = self._candidate_pooled(model, tok, keyed_by)
+        keys = self._unit(pooled[[owner.index(i) for i in range(len(keyed_by))]])
         prefix = prefix or PrefixCache(model, first_block(self.layers))
         scaled = self._stepped(model, tok, pieces, [keys[i // n_forms][None] for i in range(len(pieces))], requests,
                                prefix)

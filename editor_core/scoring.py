@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import EditRequest, answer_positions, target_scores, tokenize_edits
 from .prefix_cache import PrefixCache
+from .projection import project
 
 
 def answer_logits(model: PreTrainedModel, batch: dict, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -27,7 +28,8 @@ def answer_logits(model: PreTrainedModel, batch: dict, params: dict[str, torch.T
     else:
         out = base(**kw)
     hidden = out.last_hidden_state[:, :-1][answer_positions(batch["labels"])]
-    return model.get_output_embeddings()(hidden)
+    return project(model.get_output_embeddings(), hidden)
+
 
 
 @dataclass(frozen=True)
