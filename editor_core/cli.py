@@ -114,17 +114,43 @@ def fit_scope(
                                               "(weights/experiments/refined_step.py, `tuned_ended`)"),
     whiten: bool = typer.Option(True, help="try whitening the keys against how rephrases differ (kept only if the "
                                            "objective improves)"),
+    bank: bool = typer.Option(True, help="keep the records' edit prompts as the bank of other questions that no "
+                                         "new edit's scope may cover (`mend fit-bank`)"),
 ) -> None:
     """Fit the scoped-edit keys (editor_core.scope) for this model: centre, whitening, key block and radius."""
     from .scope import ScopeConfig
 
     _fit_and_save_scope(model, editor, data, n, ScopeConfig(window=window, scale=scale, max_scale=max_scale,
                                                            tune_steps=tune_steps, end_words=end_words),
-                        loc_weight, key_block, radius, whiten)
+                        loc_weight, key_block, radius, whiten, bank)
+
+
+@app.command("fit-bank")
+def fit_bank(
+    editor: Path = typer.Option(Path("weights/smollm2"), help="editor folder with its fitted scope"),
+    model: str = "smollm2",
+    data: list[str] = typer.Option(["zsre:../shared/data/zsre/train.json",
+                                    "counterfact:../shared/data/counterfact/train.json"],
+                                   help="training records whose edit prompts are the bank (never a dev split)"),
+    n: int = typer.Option(1000, help="records per file (one per subject)"),
+) -> None:
+    """Give a fitted scope a bank of other questions: each new edit's radius is raised above the nearest of them
+    (`Scope.radii`), so its scope covers no known other question. Keys, centre and radius stay as they are, and so
+    does the scope's fingerprint: logged edits keep the radius they were made with."""
+    from .data import load_records
+    from .model import load_base_model
+    from .scope import Scope
+
+    m, tok = load_base_model(model)
+    scope = Scope.load(editor, [])  # keys need no edited layers
+    prompts = list(dict.fromkeys(r.edit.prompt for spec in data for r in load_records(spec, n, one_per_subject=True)))
+    scope.with_bank(m, tok, prompts).save(editor)
+    typer.echo(f"bank of {len(prompts)} prompts saved to {editor}")
 
 
 def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, loc_weight: float = 3.0,
-                        blocks: list[int] | None = None, radius: float | None = None, whiten: bool = True) -> None:
+                        blocks: list[int] | None = None, radius: float | None = None, whiten: bool = True,
+                        bank: bool = True) -> None:
     import random
 
     from .data import load_records
@@ -137,6 +163,8 @@ def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, 
     recs = [r for spec in data for r in load_records(spec, n, one_per_subject=True) if r.rephrases]
     random.Random(0).shuffle(recs)  # both data sets in both halves
     scope, report = fit_scope(m, tok, ed.layers, recs, cfg, loc_weight, blocks or None, radius, whiten)
+    if bank:
+        scope.with_bank(m, tok, list(dict.fromkeys(r.edit.prompt for r in recs)))
     scope.save(editor)
     typer.echo("| key block | whitening ridge | radius | rephrase hits | loc hits | objective |")
     typer.echo("|---|---|---|---|---|---|")

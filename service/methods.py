@@ -257,13 +257,15 @@ class Scoped(EditMethod):
         rows, keys = [], []
         for edit_id, delta in active.items():
             steps = json.loads(delta.meta.get("scope_scale", "[]"))
+            radii = json.loads(delta.meta.get("radii", "[]"))  # each edit's own, when the scope had a bank
             n_forms = len(json.loads(delta.meta.get("forms", '["plain"]')))
             for row, pieces in enumerate(Scope.pieces(delta)):
                 path = f"adapters/{edit_id}-{row}"
                 to_peft([pieces[PLAIN]], self.model, out / path,
                         {**metadata, "mend_edit_id": edit_id, "mend_key_row": str(row)})
                 rows.append({"adapter": path, "edit_id": edit_id, "key_row": row, "keys_index": len(rows),
-                             "step": steps[row * n_forms] if steps else None})
+                             "step": steps[row * n_forms] if steps else None,
+                             "radius": max(radii[row], self.scope.cfg.radius) if radii else self.scope.cfg.radius})
             keys.append(delta.key.float())
         out.mkdir(parents=True, exist_ok=True)
         save_file({"keys": torch.cat(keys) if keys else self.scope.codebook.keys[:0].float()}, out / KEYS_FILE,

@@ -80,7 +80,19 @@ def test_fit_scope_then_eval_with_scoped_edits(llama_dir, editor_dir, data_files
     assert "| radius |" in res.stdout and "radius 0.90 saved" in res.stdout
     assert json.loads((ed / "scope.json").read_text()) == {"key_block": 1, "radius": 0.9, "scale": 3.0, "window": 0,
                                                                  "max_scale": 12.0, "tune_steps": 3,
-                                                                 "tune_lr": 0.05, "end_words": True}
+                                                                 "tune_lr": 0.05, "end_words": True,
+                                                                 "bank_margin": 0.01}
+    from editor_core.scope import Scope
+
+    fitted = Scope.load(ed, [])
+    assert fitted.bank is not None and len(fitted.bank) > 0  # the records' edit prompts
+    fitted.bank = None
+    fitted.save(ed)
+    res = CliRunner().invoke(editor_core.cli.app, ["fit-bank", "--editor", str(ed), "--model", str(llama_dir),
+                                                   "--data", f"zsre:{data_files['zsre']}", "--n", "3"])
+    assert res.exit_code == 0, res.output
+    rebanked = Scope.load(ed, [])
+    assert rebanked.bank.shape[0] == 3 and rebanked.fingerprint() == fitted.fingerprint()
     out = tmp_path / "scoped.json"
     res = _eval(editor_core.cli.app, llama_dir, ed, data_files, "--method", "mend-scoped", "--sequential", "2",
                 "--generate", "2", "--json", str(out))

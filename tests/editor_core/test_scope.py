@@ -87,6 +87,35 @@ def test_select_takes_the_nearest_key_within_the_radius_and_the_newest_on_ties(s
     assert scope.select(keys) == [None, None]
 
 
+def test_an_edits_radius_rises_above_its_nearest_bank_question(model, tokenizer, tmp_path):
+    editor = MENDEditor.for_model(model, rank=8, init_alpha=1.0).eval()
+    scope = Scope.fit(model, tokenizer, editor.layers, PROMPTS, ScopeConfig(key_block=0, radius=0.2, bank_margin=0.01))
+    edit = [EditRequest(PROMPTS[0], " Europe")]
+    own, near, far = scope.prompt_keys(model, tokenizer, [PROMPTS[0], PROMPTS[1], PROMPTS[2]])
+    scope.cfg.radius = float(own @ near) - 0.05  # the scope's radius alone covers the other question
+    plain = scope.scoped(model, tokenizer, editor.compute_deltas(model, tokenizer, edit), edit)
+    assert "radii" not in plain.meta  # no bank: the scope's radius
+    fingerprint = scope.fingerprint()
+    scope.bank = torch.stack([near])  # another question, which the edit must not cover
+    banked = scope.scoped(model, tokenizer, editor.compute_deltas(model, tokenizer, edit), edit)
+    (radius,) = json.loads(banked.meta["radii"])
+    assert radius == pytest.approx(float(own @ near) + 0.01, abs=1e-5)
+    assert scope.fingerprint() == fingerprint  # the log keeps each edit's radius: replay is unaffected
+    for name, delta in (("plain", plain), ("banked", banked)):
+        scope.add(name, delta)
+    # The banked edit: its own prompt, not the bank's question; the plain one (no radii, as older logs) takes that.
+    probes = torch.stack([own, near, far])
+    sim_far = float(own @ far)
+    assert scope.select(probes)[:2] == ["banked", "plain"]
+    assert scope.select(probes)[2] == ("banked" if sim_far >= radius else "plain" if sim_far >= scope.cfg.radius
+                                       else None)
+    scope.remove("plain")
+    assert scope.select(probes)[1] is None
+    scope.save(tmp_path)
+    again = Scope.load(tmp_path, scope.layers)
+    assert torch.allclose(again.bank, scope.bank, atol=1e-3) and again.fingerprint() == fingerprint
+
+
 def test_the_key_travels_with_the_delta_and_a_scope_survives_save_and_load(setup, tmp_path):
     model, tok, scope, delta = setup
     back = LowRankDelta.from_bytes(delta.compressed(0.03, torch.float16).to_bytes())

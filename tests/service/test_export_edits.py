@@ -99,6 +99,7 @@ def test_scoped_exports_one_adapter_per_active_edit_that_scores_as_the_service_d
     assert [(a["edit_id"], a["key_row"], a["keys_index"]) for a in adapters] == [(batch, 0, 0), (batch, 1, 1)]
     assert [{"prompt": a["prompt"], "target": a["target"]} for a in adapters] == rows
     assert all(a["step"] >= 1 for a in adapters)
+    assert all(a["radius"] == 0.999 for a in adapters)  # a scope without a bank: every edit has the scope's radius
     assert torch.equal(load_file(manifest["folder"] / manifest["keys"])["keys"], stored_keys)
     assert (manifest["folder"] / "scope" / "scope.json").is_file()
 
