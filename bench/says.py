@@ -71,7 +71,7 @@ def edit(mend: MendClient, recs: list[EditRecord]) -> tuple[str, float]:
 
 
 def run(url: str, records: list[EditRecord], sequential: bool, batch: int,
-        samples: list[dict] | None = None) -> dict:
+        samples: list[dict] | None = None, samples_path: Path | None = None) -> dict:
     checked, edit_ms = [], []
     t0 = time.perf_counter()
     with MendClient(url, timeout=600.0) as mend:
@@ -83,9 +83,12 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int,
             edit_ms.append(ms)
             if not sequential:
                 checked += [check(mend, records[i], refs[i]) for i in group]
+                checked[-1][1]["edit_ms"] = ms
                 mend.rollback(eid)
             if n % 10 == 0:
                 log.info("%d/%d edits", n * batch, len(records))
+                if samples_path is not None:  # a long run that is stopped keeps what it checked
+                    samples_path.write_text(json.dumps([s for _, s in checked], indent=1) + "\n")
         if sequential:
             with ThreadPoolExecutor(4) as pool:  # 4 records at once, kept in record order
                 checked = list(pool.map(lambda i: check(mend, records[i], refs[i]), range(len(records))))
@@ -98,6 +101,7 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int,
 
 def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsre:FILE or counterfact:FILE"),
          n: int = typer.Option(100, "-n", help="records (one per subject, in file order)"),
+         skip: int = typer.Option(0, help="leave out the first SKIP of them (to extend a run: its --samples merge)"),
          sequential: bool = typer.Option(False, help="keep every edit; check all of them after the last"),
          batch: int = typer.Option(1, help="edits sent together in one /edit"),
          method: str = typer.Option("scoped", help="MEND_METHOD of the server (the default is scoped)"),
@@ -106,18 +110,21 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          samples: Optional[Path] = typer.Option(None, help="also write each record's replies and scores here (JSON)")) -> None:
     setup_logging()
     p = make_profile(smoke, model, editor, threads, out)
-    records = load_records(data, n, one_per_subject=True)
+    if not 0 <= skip < n:
+        raise typer.BadParameter(f"--skip must be in [0, n), got {skip}")
+    records = load_records(data, n, one_per_subject=True)[skip:]
     kind = data.split(":")[0]
     mode = f"seq{n}" if sequential else (f"batch{batch}" if batch > 1 else "single")
     work = p.out / "says" / f"{kind}-{method}-{mode}"
     shutil.rmtree(work, ignore_errors=True)
     with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256") as s:
         rows: list[dict] | None = [] if samples else None
-        result = run(s.url, records, sequential, batch, rows)
+        result = run(s.url, records, sequential, batch, rows, samples)
     if samples:
         samples.write_text(json.dumps(rows, indent=1) + "\n")
     log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
-    save(p, f"says_{kind}_{method}_{mode}", {"data": data, "method": method, "mode": mode, **result}, command_line())
+    save(p, f"says_{kind}_{method}_{mode}", {"data": data, "method": method, "mode": mode, "skip": skip, **result},
+         command_line())
 
 
 if __name__ == "__main__":
