@@ -143,9 +143,9 @@ def fit_bank(
 
     m, tok = load_base_model(model)
     scope = Scope.load(editor, [])  # keys need no edited layers
-    prompts = list(dict.fromkeys(r.edit.prompt for spec in data for r in load_records(spec, n, one_per_subject=True)))
-    scope.with_bank(m, tok, prompts).save(editor)
-    typer.echo(f"bank of {len(prompts)} prompts saved to {editor}")
+    scope.with_bank(m, tok, [r.edit.prompt for spec in data for r in load_records(spec, n, one_per_subject=True)])
+    scope.save(editor)
+    typer.echo(f"bank of {len(scope.bank)} prompts saved to {editor}")
 
 
 def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, loc_weight: float = 3.0,
@@ -164,7 +164,7 @@ def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, 
     random.Random(0).shuffle(recs)  # both data sets in both halves
     scope, report = fit_scope(m, tok, ed.layers, recs, cfg, loc_weight, blocks or None, radius, whiten)
     if bank:
-        scope.with_bank(m, tok, list(dict.fromkeys(r.edit.prompt for r in recs)))
+        scope.with_bank(m, tok, [r.edit.prompt for r in recs])
     scope.save(editor)
     typer.echo("| key block | whitening ridge | radius | rephrase hits | loc hits | objective |")
     typer.echo("|---|---|---|---|---|---|")

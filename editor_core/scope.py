@@ -391,8 +391,9 @@ class Scope:
         return cls(cfg, layers, tensors["center"].float(), proj, bank)
 
     def with_bank(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str]) -> Scope:
-        """This scope with a bank of these prompts' keys: questions other than any edit yet to come."""
-        self.bank = self.prompt_keys(model, tok, prompts).half().float()  # as saved
+        """This scope with a bank of these prompts' keys, one row per distinct prompt: questions other than any edit
+        yet to come."""
+        self.bank = self.prompt_keys(model, tok, list(dict.fromkeys(prompts))).half().float()  # as saved
         return self
 
     def radii(self, keys: torch.Tensor) -> list[float] | None:

@@ -96,10 +96,11 @@ def test_an_edits_radius_rises_above_its_nearest_bank_question(model, tokenizer,
     plain = scope.scoped(model, tokenizer, editor.compute_deltas(model, tokenizer, edit), edit)
     assert "radii" not in plain.meta  # no bank: the scope's radius
     fingerprint = scope.fingerprint()
-    scope.bank = torch.stack([near])  # another question, which the edit must not cover
+    scope.with_bank(model, tokenizer, [PROMPTS[1], PROMPTS[1]])  # another question, which the edit must not cover
+    assert scope.bank.shape[0] == 1 and torch.allclose(scope.bank[0], near, atol=1e-3)  # one row per question
     banked = scope.scoped(model, tokenizer, editor.compute_deltas(model, tokenizer, edit), edit)
     (radius,) = json.loads(banked.meta["radii"])
-    assert radius == pytest.approx(float(own @ near) + 0.01, abs=1e-5)
+    assert radius == pytest.approx(float(own @ scope.bank[0]) + 0.01, abs=1e-5)
     assert scope.fingerprint() == fingerprint  # the log keeps each edit's radius: replay is unaffected
     for name, delta in (("plain", plain), ("banked", banked)):
         scope.add(name, delta)
