@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from editor_core import LowRankDelta, load_base_model, model_fingerprint
+from editor_core import LowRankDelta
 
 from .editlog import EDIT, EditLog, Event, log_fingerprint
 from .embedded_redis import EmbeddedRedis
 from .methods import load_scope, scoped_fingerprint
-from .runtime import load_editor
+from .runtime import load_served
 from .settings import Settings
 
 
@@ -25,10 +25,7 @@ def rekey_log(settings: Settings, old_scope: Path) -> tuple[str, str, int]:
     already holds events, when the old one holds none, or when the two scopes are the same."""
     embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir / "redis").start()
     try:
-        model, tok = load_base_model(settings.model, settings.dtype, settings.device, settings.device_map,
-                                     settings.max_memory)
-        model_fp = model_fingerprint(model)
-        editor = load_editor(settings.editor, model, model_fp)
+        model, tok, model_fp, editor = load_served(settings)
         new, old = load_scope(settings.editor, editor), load_scope(old_scope, editor)
         old_fp, new_fp = (scoped_fingerprint(editor.fingerprint(), s) for s in (old, new))
         url, new_log_fp = settings.redis_url or embedded.url, log_fingerprint(model_fp, new_fp)

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core import (
     EditRequest,
@@ -158,6 +158,15 @@ def load_editor(path: Path, model: PreTrainedModel, model_fp: str) -> MENDEditor
     return editor
 
 
+def load_served(settings: Settings) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str, MENDEditor]:
+    """The base model and tokenizer, the fingerprint of its base weights (before any replay) and the editor checked
+    against it: what a server, and any command that reads its log, starts from."""
+    model, tokenizer = load_base_model(settings.model, settings.dtype, settings.device, settings.device_map,
+                                       settings.max_memory)
+    model_fp = model_fingerprint(model)
+    return model, tokenizer, model_fp, load_editor(settings.editor, model, model_fp)
+
+
 class Runtime(Replica):
     def __init__(self, *args) -> None:
         super().__init__(*args)
@@ -174,10 +183,7 @@ class Runtime(Replica):
         try:
             if settings.threads:
                 torch.set_num_threads(settings.threads)
-            model, tokenizer = load_base_model(settings.model, settings.dtype, settings.device, settings.device_map,
-                                               settings.max_memory)
-            model_fp = model_fingerprint(model)  # of the base weights: before any replay
-            editor = load_editor(settings.editor, model, model_fp)
+            model, tokenizer, model_fp, editor = load_served(settings)
             rt = cls(settings, model, tokenizer, editor, model_fp, settings.redis_url or embedded.url)
             rt.embedded = embedded
             rt.replay()
