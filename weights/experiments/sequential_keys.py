@@ -1,0 +1,74 @@
+"""Selection after many edits, keys only: the first N dev records (one per subject) as N edits in one codebook, each
+with its bank radius (`Scope.radii`), against each edit alone (how single edits are judged). Per record, a
+rephrase/paraphrase is `own` when it selects its own edit (`Scope.request_keys` then `Scope.select`, as a request
+is keyed) and `other` when it selects another edit; a locality prompt (zsRE's NQ question, CounterFact's
+neighbours) is `captured` when it selects any edit. This is the scope's share of the 1,000-sequential-edit target:
+an edit that is not selected cannot be said, and one selected by the wrong prompt changes its reply.
+
+    python weights/experiments/sequential_keys.py 1000             # both; `... 1000 counterfact` for one
+
+Printed (2026-12-02, at a867670, the shipped scope with its bank of 2,000 train prompts; first 1,000 dev records):
+    zsre 1000 edits, alone: rephrases selecting their own edit 0.958, another edit 0.000; locality prompts selecting an edit 0.000
+    zsre 1000 edits, all: rephrases selecting their own edit 0.958, another edit 0.001; locality prompts selecting an edit 0.000
+    counterfact 1000 edits, alone: rephrases selecting their own edit 0.851, another edit 0.000; locality prompts selecting an edit 0.011
+    counterfact 1000 edits, all: rephrases selecting their own edit 0.848, another edit 0.009; locality prompts selecting an edit 0.047
+      'Honda NSR500V is created by' -> the edit of 'Honda NS500 is created by' (its radius 0.734)
+      'Theodor Herzl speaks' -> the edit of 'Theodor Herzl follows the religion of' (its radius 0.630)
+      'What is the twin city of Istanbul? It is' -> the edit of 'What is the twin city of Rome? It is' (its radius 0.768)
+      'Canada is located in' -> the edit of 'England is located in' (its radius 0.630)
+i.e. 1,000 edits in one codebook leave zsRE's selection as it is alone. CounterFact's neighbour prompts are captured
+by some other edit 4x as often (0.047): near-twin subjects (Honda NSR500V / NS500), the same subject asked another
+relation (Herzl), and short prompts alike but for one name. A captured prompt's reply changes only where the
+other edit's delta changes its first token (the edit is released once the reply is not its answer).
+"""
+import json
+import sys
+import time
+
+import torch
+
+from editor_core import LowRankDelta, load_base_model, load_records
+from editor_core.scope import Codebook, Scope
+
+torch.set_num_threads(1)
+model, tok = load_base_model()
+scope = Scope.load("weights/smollm2", [])
+N = int(sys.argv[1])
+KINDS = sys.argv[2:] or ["zsre", "counterfact"]
+
+
+def book_of(keys, radii, ids):
+    book = Codebook.empty(keys.shape[1])
+    for i in ids:
+        book = book.added(str(i), LowRankDelta({}, {"radii": json.dumps([radii[i]])}, keys[i : i + 1]))
+    return book
+
+
+for kind in KINDS:
+    t0 = time.time()
+    recs = load_records(f"{kind}:../shared/data/{kind}/dev.json", N, one_per_subject=True)
+    keys = scope.prompt_keys(model, tok, [r.edit.prompt for r in recs])
+    radii = scope.radii(keys)
+    everything = book_of(keys, radii, range(len(recs)))
+    counts = {"alone": dict(own=0, other=0, reph=0, captured=0, loc=0),
+              "all": dict(own=0, other=0, reph=0, captured=0, loc=0)}
+    captures = []
+    for i, r in enumerate(recs):
+        reph, loc = r.rephrases[:2], [q.prompt for q in r.loc][:2]
+        for name, book in (("all", everything), ("alone", book_of(keys, radii, [i]))):
+            chosen = scope.select(scope.request_keys(model, tok, reph + loc, book), book)
+            c = counts[name]
+            c["own"] += sum(s == str(i) for s in chosen[: len(reph)])
+            c["other"] += sum(s not in (None, str(i)) for s in chosen[: len(reph)])
+            c["reph"] += len(reph)
+            c["captured"] += sum(s is not None for s in chosen[len(reph) :])
+            if name == "all":
+                captures += [(q, recs[int(s)].edit.prompt, radii[int(s)]) for q, s in zip(loc, chosen[len(reph) :])
+                             if s not in (None, str(i))]
+            c["loc"] += len(loc)
+    for name, c in counts.items():
+        print(f"{kind} {len(recs)} edits, {name}: rephrases selecting their own edit {c['own'] / c['reph']:.3f}, "
+              f"another edit {c['other'] / c['reph']:.3f}; locality prompts selecting an edit "
+              f"{c['captured'] / c['loc']:.3f} ({time.time() - t0:.0f}s)", flush=True)
+    for q, p, rad in captures[:20]:  # what another edit captures
+        print(f"  {q!r} -> the edit of {p!r} (its radius {rad:.3f})")
