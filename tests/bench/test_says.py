@@ -31,3 +31,21 @@ def test_generation_scores_come_out_of_a_real_server(tmp_path: Path):
     for key in ("prompt", "rephrase", "chat", "chat_rephrase", "unchanged", "repeat", "repeat_unedited"):
         assert 0.0 <= res[key] <= 1.0, key
     assert res["edit_ms_p50"] > 0
+
+
+def test_a_run_extended_with_skip_checks_only_the_later_records_and_keeps_their_samples(tmp_path: Path):
+    data = tmp_path / "zsre.json"
+    data.write_text(json.dumps(RECORDS))
+    samples = tmp_path / "samples.json"
+    cmd = [sys.executable, "-m", "bench.says", "--smoke", "--data", f"zsre:{data}", "-n", "2", "--skip", "1",
+           "--out", str(tmp_path), "--samples", str(samples)]
+    run = subprocess.run(cmd, cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+    res = json.loads((tmp_path / "says_zsre_scoped_single.json").read_text())["results"]
+    assert res["n"] == 1 and res["skip"] == 1
+    (sample,) = json.loads(samples.read_text())
+    assert sample["edit_prompt"] == RECORDS[1]["src"] and sample["edit_ms"] > 0
+    bad = [sys.executable, "-m", "bench.says", "--smoke", "--data", f"zsre:{data}", "-n", "2", "--skip", "2",
+           "--out", str(tmp_path)]
+    bad = subprocess.run(bad, cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--skip" in bad.stderr
