@@ -70,9 +70,14 @@ def edit(mend: MendClient, recs: list[EditRecord]) -> tuple[str, float]:
     return out.edit_id, out.elapsed_ms
 
 
-def run(url: str, records: list[EditRecord], sequential: bool, batch: int,
-        samples: list[dict] | None = None, samples_path: Path | None = None) -> dict:
+def run(url: str, records: list[EditRecord], sequential: bool, batch: int, samples: Path | None = None) -> dict:
+    """The run's mean scores; each record's sample (`check`) goes to `samples` every 10 edits and at the end."""
     checked, edit_ms = [], []
+
+    def write_samples() -> None:
+        if samples is not None:
+            samples.write_text(json.dumps([sample for _, sample in checked], indent=1) + "\n")
+
     t0 = time.perf_counter()
     with MendClient(url, timeout=600.0) as mend:
         with ThreadPoolExecutor(4) as pool:  # all before the first edit (sequential runs need them so), 4 records at once
@@ -82,19 +87,18 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int,
             eid, ms = edit(mend, [records[i] for i in group])
             edit_ms.append(ms)
             if not sequential:
-                checked += [check(mend, records[i], refs[i]) for i in group]
-                checked[-1][1]["edit_ms"] = ms
+                for i in group:
+                    checked.append(check(mend, records[i], refs[i]))
+                    checked[-1][1]["edit_ms"] = ms  # of the /edit that made it (a batch's, for --batch)
                 mend.rollback(eid)
             if n % 10 == 0:
                 log.info("%d/%d edits", n * batch, len(records))
-                if samples_path is not None:  # a long run that is stopped keeps what it checked
-                    samples_path.write_text(json.dumps([s for _, s in checked], indent=1) + "\n")
+                write_samples()  # a long run that is stopped keeps what it checked
         if sequential:
             with ThreadPoolExecutor(4) as pool:  # 4 records at once, kept in record order
                 checked = list(pool.map(lambda i: check(mend, records[i], refs[i]), range(len(records))))
+    write_samples()
     rows = [row for row, _ in checked]
-    if samples is not None:
-        samples += [sample for _, sample in checked]
     return {"n": len(rows), **mean_metrics(rows), "edit_ms_p50": statistics.median(edit_ms),
             "wall_s": time.perf_counter() - t0}
 
@@ -108,20 +112,17 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
          threads: Optional[int] = None, out: Optional[Path] = None,
          samples: Optional[Path] = typer.Option(None, help="also write each record's replies and scores here (JSON)")) -> None:
-    setup_logging()
-    p = make_profile(smoke, model, editor, threads, out)
     if not 0 <= skip < n:
         raise typer.BadParameter(f"--skip must be in [0, n), got {skip}")
+    setup_logging()
+    p = make_profile(smoke, model, editor, threads, out)
     records = load_records(data, n, one_per_subject=True)[skip:]
     kind = data.split(":")[0]
     mode = f"seq{n}" if sequential else (f"batch{batch}" if batch > 1 else "single")
     work = p.out / "says" / f"{kind}-{method}-{mode}"
     shutil.rmtree(work, ignore_errors=True)
     with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256") as s:
-        rows: list[dict] | None = [] if samples else None
-        result = run(s.url, records, sequential, batch, rows, samples)
-    if samples:
-        samples.write_text(json.dumps(rows, indent=1) + "\n")
+        result = run(s.url, records, sequential, batch, samples)
     log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
     save(p, f"says_{kind}_{method}_{mode}", {"data": data, "method": method, "mode": mode, "skip": skip, **result},
          command_line())

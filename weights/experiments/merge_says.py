@@ -2,7 +2,7 @@
 the mean of every score over all their records, and the p50 of the edit times the samples carry (samples written
 before bench.says kept `edit_ms` have none).
 
-    python weights/experiments/merge_says.py weights/results/samples/zsre200_bank.json /work/says_runs/zsre_200_500.json
+    python weights/experiments/merge_says.py weights/results/samples/zsre200_bank.json weights/results/samples/zsre200_500_bank.json
 """
 import json
 import statistics
