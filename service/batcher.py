@@ -156,7 +156,7 @@ class Batcher:
             g = t.g
             g.version = state.version
             t.row = Row(g.ids, g.max_new_tokens, g.temperature, g.top_p, g.seed, g.stop,
-                        self.rt.method.ask(g.text, g.form, state.view))
+                        self.rt.method.ask(g.text, g.form, state.view, g.worded))
             t.row.cancelled = t.cancelled  # a cancel that came while the row was being made
             t._joined.set()
         try:

@@ -24,7 +24,7 @@ from editor_core.export import merged, to_peft
 from editor_core.model import DTYPES
 from editor_core.layers import first_block
 from editor_core.prefix_cache import PrefixCache
-from editor_core.scope import PLAIN, Ask, Codebook, Scope
+from editor_core.scope import PLAIN, Ask, Codebook, Scope, Worded
 
 from .canary import CanarySet, load_canaries, shadow_of
 from .errors import MergedScopedExport, NothingToExport
@@ -93,9 +93,14 @@ class EditMethod:
         Reads neither the lock nor the view: the deltas are one version's, and what else it reads never changes."""
         raise NotImplementedError
 
-    def ask(self, text: str, form: str, view: object) -> Ask | None:
-        """What a generation of this question (`text`, asked in `form`) selects its own edit by, in `view`; None
-        when a method has no per-request edits."""
+    def worded(self, text: str, form: str, view: object) -> object | None:
+        """What a generation of this question needs computed before it runs, in the requesting thread: the piece of
+        the edit it selects in `view` made for its own wording (`Scope.worded`), if the method has such."""
+        return None
+
+    def ask(self, text: str, form: str, view: object, worded: object | None = None) -> Ask | None:
+        """What a generation of this question (`text`, asked in `form`) selects its own edit by, in `view`, with
+        what `worded` computed for it; None when a method has no per-request edits."""
         return None
 
     def scoring(self, prompts: list[str], view: object) -> contextlib.AbstractContextManager:
@@ -231,8 +236,17 @@ class Scoped(EditMethod):
     def view(self) -> Codebook:
         return self.scope.codebook
 
-    def ask(self, text: str, form: str, view: Codebook) -> Ask:
-        return Ask(text, form, view)
+    def worded(self, text: str, form: str, view: Codebook) -> Worded | None:
+        if not self.settings.reword:
+            return None
+        try:
+            return self.scope.worded(self.model, self.tokenizer, self.editor, text, form, view, **self.compress)
+        except Exception:  # the request still gets the edit's stored piece: worse words, but an answer
+            log.exception("computing the piece of a selected edit for a new wording failed")
+            return None
+
+    def ask(self, text: str, form: str, view: Codebook, worded: Worded | None = None) -> Ask:
+        return Ask(text, form, view, worded)
 
     def scoring(self, prompts: list[str], view: Codebook) -> contextlib.AbstractContextManager:
         return self.scope.applying_to(self.model, self.tokenizer, prompts, book=view)

@@ -134,6 +134,7 @@ class Generation:
     seed: int | None
     stop: list[str]
     version: int | None = None  # the version it runs on, set when it starts
+    worded: object | None = None  # what the method computed for its wording before it was submitted
     completion: Completion | None = None  # set when a stream ends
 
 
@@ -379,14 +380,22 @@ class Runtime(Replica):
                  temperature: float, top_p: float, seed: int | None, stop: list[str]) -> tuple[Completion, int, int]:
         """(completion, prompt tokens, version): decoded with the other generations of the moment, on one version."""
         g = self.checked(prompt, messages, max_new_tokens, temperature, top_p, seed, stop)
+        self._word(g)
         for _ in self.batcher.submit(g).pieces():
             pass
         return g.completion, len(g.ids), g.version
+
+    def _word(self, g: Generation) -> None:
+        # In the requesting thread, so that the decode loop, which every running generation waits on, never
+        # computes an edit. On the view of now: the row applies it only if it selects the same edit at its start.
+        self._pin_threads()
+        g.worded = self.method.worded(g.text, g.form, self.published.view)
 
     @contextlib.contextmanager
     def streaming(self, g: Generation) -> Iterator[Iterator[str]]:
         """`generate` as it is made: the reply's text in pieces, on one version, `g.version` (set on entering),
         from the first piece to the last; `g.completion` is set after the last. Leaving early stops its decoding."""
+        self._word(g)
         ticket = self.batcher.submit(g)
         try:
             ticket.joined()

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     method: str = Field("scoped", pattern="^(inplace|scoped)$", description=(
         "inplace: each delta is added to the weights (MEND as published); scoped: each delta applies only to "
         "prompts within the scope radius of the edit's own (editor_core.scope), weights never change"))
+    # Measured through the service on the first 200 dev records of each set: see weights/README.md, "Each wording
+    # its own piece".
+    reword: bool = Field(True, description="scoped edits: a request that selects an edit in other words than the "
+                                           "edit's own gets the edit computed for its wording (one edit's time, "
+                                           "once per wording), rather than the piece made for the edit prompt")
     guard_max_captured: float = Field(0.05, ge=0.0, le=1.0, description="scoped edits: largest share of canary "
                                                                          "prompts an edit's scope may cover")
     turn_wait_s: float = Field(30.0, ge=0, description="replicas sharing a log edit in turns, first come first served; "
