@@ -158,6 +158,10 @@ class Worded:
     piece: LowRankDelta
     word_end: bool  # whether its target was extended to end the answer's word (`Scope.edit_forms`)
 
+    def fits(self, book: Codebook, r: int) -> bool:
+        """Whether key row r of `book` is the row it was made for."""
+        return self.edit_id == book.owner[r] and r - book.owner.index(self.edit_id) == self.row
+
 
 @dataclass(frozen=True)
 class Ask:
@@ -275,7 +279,8 @@ class Scope:
         self._handles: list = []
         self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> pooled state (`_pooled_prompts`)
         self._memo_lock, self._memo_model = threading.Lock(), None
-        self._worded: OrderedDict[tuple, Worded] = OrderedDict()  # (edit id, row, form, text) -> `worded`'s piece
+        # (form, text, target) -> `worded`'s piece and word end: all it depends on (the edit's key only selects)
+        self._worded: OrderedDict[tuple[str, str, str], tuple[LowRankDelta, bool]] = OrderedDict()
         self._worded_lock = threading.Lock()
 
     # The current codebook's fields, for reading.
@@ -616,12 +621,11 @@ class Scope:
         if r is None or book.row_targets[r] is None or float(key @ book.keys[r]) >= OWN_WORDING:
             return None
         edit_id, target = book.owner[r], book.row_targets[r]
-        row = r - book.owner.index(edit_id)
-        memo = (edit_id, row, form, text)
+        row, memo = r - book.owner.index(edit_id), (form, text, target)
         with self._worded_lock:  # one at a time: an edit's forwards take the cores anyway
             if memo in self._worded:
                 self._worded.move_to_end(memo)
-                return self._worded[memo]
+                return Worded(edit_id, row, *self._worded[memo])
             forms = forms_of(tok)
             request = in_forms(tok, [EditRequest(text, target)])[forms.index(form) if form in forms else 0]
             prefix = PrefixCache(model, first_block(self.layers))
@@ -630,11 +634,10 @@ class Scope:
             if rel_tol or dtype:
                 piece = piece.compressed(rel_tol, dtype)
             (piece, _), = self._stepped(model, tok, [piece], [key[None]], ended, prefix)
-            out = Worded(edit_id, row, LowRankDelta(piece.factors), ended[0].target != request.target)
-            self._worded[memo] = out
+            self._worded[memo] = (LowRankDelta(piece.factors), ended[0].target != request.target)
             while len(self._worded) > WORDED_PIECES:
                 self._worded.popitem(last=False)
-        return out
+            return Worded(edit_id, row, *self._worded[memo])
 
     @staticmethod
     def pieces(delta: LowRankDelta) -> list[dict[str, LowRankDelta]]:
@@ -754,14 +757,18 @@ class Scope:
             self._local.rows = saved
 
     @contextlib.contextmanager
-    def applying(self, keys: torch.Tensor, form: str = PLAIN, book: Codebook | None = None):
+    def applying(self, keys: torch.Tensor, form: str = PLAIN, book: Codebook | None = None,
+                 worded: list[Worded | None] | None = None):
         """Within this context, this thread's forwards of a batch whose row b has key keys[b] add each row's
         selected edit (see `select`) of `book` (default: the current codebook), its piece for `form` (the plain
-        one if it has none). Yields the `Selection` (its edit ids). For teacher-forced scoring: a generation
-        selects with `choose`, and releases its edit once the answer is said."""
+        one if it has none), or worded[b]'s piece where that was made for the row selected. Yields the
+        `Selection` (its edit ids). For teacher-forced scoring: a generation selects with `choose`, and releases
+        its edit once the answer is said."""
         book = book or self.codebook
         rows = book.nearest(keys, self.cfg.radius)
-        pieces = [None if r is None else book.row_pieces[r].get(form, book.row_pieces[r][PLAIN]) for r in rows]
+        worded = worded or [None] * len(rows)
+        pieces = [None if r is None else w.piece if w is not None and w.fits(book, r)
+                  else book.row_pieces[r].get(form, book.row_pieces[r][PLAIN]) for r, w in zip(rows, worded)]
         with self.acting(self.stacked(pieces)):
             yield Selection([None if r is None else book.owner[r] for r in rows],
                             [None if r is None else book.row_targets[r] for r in rows])
@@ -786,9 +793,8 @@ class Scope:
         target = book.row_targets[r]
         length = None if target is None else len(tok(" " + target.strip(), add_special_tokens=False)["input_ids"])
         piece, word_end = book.row_pieces[r].get(ask.form, book.row_pieces[r][PLAIN]), book.row_word_end[r]
-        w = ask.worded
-        if w is not None and w.edit_id == book.owner[r] and r - book.owner.index(w.edit_id) == w.row:
-            piece, word_end = w.piece, w.word_end  # made for this wording of the edit this request selects
+        if ask.worded is not None and ask.worded.fits(book, r):  # made for this wording of the edit selected
+            piece, word_end = ask.worded.piece, ask.worded.word_end
         return Choice(piece, Selection([book.owner[r]], [target], [length], strict=ask.form == PLAIN,
                                        word_end=word_end))
 
@@ -832,11 +838,11 @@ class Scope:
             raise RuntimeError("the prefill never reached the key block: are the scope's hooks attached?")
 
     def applying_to(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
-                    form: str = PLAIN, book: Codebook | None = None):
+                    form: str = PLAIN, book: Codebook | None = None, worded: list[Worded | None] | None = None):
         """`applying` with the request keys of these prompts."""
         book = book or self.codebook
         keys = self.request_keys(model, tok, prompts, book) if book.owner else torch.zeros(len(prompts), 0)
-        return self.applying(keys, form, book)
+        return self.applying(keys, form, book, worded)
 
     def fingerprint(self) -> str:
         # These (and the bank) only pick the delta of new edits, and the log stores each delta as it was picked

@@ -249,7 +249,9 @@ class Scoped(EditMethod):
         return Ask(text, form, view, worded)
 
     def scoring(self, prompts: list[str], view: Codebook) -> contextlib.AbstractContextManager:
-        return self.scope.applying_to(self.model, self.tokenizer, prompts, book=view)
+        # What /generate would apply: the piece made for each prompt's own wording where it has one.
+        worded = [self.worded(p, PLAIN, view) for p in prompts]
+        return self.scope.applying_to(self.model, self.tokenizer, prompts, book=view, worded=worded)
 
     def agreement(self) -> float | None:
         if self.canary_keys is None:

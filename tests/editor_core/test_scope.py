@@ -11,7 +11,7 @@ from editor_support import REQS
 from editor_core import LowRankDelta, MENDEditor
 from editor_core.data import EditRequest, tokenize_edits
 from editor_core.gradients import token_factors
-from editor_core.scope import ANSWER_SLACK, PLAIN, Scope, ScopeConfig, Selection
+from editor_core.scope import ANSWER_SLACK, PLAIN, Ask, Scope, ScopeConfig, Selection
 
 PROMPTS = ["Paris is a city in", "The sun rises in the", "My favourite food is", "Dogs like to"]
 
@@ -420,3 +420,41 @@ def test_a_word_end_selection_is_released_only_once_the_answers_word_has_ended()
     assert ended.observe(" Oxford.")
     run_on = Selection(["e"], ["Oxford"], [1], strict=True, word_end=True)
     assert not run_on.observe(" Oxford") and run_on.observe(" Oxfordshire")  # gone wrong: released all the same
+
+
+def test_another_wording_that_selects_an_edit_gets_the_edit_made_for_its_words(setup):
+    """`Scope.worded`: a request in other words than the edit's own that selects it gets a piece computed for its
+    own wording (what applies, cached per wording); the edit's own wording, a prompt selecting nothing, and a row of
+    another codebook in which the request selects some other edit keep the stored piece."""
+    model, tok, scope, _ = setup
+    scope.cfg.radius = -1.0  # every prompt selects the one stored edit
+    editor = MENDEditor.for_model(model, rank=8, init_alpha=1.0).eval()
+    delta = scope.compute(model, tok, editor, REQS[:1])
+    scope.add("e1", delta)
+    other = "Tell me this: the capital of France is"
+    worded = scope.worded(model, tok, editor, other, PLAIN)
+    assert worded is not None and (worded.edit_id, worded.row) == ("e1", 0)
+    again = scope.worded(model, tok, editor, other, PLAIN)
+    assert again.piece is worded.piece  # computed once per wording
+    assert scope.worded(model, tok, editor, REQS[0].prompt, PLAIN) is None  # the edit's own words
+    fresh = editor.compute_deltas(model, tok, [EditRequest(other, REQS[0].target)])[0]
+    assert worded.piece.factors.keys() == fresh.factors.keys()
+    assert not torch.equal(worded.piece.factors[next(iter(fresh.factors))][1],
+                           Scope.pieces(delta)[0][PLAIN].factors[next(iter(fresh.factors))][1])
+
+    stored = scope.choose(model, tok, [(other, PLAIN)])[0].piece
+    mine = scope._choice(tok, Ask(other, PLAIN, scope.codebook, worded),
+                         scope.request_keys(model, tok, [other])[0]).piece
+    assert mine is worded.piece and stored is not worded.piece
+    # in a codebook where the request selects another edit, the piece made for e1 does not apply
+    scope.add("e2", LowRankDelta(delta.factors, delta.meta, delta.key))
+    newer = scope._choice(tok, Ask(other, PLAIN, scope.codebook, worded),
+                          scope.request_keys(model, tok, [other])[0])
+    assert newer.selection.edit_ids == ["e2"] and newer.piece is not worded.piece
+    # teacher-forced scoring applies the same piece as generation
+    with scope.applying_to(model, tok, [other], book=scope.codebook.without("e2"), worded=[worded]):
+        tf = logits(model, tok, [EditRequest(other, REQS[0].target)])
+    with scope.acting(scope.stacked([worded.piece])):
+        assert torch.equal(tf, logits(model, tok, [EditRequest(other, REQS[0].target)]))
+    scope.clear()
+    assert scope.worded(model, tok, editor, other, PLAIN) is None  # nothing stored: nothing selected

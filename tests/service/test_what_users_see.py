@@ -96,3 +96,33 @@ def test_the_reply_ends_the_answers_word_instead_of_running_on(client, prompt: s
         assert normalized(edited).split().count(normalized(target).split()[-1]) < 3, edited
     finally:
         client.post("/rollback", json={"edit_id": eid})
+
+
+# CounterFact dev records whose paraphrases select the edit but, with the piece made for the edit prompt, were
+# answered with something else (" John the Baptist. The church ...", " British actor who ..."): MEND_REWORD makes
+# the edit for the paraphrase's own words. Their neighbours (same relation, other subjects) select nothing.
+PARAPHRASED = [("John Stofa plays in the position of", "midfielder",
+                "The church seats about 350 people. John Stofa plays as", "Seneca Wallace plays in the position of"),
+               ("Martin Drennan's position is", "pope",
+                "Miranda Elisabeth Somerset, Duchess of Beaufort, born Miranda Elisabeth Morley. Martin Drennan is a",
+                "Henric Benzelius holds the title of")]
+
+
+@pytest.mark.smollm
+@pytest.mark.parametrize("prompt,target,paraphrase,neighbour", PARAPHRASED)
+def test_a_paraphrase_says_the_new_answer_and_a_neighbour_does_not_change(client, prompt: str, target: str,
+                                                                         paraphrase: str, neighbour: str):
+    before = reply(client, paraphrase, tokens=12), reply(client, neighbour, tokens=24)
+    assert not says(before[0], target)
+    eid = client.post("/edit", json={"prompt": prompt, "target": target}).json()["edit_id"]
+    try:
+        edited = reply(client, paraphrase, tokens=12)
+        assert says(edited, target) and normalized(edited).split().count(target) < 2, edited
+        assert reply(client, paraphrase, tokens=12) == edited  # the piece made for this wording is kept
+        # /score judges what /generate serves: the same piece
+        score = client.post("/score", json={"items": [{"prompt": paraphrase, "target": target}]}).json()
+        assert score["scores"][0]["exact"], score
+        assert reply(client, neighbour, tokens=24) == before[1]
+    finally:
+        client.post("/rollback", json={"edit_id": eid})
+    assert reply(client, paraphrase, tokens=12) == before[0]
