@@ -42,7 +42,7 @@ from .scoring import answer_logits, score_targets
 
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
 MEMO_PROMPTS = 4096  # pooled prompt states kept (2.3 KB each on SmolLM2)
-WORDED_PIECES = 1024  # pieces computed for other wordings of stored edits kept (`Scope.worded`)
+WORDED_PIECES = 256  # pieces computed for other wordings of stored edits kept (`Scope.worded`; 152 KB each, p50)
 # A request key this similar to the key it selects is the edit's own wording (the same text, keyed again): it gets
 # the stored piece.
 OWN_WORDING = 0.9999
