@@ -114,7 +114,8 @@ def local_generate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: 
                    max_rows: int = 16) -> Generate:
     """`fluency.Generate` in this process, as the service generates: greedy, a chat question in the chat template,
     the scoped edit each question selects acting on its own row until its answer is said; the queries are decoded
-    together, as concurrent requests are (`batching.Batch`)."""
+    together, as concurrent requests are (`batching.Batch`). A question selecting an edit in other words gets the
+    edit prompt's piece, as the service does with MEND_REWORD=false (`Scope.worded` is the service's default)."""
     def gen(queries: list[Query]) -> list[str]:
         rows = []
         for prompt, question, tokens in queries:

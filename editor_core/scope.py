@@ -43,8 +43,8 @@ from .scoring import answer_logits, score_targets
 CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
 MEMO_PROMPTS = 4096  # pooled prompt states kept (2.3 KB each on SmolLM2)
 WORDED_PIECES = 256  # pieces computed for other wordings of stored edits kept (`Scope.worded`; 152 KB each, p50)
-# A request key this similar to the key it selects is the edit's own wording (the same text, keyed again): it gets
-# the stored piece.
+# A request whose whole prompt keys this close to the key it selects is asked in the edit's own words (the edit
+# prompt itself, keyed again): it gets the stored piece.
 OWN_WORDING = 0.9999
 PLAIN, CHAT = "plain", "chat"  # the forms a request comes in: a bare prompt, or a question in the chat template
 
@@ -279,9 +279,11 @@ class Scope:
         self._handles: list = []
         self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> pooled state (`_pooled_prompts`)
         self._memo_lock, self._memo_model = threading.Lock(), None
-        # (form, text, target) -> `worded`'s piece and word end: all it depends on (the edit's key only selects)
-        self._worded: OrderedDict[tuple[str, str, str], tuple[LowRankDelta, bool]] = OrderedDict()
-        self._worded_lock = threading.Lock()
+        # (model, editor, compression, form, text, target) -> `worded`'s piece and word end (None: not finite): all
+        # it depends on (the edit's key only selects). The cache lock guards the dict; the work lock lets one piece
+        # be computed at a time, while cache hits go on.
+        self._worded: OrderedDict[tuple, tuple[LowRankDelta, bool] | None] = OrderedDict()
+        self._worded_lock, self._wording_lock = threading.Lock(), threading.Lock()
 
     # The current codebook's fields, for reading.
     keys = property(lambda self: self.codebook.keys)
@@ -619,14 +621,18 @@ class Scope:
             return None
         key = self.request_keys(model, tok, [text], book)[0]
         r = book.nearest(key[None], self.cfg.radius)[0]
-        if r is None or book.row_targets[r] is None or float(key @ book.keys[r]) >= OWN_WORDING:
+        # Own words: the whole prompt, not its best sentence suffix (a preamble before the edit prompt is other words).
+        if r is None or book.row_targets[r] is None or \
+                float(self.prompt_keys(model, tok, [text])[0] @ book.keys[r]) >= OWN_WORDING:
             return None
         edit_id, target = book.owner[r], book.row_targets[r]
-        row, memo = r - book.owner.index(edit_id), (form, text, target)
-        with self._worded_lock:  # one at a time: an edit's forwards take the cores anyway
-            if memo in self._worded:
-                self._worded.move_to_end(memo)
-                return Worded(edit_id, row, *self._worded[memo])
+        row, memo = r - book.owner.index(edit_id), (id(model), id(editor), rel_tol, dtype, form, text, target)
+        with self._wording_lock:  # one piece at a time: an edit's forwards take the cores anyway
+            with self._worded_lock:
+                if memo in self._worded:  # also computed by a request that held the work lock before this one
+                    self._worded.move_to_end(memo)
+                    made = self._worded[memo]
+                    return made and Worded(edit_id, row, *made)
             forms = forms_of(tok)
             request = in_forms(tok, [EditRequest(text, target)])[forms.index(form) if form in forms else 0]
             prefix = PrefixCache(model, first_block(self.layers))
@@ -635,10 +641,14 @@ class Scope:
             if rel_tol or dtype:
                 piece = piece.compressed(rel_tol, dtype)
             (piece, _), = self._stepped(model, tok, [piece], [key[None]], ended, prefix)
-            self._worded[memo] = (LowRankDelta(piece.factors), ended[0].target != request.target)
-            while len(self._worded) > WORDED_PIECES:
-                self._worded.popitem(last=False)
-            return Worded(edit_id, row, *self._worded[memo])
+            finite = all(bool(t.isfinite().all()) for pair in piece.factors.values() for t in pair)
+            # A non-finite piece would poison the whole decoding batch: the request gets the stored piece instead.
+            made = (LowRankDelta(piece.factors), ended[0].target != request.target) if finite else None
+            with self._worded_lock:
+                self._worded[memo] = made
+                while len(self._worded) > WORDED_PIECES:
+                    self._worded.popitem(last=False)
+        return made and Worded(edit_id, row, *made)
 
     @staticmethod
     def pieces(delta: LowRankDelta) -> list[dict[str, LowRankDelta]]:
@@ -815,7 +825,8 @@ class Scope:
         selects acts on that forward, and the yielded list holds each row's `Choice` (or None) after it. A prompt
         that is its own plain question (`keyed_on_the_way`) is keyed inside the prefill, at the input of block
         key_block + 1, before any edited block runs: no forward of its own, where keying first costs a third of
-        one. The other asks are keyed first (`choose`)."""
+        one. The other asks are keyed first (`request_keys`), and each applies the piece
+        made for its wording (`Ask.worded`) when it selects the edit that piece was made for."""
         chosen: list[Choice | None] = [None] * len(asks)
         live = [b for b, a in enumerate(asks) if a is not None and a.book.owner and a.text.strip()]
         on_the_way = [b for b in live if self.keyed_on_the_way(tok, asks[b], contexts[b])]

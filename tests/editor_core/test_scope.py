@@ -437,10 +437,12 @@ def test_another_wording_that_selects_an_edit_gets_the_edit_made_for_its_words(s
     again = scope.worded(model, tok, editor, other, PLAIN)
     assert again.piece is worded.piece  # computed once per wording
     assert scope.worded(model, tok, editor, REQS[0].prompt, PLAIN) is None  # the edit's own words
+    # MEND's delta of this wording: its right factors (ũ, which steps and tuning leave alone) are that delta's
     fresh = editor.compute_deltas(model, tok, [EditRequest(other, REQS[0].target)])[0]
     assert worded.piece.factors.keys() == fresh.factors.keys()
-    assert not torch.equal(worded.piece.factors[next(iter(fresh.factors))][1],
-                           Scope.pieces(delta)[0][PLAIN].factors[next(iter(fresh.factors))][1])
+    for name, (_, right) in fresh.factors.items():
+        assert torch.equal(worded.piece.factors[name][1], right)
+        assert not torch.equal(right, Scope.pieces(delta)[0][PLAIN].factors[name][1])
 
     stored = scope.choose(model, tok, [(other, PLAIN)])[0].piece
     mine = scope._choice(tok, Ask(other, PLAIN, scope.codebook, worded),
@@ -458,3 +460,18 @@ def test_another_wording_that_selects_an_edit_gets_the_edit_made_for_its_words(s
         assert torch.equal(tf, logits(model, tok, [EditRequest(other, REQS[0].target)]))
     scope.clear()
     assert scope.worded(model, tok, editor, other, PLAIN) is None  # nothing stored: nothing selected
+
+
+def test_a_piece_that_is_not_finite_is_never_applied(setup, monkeypatch):
+    model, tok, scope, _ = setup
+    scope.cfg.radius = -1.0
+    editor = MENDEditor.for_model(model, rank=8, init_alpha=1.0).eval()
+    scope.add("e1", scope.compute(model, tok, editor, REQS[:1]))
+    real = editor.compute_deltas
+
+    def poisoned(*args, **kwargs):
+        return [LowRankDelta({n: (left * float("nan"), right) for n, (left, right) in d.factors.items()})
+                for d in real(*args, **kwargs)]
+
+    monkeypatch.setattr(editor, "compute_deltas", poisoned)
+    assert scope.worded(model, tok, editor, "Tell me this: the capital of France is", PLAIN) is None

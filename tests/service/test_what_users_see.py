@@ -1,6 +1,6 @@
 """What a user sees after an edit, at the default settings (scoped edits), on the real default model with the
 trained editor: the reply says the new answer and then reads like the unedited model's, in plain and in chat
-form. Greedy /generate only; teacher-forced scores are not the verdict here."""
+form. Greedy /generate is the verdict; a teacher-forced /score is checked only to agree with it."""
 from __future__ import annotations
 
 from pathlib import Path
