@@ -92,9 +92,13 @@ class LowRankDelta:
         return LowRankDelta({n: (l.to(device=device, dtype=dtype), r.to(device=device, dtype=dtype))
                              for n, (l, r) in self.factors.items()}, dict(self.meta), self.key)
 
+    def finite(self) -> bool:
+        """Whether every factor is free of NaN and inf."""
+        return all(bool(torch.isfinite(f).all()) for pair in self.factors.values() for f in pair)
+
     def compressed(self, rel_tol: float = 0.0, dtype: torch.dtype | None = None) -> LowRankDelta:
         """Re-factor each ΔW to its numerical rank via a thin SVD, dropping singular values below rel_tol·σ_max."""
-        if not all(torch.isfinite(f).all() for pair in self.factors.values() for f in pair):
+        if not self.finite():
             return self  # nothing to factor: apply and check refuse it with a clear error
         out = {}
         for name, (left, right) in self.factors.items():

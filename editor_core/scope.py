@@ -641,9 +641,8 @@ class Scope:
             if rel_tol or dtype:
                 piece = piece.compressed(rel_tol, dtype)
             (piece, _), = self._stepped(model, tok, [piece], [key[None]], ended, prefix)
-            finite = all(bool(t.isfinite().all()) for pair in piece.factors.values() for t in pair)
             # A non-finite piece would poison the whole decoding batch: the request gets the stored piece instead.
-            made = (LowRankDelta(piece.factors), ended[0].target != request.target) if finite else None
+            made = (LowRankDelta(piece.factors), ended[0].target != request.target) if piece.finite() else None
             with self._worded_lock:
                 self._worded[memo] = made
                 while len(self._worded) > WORDED_PIECES:
