@@ -12,7 +12,8 @@ to the edit prompt repeats itself (`repeat`: the target or any 4-gram 3+ times) 
 (`entropy`). Fluency has two references: the unedited model's reply to the prompt (`*_unedited`), and the
 unedited model continuing the prompt with the new answer written in (`*_answer_in`), which is what the text after
 the answer should read like. Single edits are rolled back after their check; `--sequential` keeps every edit and
-checks them all at the end; `--batch B` sends B edits in one /edit.
+checks them all at the end (or `--check N` of them, spread evenly over the edit order, when checking all would
+not fit in the time); `--batch B` sends B edits in one /edit.
 """
 from __future__ import annotations
 
@@ -70,9 +71,19 @@ def edit(mend: MendClient, recs: list[EditRecord]) -> tuple[str, float]:
     return out.edit_id, out.elapsed_ms
 
 
-def run(url: str, records: list[EditRecord], sequential: bool, batch: int, samples: Path | None = None) -> dict:
-    """The run's mean scores; each record's sample (`check`) goes to `samples` every 10 edits and at the end."""
+def spread(n: int, k: int) -> list[int]:
+    """k of range(n) spread evenly, the first and the last included: early edits have the most edits after them."""
+    if k >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
+
+
+def run(url: str, records: list[EditRecord], sequential: bool, batch: int, samples: Path | None = None,
+        to_check: Optional[list[int]] = None) -> dict:
+    """The run's mean scores; each record's sample (`check`) goes to `samples` every 10 edits and at the end.
+    `to_check`: the records checked after a sequential run (all by default); only they need a reference."""
     checked, edit_ms = [], []
+    to_check = list(range(len(records))) if to_check is None else to_check
 
     def write_samples() -> None:
         if samples is not None:
@@ -81,7 +92,7 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int, sampl
     t0 = time.perf_counter()
     with MendClient(url, timeout=600.0) as mend:
         with ThreadPoolExecutor(4) as pool:  # all before the first edit (sequential runs need them so), 4 records at once
-            refs = list(pool.map(lambda r: before(mend, r), records))
+            refs = dict(zip(to_check, pool.map(lambda i: before(mend, records[i]), to_check)))
         groups = [list(range(i, min(i + batch, len(records)))) for i in range(0, len(records), batch)]
         for n, group in enumerate(groups, 1):
             eid, ms = edit(mend, [records[i] for i in group])
@@ -96,10 +107,10 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int, sampl
                 write_samples()  # a long run that is stopped keeps what it checked
         if sequential:
             with ThreadPoolExecutor(4) as pool:  # 4 records at once, kept in record order
-                checked = list(pool.map(lambda i: check(mend, records[i], refs[i]), range(len(records))))
+                checked = list(pool.map(lambda i: check(mend, records[i], refs[i]), to_check))
     write_samples()
     rows = [row for row, _ in checked]
-    return {"n": len(rows), **mean_metrics(rows), "edit_ms_p50": statistics.median(edit_ms),
+    return {"n": len(rows), "edits": len(records), **mean_metrics(rows), "edit_ms_p50": statistics.median(edit_ms),
             "wall_s": time.perf_counter() - t0}
 
 
@@ -108,21 +119,26 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          skip: int = typer.Option(0, help="leave out the first SKIP of them (to extend a run: its --samples merge)"),
          sequential: bool = typer.Option(False, help="keep every edit; check all of them after the last"),
          batch: int = typer.Option(1, help="edits sent together in one /edit"),
+         check_n: Optional[int] = typer.Option(None, "--check", help="with --sequential: check only N records, spread "
+                                                                     "evenly over the edit order"),
          method: str = typer.Option("scoped", help="MEND_METHOD of the server (the default is scoped)"),
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
          threads: Optional[int] = None, out: Optional[Path] = None,
          samples: Optional[Path] = typer.Option(None, help="also write each record's replies and scores here (JSON)")) -> None:
     if not 0 <= skip < n:
         raise typer.BadParameter(f"--skip must be in [0, n), got {skip}")
+    if check_n is not None and (not sequential or check_n < 1):
+        raise typer.BadParameter("--check needs --sequential and N >= 1")
     setup_logging()
     p = make_profile(smoke, model, editor, threads, out)
     records = load_records(data, n, one_per_subject=True)[skip:]
     kind = data.split(":")[0]
-    mode = f"seq{n}" if sequential else (f"batch{batch}" if batch > 1 else "single")
+    mode = (f"seq{n}" + (f"_check{check_n}" if check_n else "")) if sequential else (f"batch{batch}" if batch > 1 else "single")
     work = p.out / "says" / f"{kind}-{method}-{mode}"
     shutil.rmtree(work, ignore_errors=True)
     with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256") as s:
-        result = run(s.url, records, sequential, batch, samples)
+        result = run(s.url, records, sequential, batch, samples,
+                     None if check_n is None else spread(len(records), check_n))
     log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
     save(p, f"says_{kind}_{method}_{mode}", {"data": data, "method": method, "mode": mode, "skip": skip, **result},
          command_line())

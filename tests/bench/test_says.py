@@ -6,16 +6,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.says import spread
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# Two records in the zsRE format: the test needs no data folder beside the checkout.
+# Three records in the zsRE format: the test needs no data folder beside the checkout.
 RECORDS = [{"subject": "Federico Almerares", "src": "Where was Federico Almerares born?", "rephrase":
             "Where's Federico Almerares born?", "alt": "Madrid", "answers": ["Mar del Plata"],
             "loc": "nq question: the roman name for a liberal arts education is known as", "loc_ans": "artes liberales"},
            {"subject": "Welcome Party", "src": "What series is Welcome Party in?", "rephrase":
             "Which series is Welcome Party part of?", "alt": "30 Rock", "answers": ["Frasier"],
-            "loc": "nq question: who sang the theme song to the jeffersons", "loc_ans": "Ja'Net DuBois"}]
+            "loc": "nq question: who sang the theme song to the jeffersons", "loc_ans": "Ja'Net DuBois"},
+           {"subject": "Lake Tana", "src": "Which country is Lake Tana in?", "rephrase":
+            "In which country is Lake Tana?", "alt": "Kenya", "answers": ["Ethiopia"],
+            "loc": "nq question: who wrote the song take me home country roads", "loc_ans": "John Denver"}]
 
 
 def test_generation_scores_come_out_of_a_real_server(tmp_path: Path):
@@ -31,6 +36,24 @@ def test_generation_scores_come_out_of_a_real_server(tmp_path: Path):
     for key in ("prompt", "rephrase", "chat", "chat_rephrase", "unchanged", "repeat", "repeat_unedited"):
         assert 0.0 <= res[key] <= 1.0, key
     assert res["edit_ms_p50"] > 0
+
+
+def test_a_long_sequential_run_can_check_a_spread_of_its_records(tmp_path: Path):
+    assert spread(1000, 3) == [0, 500, 999] and spread(2, 5) == [0, 1] and spread(7, 1) == [0]
+    data = tmp_path / "zsre.json"
+    data.write_text(json.dumps(RECORDS))
+    samples = tmp_path / "samples.json"
+    cmd = [sys.executable, "-m", "bench.says", "--smoke", "--data", f"zsre:{data}", "-n", "3", "--sequential",
+           "--check", "2", "--out", str(tmp_path), "--samples", str(samples)]
+    run = subprocess.run(cmd, cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+    res = json.loads((tmp_path / "says_zsre_scoped_seq3_check2.json").read_text())["results"]
+    assert res["n"] == 2 and res["edits"] == 3
+    assert [s["edit_prompt"] for s in json.loads(samples.read_text())] == [RECORDS[0]["src"], RECORDS[2]["src"]]
+    bad = [sys.executable, "-m", "bench.says", "--smoke", "--data", f"zsre:{data}", "-n", "3", "--check", "2",
+           "--out", str(tmp_path)]
+    bad = subprocess.run(bad, cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--check" in bad.stderr
 
 
 def test_a_run_extended_with_skip_checks_only_the_later_records_and_keeps_their_samples(tmp_path: Path):
