@@ -228,6 +228,8 @@ def evaluate_cmd(
     delta_dtype: str | None = typer.Option(None, help="store MEND's deltas in this dtype (the service: float16)"),
     generate: int = typer.Option(0, help="also check the first N records by what the model says (greedy replies "
                                          "to the prompt, rephrases, chat, unrelated prompts; fluency): says_*"),
+    reword: bool = typer.Option(True, help="mend-scoped: a prompt in other words than its edit's gets the edit made "
+                                           "for its words, as the service does by default (MEND_REWORD)"),
 ) -> None:
     """Edit N dev records with each method, on the same records, and print a side-by-side table."""
     from .data import load_records
@@ -251,6 +253,8 @@ def evaluate_cmd(
         if name.startswith("mend") and ed is None:
             raise typer.BadParameter(f"--method {name} needs --editor")
         scope = Scope.load(editor, ed.layers) if name == "mend-scoped" else None
+        worded = (lambda text, form, s=scope: s.worded(m, tok, ed, text, form, None, delta_rel_tol, store)) \
+            if scope and reword else None
         if name == "mend":
             fn = mend_method(m, tok, ed, delta_rel_tol, store)
         elif name == "mend-scoped":
@@ -260,7 +264,7 @@ def evaluate_cmd(
         else:
             raise typer.BadParameter(f"unknown method {name!r}")
         results[name] = evaluate(m, tok, records, fn, [l.name for l in layers], batch_size, sequential, curve, scope,
-                                 generate)
+                                 generate, worded)
     typer.echo(_table(results))
     if json_out:
         json_out.write_text(json.dumps({"data": data, "n": n, "batch_size": batch_size, "sequential": sequential,

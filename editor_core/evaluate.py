@@ -23,7 +23,7 @@ from .layers import EditedLayer
 from .fluency import Generate, Query, reply_metrics, reply_reference
 from .batching import Batch, Row
 from .generation import prompt_ids
-from .scope import CHAT, PLAIN, Ask, Scope
+from .scope import CHAT, PLAIN, Ask, Scope, Worded
 from .scoring import TargetScore, answer_logits, score_targets
 
 # Scoring is not bound by the editor's 64-token window: a long locality answer is scored after its whole prompt
@@ -31,16 +31,20 @@ from .scoring import TargetScore, answer_logits, score_targets
 SCORE_MAX_LENGTH = 1024
 FLOOR_SAMPLES = 20  # batches whose plain forward+backward is timed for the latency ratio
 Method = Callable[[list[EditRecord]], LowRankDelta]  # computes a delta on the current model, leaves it unchanged
+Reword = Callable[[str, str], Worded | None]  # (text, form) -> the piece made for that wording (`Scope.worded`)
 
 
 @torch.no_grad()
 def score(model: PreTrainedModel, tok: PreTrainedTokenizerBase, reqs: list[EditRequest], keep_logp: bool = False,
-          chunk: int = 32, scope: Scope | None = None) -> list[TargetScore]:
-    """`score_targets` in chunks, scoped edits selected by each prompt when a scope is given."""
+          chunk: int = 32, scope: Scope | None = None, reword: Reword | None = None) -> list[TargetScore]:
+    """`score_targets` in chunks, scoped edits selected by each prompt when a scope is given (with `reword`, the
+    piece made for the prompt's wording, as POST /score applies it)."""
     out = []
     for i in range(0, len(reqs), chunk):
         part = reqs[i : i + chunk]
-        with scope.applying_to(model, tok, [r.prompt for r in part]) if scope else nullcontext():
+        prompts = [r.prompt for r in part]
+        worded = [reword(p, PLAIN) for p in prompts] if scope and reword else None
+        with scope.applying_to(model, tok, prompts, worded=worded) if scope else nullcontext():
             out += score_targets(model, tok, part, SCORE_MAX_LENGTH, keep_logp)
     return out
 
@@ -65,9 +69,10 @@ def forward_backward_ms(model: PreTrainedModel, tok, reqs: list[EditRequest], ma
 Scorer = Callable[..., list[TargetScore]]  # (requests, keep_logp=False) -> one score per request
 
 
-def scorer(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: Scope | None = None) -> Scorer:
+def scorer(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: Scope | None = None,
+           reword: Reword | None = None) -> Scorer:
     """`score` on this model (and scope); POST /score answers the same questions over HTTP (bench.lifelong_story)."""
-    return lambda reqs, keep_logp=False: score(model, tok, reqs, keep_logp, scope=scope)
+    return lambda reqs, keep_logp=False: score(model, tok, reqs, keep_logp, scope=scope, reword=reword)
 
 
 def _score_loc(score_fn: Scorer, loc: list[EditRequest]) -> list[TargetScore]:
@@ -111,17 +116,18 @@ def mean_metrics(rows: list[dict]) -> dict[str, float]:
 
 
 def local_generate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: Scope | None = None,
-                   max_rows: int = 16) -> Generate:
+                   max_rows: int = 16, reword: Reword | None = None) -> Generate:
     """`fluency.Generate` in this process, as the service generates: greedy, a chat question in the chat template,
     the scoped edit each question selects acting on its own row until its answer is said; the queries are decoded
-    together, as concurrent requests are (`batching.Batch`). A question selecting an edit in other words gets the
-    edit prompt's piece, as the service does with MEND_REWORD=false (`Scope.worded` is the service's default)."""
+    together, as concurrent requests are (`batching.Batch`). With `reword`, a question selecting an edit in other
+    words gets the piece made for its wording, as the service does by default (MEND_REWORD); without, the edit
+    prompt's piece, as MEND_REWORD=false."""
     def gen(queries: list[Query]) -> list[str]:
         rows = []
         for prompt, question, tokens in queries:
             messages = None if question is None else [{"role": "user", "content": question}]
             text, form = (prompt, PLAIN) if question is None else (question, CHAT)
-            ask = Ask(text, form, scope.codebook) if scope else None
+            ask = Ask(text, form, scope.codebook, reword(text, form) if reword else None) if scope else None
             rows.append(Row(prompt_ids(tok, prompt, messages), tokens, ask=ask))
         batch, waiting = Batch(model, tok, scope), list(rows)
         while waiting or batch.rows:
@@ -136,17 +142,18 @@ def local_generate(model: PreTrainedModel, tok: PreTrainedTokenizerBase, scope: 
 
 def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Method, names: list[str],
              batch_size: int = 1, sequential: int | None = None, curve: tuple[int, ...] = (),
-             scope: Scope | None = None, generate: int = 0) -> dict:
+             scope: Scope | None = None, generate: int = 0, reword: Reword | None = None) -> dict:
     """Single/batched: each batch's delta is applied, scored, and the base restored exactly.
     Sequential: deltas accumulate without reverting; every edit so far is re-checked at each curve point.
     With a scope, the method's deltas are scoped edits (`scoped_mend_method`), stored in it instead of added to
     the weights. With `generate`, the first `generate` records are also checked by what the model says
     (`fluency.reply_metrics`, keys prefixed `says_`): right after their edit, or after the last edit when
-    sequential."""
+    sequential. `reword` (with a scope): a prompt in other words than its edit's gets the piece made for them
+    (`Scope.worded`), in scores and replies alike, as the service serves by default."""
     refs = loc_reference(scorer(model, tok), records)
-    score_fn = scorer(model, tok, scope)
+    score_fn = scorer(model, tok, scope, reword)
     gen_refs = [reply_reference(local_generate(model, tok), r) for r in records[:generate]]  # the unedited model
-    gen_fn = local_generate(model, tok, scope)
+    gen_fn = local_generate(model, tok, scope, reword=reword)
     base = snapshot(model, names)
     rows, latencies, floors, points = [], [], [], []
     recs = records[: sequential] if sequential else records

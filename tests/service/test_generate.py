@@ -12,6 +12,7 @@ from service_support import EDIT, EDIT2, EDIT3, serving
 
 import editor_core.generation
 from editor_core.generation import settled
+from editor_core.scope import PLAIN
 
 
 @pytest.fixture()
@@ -255,14 +256,29 @@ def test_score_rejects_bad_input(client):
 
 def test_the_library_says_what_the_service_serves(client):
     """`mend eval --generate` judges replies made in process (evaluate.local_generate); they are the service's
-    /generate replies, plain and chat, with the scoped edit selected and released the same way."""
-    from editor_core.evaluate import local_generate
+    /generate replies, plain and chat, with the scoped edit selected and released the same way, and a question in
+    other words given the piece made for them (MEND_REWORD, the default)."""
+    from editor_core.data import EditRequest
+    from editor_core.evaluate import local_generate, score
 
     rt = client.app.state.runtime
+    assert rt.settings.reword
     assert client.post("/edit", json=EDIT).status_code == 201
-    lib = local_generate(rt.model, rt.tokenizer, rt.method.scope)
-    prompts = (EDIT["prompt"], EDIT2["prompt"])
+    scope = rt.method.scope
+    reword = lambda text, form: scope.worded(rt.model, rt.tokenizer, rt.method.editor, text, form, None,
+                                             **rt.method.compress)
+    lib = local_generate(rt.model, rt.tokenizer, scope, reword=reword)
+    other = "Tell me at once. " + EDIT["prompt"]  # its last sentence selects the edit; the whole is other words
+    assert reword(other, PLAIN) is not None
+    prompts = (EDIT["prompt"], EDIT2["prompt"], other)
     replies = lib([*((p, None, 8) for p in prompts), *((None, p, 8) for p in prompts)])  # decoded as one batch
     served = [generate(client, prompt=p, max_new_tokens=8)["text"] for p in prompts]
     served += [generate(client, messages=[{"role": "user", "content": p}], max_new_tokens=8)["text"] for p in prompts]
     assert replies == served
+    # replies that say the target either way cannot tell the pieces apart; teacher-forced scores can
+    item = EditRequest(other, EDIT["target"])
+    served = client.post("/score", json={"items": [{"prompt": other, "target": EDIT["target"]}]}).json()["scores"][0]
+    assert score(rt.model, rt.tokenizer, [item], scope=scope, reword=reword)[0].logprob == \
+        pytest.approx(served["logprob"], rel=1e-6, abs=1e-5)
+    assert score(rt.model, rt.tokenizer, [item], scope=scope)[0].logprob != \
+        pytest.approx(served["logprob"], rel=1e-3, abs=1e-3)  # the edit prompt's piece scores otherwise
