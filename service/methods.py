@@ -103,8 +103,10 @@ class EditMethod:
         what `worded` computed for it; None when a method has no per-request edits."""
         return None
 
-    def scoring(self, prompts: list[str], view: object) -> contextlib.AbstractContextManager:
-        """The forwards of teacher-forced scoring of these prompts within this context."""
+    def scoring(self, prompts: list[str], view: object,
+                worded: list[object | None] | None = None) -> contextlib.AbstractContextManager:
+        """The forwards of teacher-forced scoring of these prompts within this context (with what `worded`
+        computed for each, when the caller computed it beforehand, outside a lock)."""
         return contextlib.nullcontext()
 
     def agreement(self) -> float | None:
@@ -248,9 +250,11 @@ class Scoped(EditMethod):
     def ask(self, text: str, form: str, view: Codebook, worded: Worded | None = None) -> Ask:
         return Ask(text, form, view, worded)
 
-    def scoring(self, prompts: list[str], view: Codebook) -> contextlib.AbstractContextManager:
-        # What /generate would apply: the piece made for each prompt's own wording where it has one.
-        worded = [self.worded(p, PLAIN, view) for p in prompts]
+    def scoring(self, prompts: list[str], view: Codebook,
+                worded: list[Worded | None] | None = None) -> contextlib.AbstractContextManager:
+        # What /generate would apply: the piece made for each prompt's own wording where it has one (and it
+        # applies only where it fits the row the prompt selects in `view`).
+        worded = [self.worded(p, PLAIN, view) for p in prompts] if worded is None else worded
         return self.scope.applying_to(self.model, self.tokenizer, prompts, book=view, worded=worded)
 
     def agreement(self) -> float | None:

@@ -408,15 +408,20 @@ class Runtime(Replica):
         editor's window: a prompt up to the prompt limit, a target up to the generation limit, never truncated."""
         self._pin_threads()
         counts = self._check_lengths(requests, max_target=self.settings.max_new_tokens)
+        # Before the lock, as /generate does: a piece for a new wording costs an edit's compute, which no apply
+        # should wait behind. Made on the view of now, it applies only where the prompt selects the same row.
+        view = self.published.view
+        worded = [self.method.worded(r.prompt, PLAIN, view) for r in requests]
         with self.rw.read():
-            return self._scores(requests, max(a + b for a, b in counts)), self.version
+            return self._scores(requests, max(a + b for a, b in counts), worded=worded), self.version
 
     def _scores(self, requests: list[EditRequest], max_length: int | None = None,
-                on: Served | None = None, prefix: PrefixCache | None = None) -> list[TargetScore]:
+                on: Served | None = None, prefix: PrefixCache | None = None,
+                worded: list | None = None) -> list[TargetScore]:
         """Teacher-forced scores on `on` (default: the live state), scoped edits selected by each request's prompt;
         under a lock."""
         on = on or Served(self.model, self.published.view)
-        with self.method.scoring([r.prompt for r in requests], on.view):
+        with self.method.scoring([r.prompt for r in requests], on.view, worded):
             return score_targets(on.model, self.tokenizer, requests, max_length or self.editor.cfg.max_length,
                                  prefix=prefix)
 

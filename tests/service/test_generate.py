@@ -254,6 +254,37 @@ def test_score_rejects_bad_input(client):
     assert client.post("/score", json={"items": [{"prompt": "word " * 70, "target": "x"}]}).status_code == 200
 
 
+def test_a_score_in_new_words_makes_its_piece_before_taking_the_lock(client, monkeypatch):
+    """A /score prompt in other words than an edit's costs an edit's compute for its piece: done outside the read
+    lock, no edit's apply waits behind it, and the score is still taken with the piece where it fits."""
+    rt = client.app.state.runtime
+    assert client.post("/edit", json=EDIT).status_code == 201
+    other = "Tell me at once. " + EDIT["prompt"]
+    started, release, real = threading.Event(), threading.Event(), rt.method.scope.worded
+
+    def held(model, tok, editor, text, *rest, **kw):
+        if text == other:
+            started.set()
+            assert release.wait(60)
+        return real(model, tok, editor, text, *rest, **kw)
+
+    monkeypatch.setattr(rt.method.scope, "worded", held)
+    scored = []
+    item = {"prompt": other, "target": EDIT["target"]}
+    waiting = threading.Thread(target=lambda: scored.append(client.post("/score", json={"items": [item]})))
+    waiting.start()
+    try:
+        assert started.wait(60)
+        assert client.post("/edit", json=EDIT2).status_code == 201  # applied while the piece is being made
+    finally:
+        release.set()
+        waiting.join(60)
+    (r,) = scored
+    assert r.status_code == 200 and r.json()["version"] == 2
+    again = client.post("/score", json={"items": [item]}).json()  # the piece now cached: the same score
+    assert again["scores"] == r.json()["scores"]
+
+
 def test_the_library_says_what_the_service_serves(client):
     """`mend eval --generate` judges replies made in process (evaluate.local_generate); they are the service's
     /generate replies, plain and chat, with the scoped edit selected and released the same way, and a question in
