@@ -282,9 +282,11 @@ class Runtime(Replica):
                        (time.perf_counter() - t0) * 1000)
 
     def _reply(self, on: Served, g: Generation) -> str:
-        # Decoded here, alone: a candidate's weights (in place) are not the batch's.
-        return complete(on.model, self.tokenizer, g.ids, g.max_new_tokens, ask=self.method.ask(g.text, g.form, on.view),
-                        scope=self.method.scope).text
+        # Decoded here, alone: a candidate's weights (in place) are not the batch's. With the piece /generate would
+        # make for the prompt's wording, so that "before" is what /generate says now.
+        worded = self.method.worded(g.text, g.form, on.view)
+        return complete(on.model, self.tokenizer, g.ids, g.max_new_tokens,
+                        ask=self.method.ask(g.text, g.form, on.view, worded), scope=self.method.scope).text
 
     def _write(self, make_event: Callable[[], Event], key: str | None, digest: str) -> tuple[dict, int, bool]:
         """(body, version, repeated) of the event of this request: `make_event` computed on the newest state and

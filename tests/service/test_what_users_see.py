@@ -11,6 +11,7 @@ from test_smollm_story import editor_dir
 
 from editor_core import join
 from editor_core.fluency import normalized, says
+from service.routes.edits import REPLY_TOKENS
 
 # zsRE dev records whose 64-token replies were the new answer over and over before edits released themselves
 # ("Madrid Madrid Madrid ...", "Dutch Dutch Dutch ...").
@@ -123,6 +124,9 @@ def test_a_paraphrase_says_the_new_answer_and_a_neighbour_does_not_change(client
         score = client.post("/score", json={"items": [{"prompt": paraphrase, "target": target}]}).json()
         assert score["scores"][0]["exact"], score
         assert reply(client, neighbour, tokens=24) == before[1]
+        # a dry run of an edit of the paraphrase shows, as "before", what /generate says to it now
+        dry = client.post("/edit", json={"prompt": paraphrase, "target": "x", "dry_run": True}).json()
+        assert dry["replies"][0]["before"] == reply(client, paraphrase, tokens=REPLY_TOKENS)
     finally:
         client.post("/rollback", json={"edit_id": eid})
     assert reply(client, paraphrase, tokens=12) == before[0]
