@@ -7,7 +7,9 @@ service's default settings.
 
 Per record: the reply to the edit prompt starts with the new answer (`prompt`), to each rephrase/paraphrase
 (`rephrase`); the chat-templated form of both mentions it (`chat`, `chat_rephrase`); every unrelated prompt's
-whole 32-token reply is unchanged (`unchanged`; zsRE's NQ question, CounterFact's neighbours); the 64-token reply
+whole 32-token reply is unchanged (`unchanged`; zsRE's NQ question, CounterFact's neighbours), and so is each
+reply to two questions about the edited subject asking another relation (`same_subject`, CounterFact only:
+`data._other_questions`); the 64-token reply
 to the edit prompt repeats itself (`repeat`: the target or any 4-gram 3+ times) and its n-gram entropy
 (`entropy`). Fluency has two references: the unedited model's reply to the prompt (`*_unedited`), and the
 unedited model continuing the prompt with the new answer written in (`*_answer_in`), which is what the text after

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,25 @@ def _counterfact(rec: dict) -> EditRecord:
     new, true = " " + rw["target_new"]["str"], " " + rw["target_true"]["str"]
     loc = [EditRequest(p, true) for p in rec.get("neighborhood_prompts", [])]
     return EditRecord(EditRequest(rw["prompt"].format(rw["subject"]), new), list(rec.get("paraphrase_prompts", [])),
-                      loc, rw["subject"], true_target=true, kind="counterfact", extra={"case_id": rec.get("case_id")})
+                      loc, rw["subject"], true_target=true, kind="counterfact",
+                      extra={"case_id": rec.get("case_id"), "relation_id": rw.get("relation_id")})
+
+
+def _other_questions(raw: list[dict], records: list[EditRecord], k: int = 2) -> None:
+    """CounterFact: give each record `extra["other_questions"]`, k prompts asking its subject other relations (one
+    template of each of k other relations of the file, filled with the subject, picked by the record's case id).
+    Neighbours ask other subjects the same relation; these ask the same subject something else, which an edit of
+    the subject must leave alone too."""
+    templates: dict[str, list[str]] = {}
+    for rec in raw:
+        rw = rec["requested_rewrite"]
+        if rw.get("relation_id") and rw["prompt"] not in templates.setdefault(rw["relation_id"], []):
+            templates[rw["relation_id"]].append(rw["prompt"])
+    for r in records:
+        others = sorted(rel for rel in templates if rel != r.extra.get("relation_id"))
+        rng = random.Random(r.extra.get("case_id"))
+        r.extra["other_questions"] = [rng.choice(templates[rel]).format(r.subject)
+                                      for rel in rng.sample(others, min(k, len(others)))]
 
 
 def load_records(spec: str, n: int | None = None, one_per_subject: bool = False) -> list[EditRecord]:
@@ -70,6 +89,8 @@ def load_records(spec: str, n: int | None = None, one_per_subject: bool = False)
         records.append(r)
         if n is not None and len(records) >= n:
             break
+    if kind == "counterfact":
+        _other_questions(raw, records)
     return records
 
 

@@ -60,14 +60,20 @@ def unrelated(rec: EditRecord, k: int = 2) -> list[str]:
     return [q.prompt for q in rec.loc[:k]]
 
 
+def other_questions(rec: EditRecord) -> list[str]:
+    """Questions about the edited subject asking something else (CounterFact: `data._other_questions`)."""
+    return list(rec.extra.get("other_questions", []))
+
+
 def reply_reference(gen: Generate, rec: EditRecord) -> dict:
     """What the unedited model says: the references of locality and fluency. Take it before the edit."""
-    target, others = rec.edit.target, unrelated(rec)
+    target, others, same = rec.edit.target, unrelated(rec), other_questions(rec)
     answer_in = join(rec.edit.prompt, target)[1]
-    *replies, long, after = gen([*((p, None, SHORT) for p in others), (rec.edit.prompt, None, LONG),
+    *replies, long, after = gen([*((p, None, SHORT) for p in others + same), (rec.edit.prompt, None, LONG),
                                  # minus the answer's own tokens, roughly, so both texts are about LONG tokens long
                                  ("".join(join(rec.edit.prompt, target)), None, max(LONG - len(target.split()) * 2, 8))])
-    return {"unrelated": replies, "long": long, "answer_in": answer_in + after}
+    return {"unrelated": replies[:len(others)], "same_subject": replies[len(others):], "long": long,
+            "answer_in": answer_in + after}
 
 
 def reply_metrics(gen: Generate, rec: EditRecord, ref: dict) -> tuple[dict[str, float], str]:
@@ -75,15 +81,20 @@ def reply_metrics(gen: Generate, rec: EditRecord, ref: dict) -> tuple[dict[str, 
     reply starts with the new answer; `rephrase`: so do the replies to the first two rephrases; `chat`,
     `chat_rephrase`: the same questions as a chat message mention it; `unchanged`: each unrelated prompt's whole
     reply is the unedited model's; `repeat` and `entropy` of the 64-token reply, beside the unedited model's own
-    reply (`*_unedited`) and its continuation with the answer written in (`*_answer_in`)."""
+    reply (`*_unedited`) and its continuation with the answer written in (`*_answer_in`); `same_subject`: each
+    question about the edited subject asking something else (`other_questions`) gets the unedited model's reply."""
     target, reph, others = rec.edit.target, rec.rephrases[:2], unrelated(rec)
+    same = other_questions(rec) if ref.get("same_subject") else []  # (a reference taken before they were asked)
     long, chat, *rest = gen([(rec.edit.prompt, None, LONG), (None, rec.edit.prompt, SHORT),
                              *((p, None, SHORT) for p in others), *((p, None, SHORT) for p in reph),
-                             *((None, p, SHORT) for p in reph)])
-    now, plain_reph, chat_reph = rest[:len(others)], rest[len(others):len(others) + len(reph)], rest[len(others) + len(reph):]
+                             *((None, p, SHORT) for p in reph), *((p, None, SHORT) for p in same)])
+    now, rest = rest[:len(others)], rest[len(others):]
+    plain_reph, chat_reph, same_now = rest[:len(reph)], rest[len(reph):2 * len(reph)], rest[2 * len(reph):]
     row = {"prompt": float(says(long, target)), "chat": float(mentions(chat, target)), **fluency(long, ref, target)}
     if others:
         row["unchanged"] = statistics.mean(a == b for a, b in zip(now, ref["unrelated"]))
+    if same:
+        row["same_subject"] = statistics.mean(a == b for a, b in zip(same_now, ref["same_subject"]))
     if reph:
         row["rephrase"] = statistics.mean(says(r, target) for r in plain_reph)
         row["chat_rephrase"] = statistics.mean(mentions(r, target) for r in chat_reph)

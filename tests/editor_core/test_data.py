@@ -28,7 +28,11 @@ def test_load_counterfact(data_files):
     assert first.rephrases == ["LinkedIn is a company. LinkedIn is owned by"]
     assert first.loc == [EditRequest("Skype is owned by", " Microsoft"),
                          EditRequest("GitHub is owned by", " Microsoft")]
-    assert recs[1].extra == {"case_id": 2}
+    assert recs[1].extra == {"case_id": 2, "relation_id": "P103",
+                             "other_questions": ["Danielle Darrieux, which is owned by"]}
+    # the same subject asked another relation of the file (here there is one other): an edit must leave it alone
+    assert first.extra["other_questions"] == ["The mother tongue of LinkedIn is"]
+    assert load_records(f"counterfact:{data_files['counterfact']}", n=1)[0].extra == first.extra  # n cuts after
 
 
 def test_format_detected_from_keys_and_n_limits(data_files):

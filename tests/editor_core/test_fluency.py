@@ -1,7 +1,8 @@
 """fluency.py: the text rules that generation-based scores stand on."""
 from __future__ import annotations
 
-from editor_core.fluency import fluency, mentions, ngram_entropy, repeats, says
+from editor_core.data import EditRecord, EditRequest
+from editor_core.fluency import fluency, mentions, ngram_entropy, reply_metrics, reply_reference, repeats, says
 
 
 def test_says_is_a_start_on_word_boundaries():
@@ -35,3 +36,23 @@ def test_fluency_judges_the_reply_and_its_references_on_the_same_number_of_words
     out = fluency(loop + " the", {"long": "", "answer_in": loop[:-3]}, "dog")
     assert out["repeat"] == out["repeat_answer_in"] == 0.0 and out["entropy"] == out["entropy_answer_in"]
     assert fluency(loop + " x y z", {"long": "", "answer_in": loop + " the"}, "dog")["repeat"] == 1.0
+
+
+def test_questions_about_the_edited_subject_are_judged_unchanged_or_not():
+    rec = EditRecord(EditRequest("Frankie Albert plays as", " goaltender"), [], [EditRequest("Troy Smith plays as", " x")],
+                     "Frankie Albert", kind="counterfact",
+                     extra={"other_questions": ["Frankie Albert was born in", "Frankie Albert is a citizen of"]})
+    edited = {"Frankie Albert was born in": " goaltender", "Frankie Albert is a citizen of": " the United States"}
+
+    def unedited(queries):
+        return [" the United States" if p == "Frankie Albert is a citizen of" else f" [{p}]" for p, _, _ in queries]
+
+    def after_edit(queries):
+        return [edited.get(p, f" [{p}]") for p, _, _ in queries]
+
+    ref = reply_reference(unedited, rec)
+    assert ref["same_subject"] == [" [Frankie Albert was born in]", " the United States"]
+    assert ref["unrelated"] == [" [Troy Smith plays as]"]
+    row, _ = reply_metrics(after_edit, rec, ref)
+    assert row["same_subject"] == 0.5 and row["unchanged"] == 1.0
+    assert "same_subject" not in reply_metrics(after_edit, rec, {**ref, "same_subject": []})[0]
