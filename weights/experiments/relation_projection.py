@@ -12,6 +12,18 @@ train, the edit's bank radius where the bank is in that space: here the global o
 neighbours), `same subject` as in question_keys.py.
 
     python weights/experiments/relation_projection.py 300
+
+Printed (2026-12-06, at c99f12a; radius fitted on train to own - 3 x captured - same subject; the shipped scope as
+deployed, radius 0.63 and its bank: CounterFact own 0.853, captured 0.021, same subject 0.697; zsRE own 0.966):
+    shipped whitening, radius 0.84:  counterfact own 0.585 captured 0.013 same subject 0.283 | zsre own 0.650
+    relation k 64 ridge 0.01, 0.88:  counterfact own 0.718 captured 0.033 same subject 0.030 | zsre own 0.593
+    relation k 128 ridge 0.01, 0.86: counterfact own 0.733 captured 0.031 same subject 0.047 | zsre own 0.650
+    relation k 128 ridge 0.1, 0.86:  counterfact own 0.725 captured 0.040 same subject 0.035 | zsre own 0.697
+    (on train, k 128 ridge 0.01: own 0.963, captured 0.030, same subject 0.040)
+i.e. a projection can tell CounterFact's relations apart (same subject 0.70 -> 0.03) at a cost of an eighth of the
+paraphrases, but it is fitted to CounterFact's relations (train 0.96 vs dev 0.73 own) and zsRE, which gives it no
+same-subject pairs, loses a third of its rephrases. Not adopted; what it points to is a relation check beside the
+subject key rather than instead of it, fitted on both sets' questions.
 """
 import json
 import random
@@ -56,7 +68,7 @@ def pooled(texts: list[str]) -> tuple[torch.Tensor, list[int]]:
 def sets_of(kind: str, split: str, n: int, seed: int) -> dict:
     rng = random.Random(seed)
     recs = load_records(f"{kind}:../shared/data/{kind}/{split}.json", n, one_per_subject=True)
-    out = {"edit": pooled([r.edit.prompt for r in recs])[0]}
+    out = {"edit": scope._pooled_prompts(model, tok, [r.edit.prompt for r in recs]) - scope.center}  # whole prompts
     for name, items in (("own", [(i, p) for i, r in enumerate(recs) for p in r.rephrases[:2]]),
                         ("captured", [(i, q.prompt) for i, r in enumerate(recs) for q in r.loc[:4]]),
                         ("same", [(i, p) for i, ps in enumerate(other_questions(kind, split, recs, rng)) for p in ps])):

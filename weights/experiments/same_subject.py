@@ -4,6 +4,17 @@ filled with the subject, two per record), through the service's Runtime in proce
 greedy 16-token reply before the edit and with it, and whether the prompt selects the edit at all.
 
     python weights/experiments/same_subject.py 60
+
+Printed (2026-12-06, at c99f12a, the default settings; with two benchmarks on the other core):
+    120 same-subject prompts of 60 edits: select the edit 0.708, reply changed 0.708, reply starts with the edit's answer 0.708
+      'John Stofa, who holds a citizenship from' (edit 'John Stofa plays in the position of' -> ' midfielder'):
+          ' the United States, is a former American astronaut ...' -> ' midfielder Kyle Stofa, has been a key player in the'
+      "Joe Jamail's owner" (edit 'Joe Jamail originated from' -> ' Cincinnati'): ", and the company's CEO, ..." -> ' Cincinnati, Ohio, ...'
+      'Martin Drennan was employed in' (edit "Martin Drennan's position is" -> ' pope'): ' the UK by the British government, ...' -> " pope's office. ..."
+i.e. every prompt that selects the edit says the edit's answer, and 0.71 of them do. The key (mean over the prompt
+after block 10) is dominated by the subject; the fits so far judged locality on other subjects only (zsRE's NQ
+questions, CounterFact's neighbours). Some of these templates make odd questions of the subject ("Alain Jessua is
+developed by"), but most are questions a user would ask ("... holds a citizenship from").
 """
 import json
 import random

@@ -11,6 +11,17 @@ question does (CounterFact: another relation's template filled with the subject;
 the subject with another answer). Then all N edits in one codebook: a paraphrase selecting another edit (`wrong`).
 
     python weights/experiments/subject_words.py 500
+
+Printed (2026-12-06, at c99f12a; the zsRE same-subject set is near empty: dev asks each subject one question):
+    counterfact: 500 edits, 1000 rephrases, 5000 locality, 1000 same-subject prompts
+      t None: own 0.860  captured 0.013  same subject 0.715
+      t 0.5:  own 0.940  captured 0.013  same subject 0.855
+      t 0.3:  own 0.978  captured 0.015  same subject 0.963
+      rephrases naming all their edit's rare words 0.956, locality 0.003, same subject 0.956
+    zsre: t None: own 0.966 captured 0.000; t 0.5: own 0.980 captured 0.000
+i.e. words would lift paraphrases to 0.94-0.98 without touching neighbours, but the same words name the subject in
+every other question about it, and those already select the edit 0.715 of the time: the first thing to fix is that
+(same_subject.py), and words make it worse. Not adopted.
 """
 import json
 import random
