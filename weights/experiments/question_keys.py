@@ -16,8 +16,13 @@ Printed (2026-12-06, at c99f12a; CounterFact, first 300 dev records):
     block 22 r2 0.3: own 0.733  captured 0.020  same subject 0.372
     block 26 r2 0.3: own 0.737  captured 0.020  same subject 0.368
     block 26 r2 0.5: own 0.565  captured 0.018  same subject 0.138
-i.e. the last token's state separates relations only about as well as it separates wordings: every threshold that
-halves the same-subject selections loses a sixth or more of the paraphrases. Not adopted.
+`python weights/experiments/question_keys.py 300 -1`: block -1 is the unedited model's next-token distribution
+itself (the Hellinger affinity of the two prompts' distributions):
+    counterfact: r2 0.3: own 0.743 captured 0.020 same subject 0.505;  r2 0.5: own 0.615 ... 0.333;  r2 0.8: own 0.377 ... 0.057
+    zsre:        r2 0.3: own 0.973 (now 0.973);  r2 0.5: 0.970;  r2 0.8: 0.920 (captured 0.000 throughout)
+i.e. the last token's state, and even what the model is about to answer, separate relations only about as well as
+they separate wordings: every threshold that halves the same-subject selections loses a sixth or more of
+CounterFact's paraphrases (many of which, such as "Frankie Albert, the", do not say what they ask). Not adopted.
 """
 import json
 import random
@@ -44,9 +49,13 @@ def last_states(texts: list[str]) -> dict[int, torch.Tensor]:
     for i in range(0, len(texts), 32):
         enc = tok(texts[i:i + 32], return_tensors="pt", padding=True)
         last = enc["attention_mask"].sum(1) - 1
-        hs = model(**enc, output_hidden_states=True).hidden_states  # hs[b + 1]: after block b
+        o = model(**enc, output_hidden_states=True)
+        hs = o.hidden_states  # hs[b + 1]: after block b
         for b in BLOCKS:
-            out[b].append(hs[b + 1][torch.arange(len(last)), last].float())
+            if b == -1:  # the next-token distribution itself, as sqrt-probabilities (their dot is the Hellinger affinity)
+                out[b].append(o.logits[torch.arange(len(last)), last].float().softmax(-1).sqrt())
+            else:
+                out[b].append(hs[b + 1][torch.arange(len(last)), last].float())
     return {b: torch.cat(v) for b, v in out.items()}
 
 
@@ -70,7 +79,7 @@ for r in raw:
     rel_of[r["case_id"]] = r["requested_rewrite"]["relation_id"]
 generic = [q.prompt for r in load_records("zsre:../shared/data/zsre/train.json", 300) for q in r.loc[:1]]
 generic += [r.edit.prompt for k in ("zsre", "counterfact") for r in load_records(f"{k}:../shared/data/{k}/train.json", 300)]
-center = {b: s.mean(0) for b, s in last_states(generic).items()}
+center = {b: s.mean(0) * (b != -1) for b, s in last_states(generic).items()}  # distributions are not centred
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +108,6 @@ for kind in ("counterfact", "zsre"):
     print(f"{kind}: {len(recs)} edits, {time.time() - t0:.0f} s", flush=True)
     print("  now: " + "  ".join(f"{n} {float(sel.float().mean()):.3f}" for n, (sel, _) in res.items()))
     for b in BLOCKS:
-        for r2 in (0.2, 0.3, 0.4, 0.5, 0.6):
+        for r2 in ((0.2, 0.3, 0.4, 0.5, 0.6) if b != -1 else (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)):
             print(f"  block {b} r2 {r2}: " + "  ".join(f"{n} {float((sel & (c[b] >= r2)).float().mean()):.3f}"
                                                     for n, (sel, c) in res.items()), flush=True)
