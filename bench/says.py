@@ -110,10 +110,16 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int, sampl
         if sequential:
             with ThreadPoolExecutor(4) as pool:  # 4 records at once, kept in record order
                 checked = list(pool.map(lambda i: check(mend, records[i], refs[i]), to_check))
+            for i, (_, sample) in zip(to_check, checked):
+                sample["edit_ms"] = edit_ms[i // batch]
     write_samples()
     rows = [row for row, _ in checked]
+    trend = {}
+    if sequential:  # does an edit get slower as the edits stored pile up? (the first vs the last 100 /edit calls)
+        trend = {"edit_ms_p50_first100": statistics.median(edit_ms[:100]),
+                 "edit_ms_p50_last100": statistics.median(edit_ms[-100:])}
     return {"n": len(rows), "edits": len(records), **mean_metrics(rows), "edit_ms_p50": statistics.median(edit_ms),
-            "wall_s": time.perf_counter() - t0}
+            **trend, "wall_s": time.perf_counter() - t0}
 
 
 def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsre:FILE or counterfact:FILE"),

@@ -48,8 +48,10 @@ def test_a_long_sequential_run_can_check_a_spread_of_its_records(tmp_path: Path)
     run = subprocess.run(cmd, cwd=ROOT, timeout=600, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-4000:]
     res = json.loads((tmp_path / "says_zsre_scoped_seq3_check2.json").read_text())["results"]
-    assert res["n"] == 2 and res["edits"] == 3
-    assert [s["edit_prompt"] for s in json.loads(samples.read_text())] == [RECORDS[0]["src"], RECORDS[2]["src"]]
+    assert res["n"] == 2 and res["edits"] == 3 and res["edit_ms_p50_first100"] > 0 and res["edit_ms_p50_last100"] > 0
+    kept = json.loads(samples.read_text())
+    assert [s["edit_prompt"] for s in kept] == [RECORDS[0]["src"], RECORDS[2]["src"]]
+    assert all(s["edit_ms"] > 0 for s in kept)
     bad = [sys.executable, "-m", "bench.says", "--smoke", "--data", f"zsre:{data}", "-n", "3", "--check", "2",
            "--out", str(tmp_path)]
     bad = subprocess.run(bad, cwd=ROOT, timeout=600, capture_output=True, text=True)
