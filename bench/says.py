@@ -141,7 +141,10 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     p = make_profile(smoke, model, editor, threads, out)
     records = load_records(data, n, one_per_subject=True)[skip:]
     kind = data.split(":")[0]
-    mode = (f"seq{n}" + (f"_check{check_n}" if check_n else "")) if sequential else (f"batch{batch}" if batch > 1 else "single")
+    if sequential:
+        mode = f"seq{n}" + (f"_check{check_n}" if check_n else "")
+    else:
+        mode = f"batch{batch}" if batch > 1 else "single"
     work = p.out / "says" / f"{kind}-{method}-{mode}"
     shutil.rmtree(work, ignore_errors=True)
     with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256") as s:
