@@ -28,7 +28,7 @@ shipped rule, bank radii included, selects and the projection's cosine clears r2
                                    | r2 0.6: own 0.842 captured 0.021 same 0.237 | r2 0.7: own 0.833 ... same 0.160
                                    | r2 0.8: own 0.790 captured 0.018 same 0.080
     and relation k 64: zsre        | r2 None: own 0.973 | r2 0.5: 0.973 | r2 0.6: 0.960 | r2 0.7: 0.913 | r2 0.8: 0.770
-    (k 128: the same within 0.02)
+    (k 128: own within 0.01 of k 64, same subject 0.285 at r2 0.6 and 0.185 at 0.7)
 i.e. as a second check of the same pooled state it cuts same-subject selections by two thirds for a point of
 paraphrases: the next step (weights/README.md, "Other questions about the edited subject").
 """
