@@ -116,13 +116,16 @@ def fit_scope(
                                            "objective improves)"),
     bank: bool = typer.Option(True, help="keep the records' edit prompts as the bank of other questions that no "
                                          "new edit's scope may cover (`mend fit-bank`)"),
+    relation: bool = typer.Option(True, help="fit a relation check from the records' other questions about their "
+                                             "subjects (`mend fit-relation`)"),
 ) -> None:
-    """Fit the scoped-edit keys (editor_core.scope) for this model: centre, whitening, key block and radius."""
+    """Fit the scoped-edit keys (editor_core.scope) for this model: centre, whitening, key block, radius, bank and
+    relation check."""
     from .scope import ScopeConfig
 
     _fit_and_save_scope(model, editor, data, n, ScopeConfig(window=window, scale=scale, max_scale=max_scale,
                                                            tune_steps=tune_steps, end_words=end_words),
-                        loc_weight, key_block, radius, whiten, bank)
+                        loc_weight, key_block, radius, whiten, bank, relation)
 
 
 @app.command("fit-bank")
@@ -148,9 +151,61 @@ def fit_bank(
     typer.echo(f"bank of {len(scope.bank)} prompts saved to {editor}")
 
 
+@app.command("fit-relation")
+def fit_relation(
+    editor: Path = typer.Option(Path("weights/smollm2"), help="editor folder with its fitted scope"),
+    model: str = "smollm2",
+    data: list[str] = typer.Option(["zsre:../shared/data/zsre/train.json",
+                                    "counterfact:../shared/data/counterfact/train.json"],
+                                   help="training records with other questions about their subjects (never a dev "
+                                        "split)"),
+    n: int = typer.Option(1000, help="records per file (one per subject)"),
+    k: int = typer.Option(64, help="directions of the relation projection"),
+    max_loss: float = typer.Option(0.01, help="largest drop in rephrases selecting their edit the check may cost, "
+                                              "per data set"),
+) -> None:
+    """Give a fitted scope a relation check (`RelationCheck`): a prompt selects an edit only if it also asks the
+    edit's relation, so other questions about the edited subject keep their answers. Keys, centre, radius and bank
+    stay as they are, and so does the scope's fingerprint: the check reads logged keys as they are."""
+    import random
+
+    from .data import load_records
+    from .model import load_base_model
+    from .scope import Scope
+
+    m, tok = load_base_model(model)
+    scope = Scope.load(editor, [])  # keys need no edited layers
+    recs = [r for spec in data for r in load_records(spec, n, one_per_subject=True) if r.rephrases]
+    random.Random(0).shuffle(recs)  # both data sets in both halves
+    _fit_relation_into(scope, m, tok, recs, k, max_loss)
+    scope.save(editor)
+
+
+def _fit_relation_into(scope, m, tok, recs: list, k: int = 64, max_loss: float = 0.01) -> None:
+    from .scope import fit_relation
+
+    relation, radius, report = fit_relation(scope, m, tok, recs, k=k, max_loss=max_loss)
+    if relation is None:
+        typer.echo("no record asks its subject another question: no relation check")
+        scope.with_relation(None, None)
+        return
+    scope.with_relation(relation, radius)
+    kinds = report["kinds"]
+    typer.echo(f"\nrelation projection: k {k}, fitted on {report['fit'][0]} rephrases and {report['fit'][1]} other "
+               f"questions; calibrated on {report['calibration'][0]} and {report['calibration'][1]}")
+    typer.echo("| relation radius | " + " | ".join(f"{x} rephrases select their edit" for x in kinds)
+               + " | other questions select it |")
+    typer.echo("|---" * (2 + len(kinds)) + "|")
+    for r, row in report["rows"].items():
+        if r is None or r >= 0:
+            typer.echo(f"| {'none' if r is None else f'{r:.2f}'} | "
+                       + " | ".join(f"{row[x]:.3f}" for x in kinds) + f" | {row['same']:.3f} |")
+    typer.echo(f"relation radius {radius}: rephrases lose at most {max_loss} in each data set")
+
+
 def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, loc_weight: float = 3.0,
                         blocks: list[int] | None = None, radius: float | None = None, whiten: bool = True,
-                        bank: bool = True) -> None:
+                        bank: bool = True, relation: bool = True) -> None:
     import random
 
     from .data import load_records
@@ -165,6 +220,8 @@ def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, 
     scope, report = fit_scope(m, tok, ed.layers, recs, cfg, loc_weight, blocks or None, radius, whiten)
     if bank:
         scope.with_bank(m, tok, [r.edit.prompt for r in recs])
+    if relation:
+        _fit_relation_into(scope, m, tok, recs)
     scope.save(editor)
     typer.echo("| key block | whitening ridge | radius | rephrase hits | loc hits | objective |")
     typer.echo("|---|---|---|---|---|---|")

@@ -70,6 +70,20 @@ def _other_questions(raw: list[dict], records: list[EditRecord], k: int = 2) -> 
                                       for rel in rng.sample(others, min(k, len(others)))]
 
 
+def _zsre_other_questions(raw: list[dict], records: list[EditRecord], k: int = 2) -> None:
+    """zsRE: give each record `extra["other_questions"]`, up to k of the file's other questions about its subject
+    whose answer differs from its own (none in the dev split, which asks each subject one question)."""
+    by_subject: dict[str, list[tuple[str, str]]] = {}
+    for rec in raw:
+        answers = rec.get("answers") or [rec.get("pred")]
+        by_subject.setdefault(rec.get("subject", ""), []).append((rec["src"], answers[0]))
+    for r in records:
+        seen = {r.edit.prompt, *r.rephrases}
+        others = [q for q, a in by_subject.get(r.subject, []) if r.subject and a != r.extra.get("answer")
+                  and q not in seen and not seen.add(q)]
+        r.extra["other_questions"] = others[:k]
+
+
 def load_records(spec: str, n: int | None = None, one_per_subject: bool = False) -> list[EditRecord]:
     """Read `zsre:FILE`, `counterfact:FILE`, or a bare FILE whose format is detected from its keys."""
     kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("zsre", "counterfact") else ("", "", spec)
@@ -89,8 +103,7 @@ def load_records(spec: str, n: int | None = None, one_per_subject: bool = False)
         records.append(r)
         if n is not None and len(records) >= n:
             break
-    if kind == "counterfact":
-        _other_questions(raw, records)
+    (_other_questions if kind == "counterfact" else _zsre_other_questions)(raw, records)
     return records
 
 

@@ -81,7 +81,7 @@ def test_fit_scope_then_eval_with_scoped_edits(llama_dir, editor_dir, data_files
     assert json.loads((ed / "scope.json").read_text()) == {"key_block": 1, "radius": 0.9, "scale": 3.0, "window": 0,
                                                                  "max_scale": 12.0, "tune_steps": 3,
                                                                  "tune_lr": 0.05, "end_words": True,
-                                                                 "bank_margin": 0.01}
+                                                                 "bank_margin": 0.01, "relation_radius": None}
     from editor_core.scope import Scope
 
     fitted = Scope.load(ed, [])
@@ -93,6 +93,14 @@ def test_fit_scope_then_eval_with_scoped_edits(llama_dir, editor_dir, data_files
     assert res.exit_code == 0, res.output
     rebanked = Scope.load(ed, [])
     assert rebanked.bank.shape[0] == 3 and rebanked.fingerprint() == fitted.fingerprint()
+    # These few records leave fit-scope no other question in one half: fit-relation on the CounterFact ones.
+    res = CliRunner().invoke(editor_core.cli.app, ["fit-relation", "--editor", str(ed), "--model", str(llama_dir),
+                                                   "--data", f"counterfact:{data_files['counterfact']}", "--k", "4"])
+    assert res.exit_code == 0, res.output
+    assert "| relation radius |" in res.stdout and "other questions select it" in res.stdout
+    related = Scope.load(ed, [])
+    assert related.relation.shape[0] <= 4 and related.cfg.relation_radius is not None
+    assert related.fingerprint() == fitted.fingerprint() and related.bank.shape[0] == 3
     out = tmp_path / "scoped.json"
     res = _eval(editor_core.cli.app, llama_dir, ed, data_files, "--method", "mend-scoped", "--sequential", "2",
                 "--generate", "2", "--json", str(out))

@@ -17,7 +17,8 @@ def test_load_zsre(data_files):
     first = recs[0]
     assert first.rephrases == ["Paris is in which country?"] and first.subject == "Paris"
     assert first.loc == [EditRequest("nq question: who wrote hamlet", "Shakespeare")]
-    assert first.kind == "zsre" and first.true_target is None and first.extra == {"answer": "France"}
+    assert first.kind == "zsre" and first.true_target is None
+    assert first.extra == {"answer": "France", "other_questions": []}  # the file asks Paris nothing else
 
 
 def test_load_counterfact(data_files):
@@ -33,6 +34,20 @@ def test_load_counterfact(data_files):
     # the same subject asked another relation of the file (here there is one other): an edit must leave it alone
     assert first.extra["other_questions"] == ["The mother tongue of LinkedIn is"]
     assert load_records(f"counterfact:{data_files['counterfact']}", n=1)[0].extra == first.extra  # n cuts after
+
+
+def test_zsre_other_questions_are_the_subjects_questions_with_other_answers(tmp_path):
+    rows = [{"subject": "a", "src": "Where is a?", "alt": "X", "answers": ["here"], "rephrase": "a is where?"},
+            {"subject": "a", "src": "a is where?", "alt": "Y", "answers": ["there"], "rephrase": "Where's a?"},
+            {"subject": "a", "src": "Where's a located?", "alt": "Y", "answers": ["here"], "rephrase": "?"},
+            {"subject": "a", "src": "Who made a?", "alt": "Z", "answers": ["Bob"], "rephrase": "a's maker?"},
+            {"subject": "a", "src": "Who made a?", "alt": "W", "answers": ["Bo"], "rephrase": "a's maker?"},
+            {"subject": "b", "src": "Who made b?", "alt": "V", "answers": ["Al"], "rephrase": "b's maker?"}]
+    path = tmp_path / "z.json"
+    path.write_text(json.dumps(rows))
+    first, b = load_records(f"zsre:{path}", one_per_subject=True)
+    # not its own rephrase, not a question with its answer, each once
+    assert first.extra["other_questions"] == ["Who made a?"] and b.extra["other_questions"] == []
 
 
 def test_format_detected_from_keys_and_n_limits(data_files):

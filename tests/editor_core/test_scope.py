@@ -117,6 +117,21 @@ def test_an_edits_radius_rises_above_its_nearest_bank_question(model, tokenizer,
     assert torch.allclose(again.bank, scope.bank, atol=1e-3) and again.fingerprint() == fingerprint
 
 
+def test_an_edit_of_a_bank_question_is_not_kept_away_from_its_own_prompt(model, tokenizer):
+    """The bank holds training questions; a user may edit one of them. Its own row is the same question, not another
+    one: the edit's radius comes from the other rows, and its own prompt selects it."""
+    editor = MENDEditor.for_model(model, rank=8, init_alpha=1.0).eval()
+    scope = Scope.fit(model, tokenizer, editor.layers, PROMPTS, ScopeConfig(key_block=0, radius=0.2, bank_margin=0.01))
+    scope.with_bank(model, tokenizer, PROMPTS[:2])
+    edit = [EditRequest(PROMPTS[0], " Europe")]
+    delta = scope.scoped(model, tokenizer, editor.compute_deltas(model, tokenizer, edit), edit)
+    own, other = scope.prompt_keys(model, tokenizer, PROMPTS[:2])
+    (radius,) = json.loads(delta.meta["radii"])
+    assert radius == pytest.approx(max(float(own @ other) + 0.01, 0.2), abs=1e-3) and radius < 1
+    scope.add("e1", delta)
+    assert scope.select(own[None]) == ["e1"]
+
+
 def test_the_key_travels_with_the_delta_and_a_scope_survives_save_and_load(setup, tmp_path):
     model, tok, scope, delta = setup
     back = LowRankDelta.from_bytes(delta.compressed(0.03, torch.float16).to_bytes())
@@ -475,3 +490,64 @@ def test_a_piece_that_is_not_finite_is_never_applied(setup, monkeypatch):
 
     monkeypatch.setattr(editor, "compute_deltas", poisoned)
     assert scope.worded(model, tok, editor, "Tell me this: the capital of France is", PLAIN) is None
+
+
+def test_a_relation_check_reads_stored_keys_and_keeps_the_log_as_it_is(setup, tmp_path):
+    """The relation check acts on the stored unit keys as the fitted projection acts on the centred states (the
+    whitening undone: a cosine ignores scale), drops the selections whose relation keys differ, keeps the stored
+    edits when it is set, travels with the scope, and leaves the fingerprint alone (a log replays under any
+    check)."""
+    model, tok, scope, delta = setup
+    d = scope.center.numel()
+    torch.manual_seed(0)
+    scope.proj = torch.eye(d) + 0.5 * torch.randn(d, d) / d ** 0.5
+    scope.cfg.radius = -1.0  # the key alone selects the edit for every prompt
+    keys = scope.prompt_keys(model, tok, PROMPTS)
+    scope.add("e1", LowRankDelta(delta.factors, key=keys[:1]))
+    assert scope.select(keys) == ["e1"] * len(PROMPTS)
+    fingerprint = scope.fingerprint()
+
+    relation = torch.randn(3, d)
+    scope.with_relation(relation, 0.5)
+    centred = scope._pooled_prompts(model, tok, PROMPTS) - scope.center
+    expected = centred @ relation.T
+    expected = expected / expected.norm(dim=-1, keepdim=True)
+    check = scope.codebook.relation
+    assert torch.allclose(check.keys(keys), expected, atol=1e-4)
+    cos = (expected @ expected[0]).tolist()
+    assert any(c < 0.5 for c in cos)  # the random projection tells some prompt apart from the edit's
+    assert scope.select(keys) == ["e1" if c >= 0.5 else None for c in cos]  # the edit, kept through with_relation
+    assert scope.fingerprint() == fingerprint
+
+    scope.add("e2", LowRankDelta(delta.factors, key=keys[1:2]))
+    scope.remove("e1")  # relation keys stay aligned with the key rows left
+    assert scope.select(keys[1:2]) == ["e2"]
+    scope.save(tmp_path)
+    again = Scope.load(tmp_path, scope.layers)
+    assert torch.equal(again.relation, relation) and again.cfg.relation_radius == 0.5
+    again.add("e1", LowRankDelta(delta.factors, key=keys[:1]))
+    assert again.select(keys) == ["e1" if c >= 0.5 else None for c in cos]
+    assert scope.with_relation(None, None).select(keys) == ["e2"] * len(PROMPTS)
+
+
+def test_fit_relation_separates_other_questions_about_a_subject_from_its_rephrases(llama, tokenizer):
+    """On records whose other questions differ from the edit prompt in one way and whose rephrases in another, the
+    fitted projection keeps the first and shrinks the second, and the radius keeps the rephrases."""
+    from editor_core.data import EditRecord
+    from editor_core.scope import RELATION_RADII, fit_relation
+
+    editor = MENDEditor.for_model(llama, rank=8, init_alpha=1.0).eval()
+    scope = Scope.fit(llama, tokenizer, editor.layers, PROMPTS, ScopeConfig(key_block=0, radius=-1.0))
+    subjects = ["Paris", "Rome", "Oslo", "Cairo", "Lima", "Kyoto", "Perth", "Quito", "Accra", "Hanoi", "Dakar",
+                "Minsk"]
+    records = [EditRecord(EditRequest(f"{s} is a city in the country of", " X"),
+                          [f"The country {s} is a city in is", f"In which country is the city of {s}?"], [], s,
+                          extra={"other_questions": [f"The mayor of {s} is called", f"{s} has a population of"]})
+               for s in subjects]
+    relation, radius, report = fit_relation(scope, llama, tokenizer, records, k=4)
+    assert relation.shape == (4, scope.center.numel()) and radius in RELATION_RADII
+    rows = report["rows"]
+    assert rows[radius]["zsre"] >= rows[None]["zsre"] - 0.01  # the rephrases keep their edit
+    assert rows[radius]["same"] < rows[None]["same"]  # and fewer other questions select it
+    assert fit_relation(scope, llama, tokenizer, [EditRecord(r.edit, r.rephrases, []) for r in records]) == \
+        (None, None, {"k": 64, "ridge": 0.01})
