@@ -159,8 +159,9 @@ def fit_relation(
                                     "counterfact:../shared/data/counterfact/train.json"],
                                    help="training records with other questions about their subjects (never a dev "
                                         "split)"),
-    n: int = typer.Option(1000, help="records per file (one per subject)"),
+    n: int = typer.Option(3000, help="records per file (one per subject)"),
     k: int = typer.Option(64, help="directions of the relation projection"),
+    ridge: float = typer.Option(0.3, help="added to the within-wording scatter, x its mean variance"),
     max_loss: float = typer.Option(0.01, help="largest drop in rephrases selecting their edit the check may cost, "
                                               "per data set"),
 ) -> None:
@@ -177,21 +178,21 @@ def fit_relation(
     scope = Scope.load(editor, [])  # keys need no edited layers
     recs = [r for spec in data for r in load_records(spec, n, one_per_subject=True) if r.rephrases]
     random.Random(0).shuffle(recs)  # both data sets in both halves
-    _fit_relation_into(scope, m, tok, recs, k, max_loss)
+    _fit_relation_into(scope, m, tok, recs, k, ridge, max_loss)
     scope.save(editor)
 
 
-def _fit_relation_into(scope, m, tok, recs: list, k: int = 64, max_loss: float = 0.01) -> None:
+def _fit_relation_into(scope, m, tok, recs: list, k: int = 64, ridge: float = 0.3, max_loss: float = 0.01) -> None:
     from .scope import fit_relation
 
-    relation, radius, report = fit_relation(scope, m, tok, recs, k=k, max_loss=max_loss)
+    relation, radius, report = fit_relation(scope, m, tok, recs, k=k, ridge=ridge, max_loss=max_loss)
     if relation is None:
         typer.echo("no record asks its subject another question: no relation check")
         scope.with_relation(None, None)
         return
     scope.with_relation(relation, radius)
     kinds = report["kinds"]
-    typer.echo(f"\nrelation projection: k {k}, fitted on {report['fit'][0]} rephrases and {report['fit'][1]} other "
+    typer.echo(f"\nrelation projection: k {k}, ridge {ridge}, fitted on {report['fit'][0]} rephrases and {report['fit'][1]} other "
                f"questions; calibrated on {report['calibration'][0]} and {report['calibration'][1]}")
     typer.echo("| relation radius | " + " | ".join(f"{x} rephrases select their edit" for x in kinds)
                + " | other questions select it |")

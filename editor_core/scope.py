@@ -1099,7 +1099,7 @@ RELATION_RADII = tuple(x / 20 for x in range(-20, 20))  # tried by fit_relation,
 
 
 def fit_relation(scope: Scope, model: PreTrainedModel, tok: PreTrainedTokenizerBase, records: list, k: int = 64,
-                 ridge: float = 0.01, max_loss: float = 0.01) -> tuple[torch.Tensor | None, float | None, dict]:
+                 ridge: float = 0.3, max_loss: float = 0.01) -> tuple[torch.Tensor | None, float | None, dict]:
     """The relation projection of `RelationCheck` and its radius, for this scope, from training records whose
     `extra["other_questions"]` ask their subject something else (CounterFact: other relations' templates; zsRE:
     the subject's other questions with other answers). Returns (projection, radius, report), or (None, None,

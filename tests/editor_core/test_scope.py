@@ -550,4 +550,4 @@ def test_fit_relation_separates_other_questions_about_a_subject_from_its_rephras
     assert rows[radius]["zsre"] >= rows[None]["zsre"] - 0.01  # the rephrases keep their edit
     assert rows[radius]["same"] < rows[None]["same"]  # and fewer other questions select it
     assert fit_relation(scope, llama, tokenizer, [EditRecord(r.edit, r.rephrases, []) for r in records]) == \
-        (None, None, {"k": 64, "ridge": 0.01})
+        (None, None, {"k": 64, "ridge": 0.3})
