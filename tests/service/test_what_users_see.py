@@ -130,3 +130,22 @@ def test_a_paraphrase_says_the_new_answer_and_a_neighbour_does_not_change(client
     finally:
         client.post("/rollback", json={"edit_id": eid})
     assert reply(client, paraphrase, tokens=12) == before[0]
+
+
+# CounterFact dev records whose other questions about the edited subject were answered with the edit's answer
+# before the scope's relation check (`RelationCheck`): "Martin Drennan writes in" -> " pope ...".
+OTHER_QUESTIONS = [("Martin Drennan's position is", "pope", "Martin Drennan writes in"),
+                   ("Martin Drennan's position is", "pope", "Martin Drennan, that was formed in"),
+                   ("Kurt Waldheim, who holds a citizenship from", "Canada", "Kurt Waldheim's area of work is")]
+
+
+@pytest.mark.smollm
+@pytest.mark.parametrize("prompt,target,other", OTHER_QUESTIONS)
+def test_another_question_about_the_edited_subject_keeps_its_reply(client, prompt: str, target: str, other: str):
+    before = reply(client, other, tokens=16), reply(client, other, messages=chat(other), tokens=16)
+    eid = client.post("/edit", json={"prompt": prompt, "target": target}).json()["edit_id"]
+    try:
+        assert says(reply(client, prompt, tokens=8), target)
+        assert (reply(client, other, tokens=16), reply(client, other, messages=chat(other), tokens=16)) == before
+    finally:
+        client.post("/rollback", json={"edit_id": eid})
