@@ -222,7 +222,8 @@ class Scoped(EditMethod):
         # Computed on the base weights: the scope's hooks act only in a thread that opened one of its contexts.
         delta = self.scope.compute(self.model, self.tokenizer, self.editor, requests, prefix=prefix, **self.compress)
         verdict = check_scoped_edit(self.model, delta, self.canary_keys, self.canary_of, self.canary_prompts,
-                                    self.scope.cfg.radius, self.settings.guard_max_captured)
+                                    self.scope.cfg.radius, self.settings.guard_max_captured,
+                                    self.scope.codebook.relation)
         return delta, verdict
 
     def candidate(self, delta: LowRankDelta, view: Codebook) -> Served:
@@ -291,7 +292,8 @@ class Scoped(EditMethod):
         save_file({"keys": torch.cat(keys) if keys else self.scope.codebook.keys[:0].float()}, out / KEYS_FILE,
                   metadata={"format": "mend-scope-keys", **metadata})
         self.scope.save(out / "scope")
-        return {"adapters": rows, "keys": KEYS_FILE, "scope": "scope", "radius": self.scope.cfg.radius}
+        return {"adapters": rows, "keys": KEYS_FILE, "scope": "scope", "radius": self.scope.cfg.radius,
+                "relation_radius": self.scope.cfg.relation_radius}
 
 
 def scoped_fingerprint(editor_fp: str, scope: Scope) -> str:

@@ -76,6 +76,44 @@ def test_the_guard_refuses_a_scope_that_covers_canaries_unless_forced(scoped, tm
         assert mend.edit(**EDIT2).version == 2  # covers none of them
 
 
+def test_a_relation_check_keeps_prompts_inside_the_radius_from_an_edit_and_the_guard_counts_as_it(
+        scoped, tmp_path: Path):
+    """A scope with a relation check (`RelationCheck`): a prompt whose key is within the radius but whose relation
+    key is not the edit's gets the unedited reply, and the guard counts only the canaries the edit can select."""
+    import shutil
+
+    import torch
+
+    from editor_core.model import load_tokenizer, prepare_model
+    from editor_core.scope import Scope
+    from transformers import LlamaForCausalLM
+
+    editor = tmp_path / "editor"
+    shutil.copytree(scoped.editor, editor)
+    scope = Scope.load(editor, [])
+    scope.cfg.radius = -1.0  # every prompt is within the radius of every edit
+    torch.manual_seed(1)
+    scope.with_relation(torch.randn(4, scope.center.numel()), 0.5).save(editor)
+    others = ["Dogs like to", "The sun rises in the", "My favourite food is", "Once upon a time there was"]
+    model = prepare_model(LlamaForCausalLM.from_pretrained(scoped.model))
+    keys = scope.prompt_keys(model, load_tokenizer(scoped.model), [EDIT["prompt"], *others])
+    rel = scope.relation_check().keys(keys)
+    related = [bool(c >= 0.5) for c in (rel[1:] @ rel[0]).tolist()]
+    assert any(related) and not all(related)  # the seed gives both kinds
+
+    canaries = tmp_path / "canaries.json"
+    canaries.write_text(json.dumps(others))
+    cfg = scoped.model_copy(update={"editor": editor, "canaries": canaries, "guard_canaries": len(others),
+                                   "guard_max_captured": 1.0})
+    with serving(cfg) as client:
+        before = [client.post("/generate", json={"prompt": p, "max_new_tokens": 4}).json()["text"] for p in others]
+        r = client.post("/edit", json=EDIT)
+        assert r.status_code == 201, r.text
+        assert client.get(f"/edits/{r.json()['edit_id']}").json()["guard"]["captured"] == sum(related)
+        after = [client.post("/generate", json={"prompt": p, "max_new_tokens": 4}).json()["text"] for p in others]
+        assert [a == b for a, b in zip(after, before)] == [not x for x in related]
+
+
 def test_scoped_needs_a_fitted_scope(settings, tiny_model_dir: Path, tmp_path: Path):
     from service.runtime import Runtime
     unscoped = save_editor(tiny_model_dir, tmp_path / "no-scope")
