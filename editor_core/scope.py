@@ -1112,9 +1112,12 @@ def fit_relation(scope: Scope, model: PreTrainedModel, tok: PreTrainedTokenizerB
     the best sentence-suffix candidate): the highest radius at which, in every data set, the rephrases selecting
     their own edit fall at most `max_loss` below their rate with no check.
 
-    Measured beside the shipped key, keys only, first 300 dev records (weights/experiments/relation_projection.py,
-    k 64, fitted on 800 train records per set): CounterFact other-subject questions selecting the edit 0.697 ->
-    0.237 at radius 0.6, paraphrases 0.853 -> 0.842, zsRE rephrases 0.973 -> 0.960."""
+    The shipped SmolLM2 check (`mend fit-relation`: 3,000 train records per set, k 64, ridge 0.3, radius 0.55),
+    keys only, first 500 dev records of each set, each edit alone (weights/experiments/relation_check.py):
+    CounterFact questions asking the edited subject another relation that select the edit 0.710 -> 0.192,
+    paraphrases selecting it 0.860 -> 0.859, neighbours captured 0.016 either way; zsRE rephrases 0.966 -> 0.962.
+    On its own calibration half (train) at 0.55, other questions 0.697 -> 0.222; fitted on 1,000 train records per
+    set with ridge 0.01 instead, 0.676 -> 0.373 at the same radius: the relation scatter wants the larger set."""
     half = len(records) // 2
     fit, cal = records[:half], records[half:]
 
