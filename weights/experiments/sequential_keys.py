@@ -16,7 +16,11 @@ Printed (2026-12-02, at a867670, the shipped scope with its bank of 2,000 train 
       'Theodor Herzl speaks' -> the edit of 'Theodor Herzl follows the religion of' (its radius 0.630)
       'What is the twin city of Istanbul? It is' -> the edit of 'What is the twin city of Rome? It is' (its radius 0.768)
       'Canada is located in' -> the edit of 'England is located in' (its radius 0.630)
-i.e. 1,000 edits in one codebook leave zsRE's selection as it is alone. CounterFact's neighbour prompts are captured
+With the relation check (`RelationCheck`, radius 0.55; 2026-12-07, at 27a535b plus this file's codebooks given the check), CounterFact only:
+    counterfact 1000 edits, alone: rephrases selecting their own edit 0.850, another edit 0.000; locality prompts selecting an edit 0.011
+    counterfact 1000 edits, all: rephrases selecting their own edit 0.848, another edit 0.007; locality prompts selecting an edit 0.041
+i.e. the same subject asked another relation (Herzl, Montesquieu) is no longer captured, and the near-twins are.
+1,000 edits in one codebook leave zsRE's selection as it is alone. CounterFact's neighbour prompts are captured
 by some other edit 4x as often (0.047): near-twin subjects (Honda NSR500V / NS500), the same subject asked another
 relation (Herzl), and short prompts alike but for one name. A captured prompt's reply changes only where the
 other edit's delta changes its first token (the edit is released once the reply is not its answer).
@@ -38,7 +42,7 @@ KINDS = sys.argv[2:] or ["zsre", "counterfact"]
 
 
 def book_of(keys, radii, ids):
-    book = Codebook.empty(keys.shape[1])
+    book = Codebook.empty(keys.shape[1], scope.relation_check())  # the shipped scope's own rule, its check included
     for i in ids:
         book = book.added(str(i), LowRankDelta({}, {"radii": json.dumps([radii[i]])}, keys[i : i + 1]))
     return book
