@@ -118,6 +118,8 @@ def fit_scope(
                                          "new edit's scope may cover (`mend fit-bank`)"),
     relation: bool = typer.Option(True, help="fit a relation check from the records' other questions about their "
                                              "subjects (`mend fit-relation`)"),
+    relation_n: int = typer.Option(3000, help="records per file for the relation check (one per subject): its "
+                                              "relation scatter wants more than the key's fit"),
 ) -> None:
     """Fit the scoped-edit keys (editor_core.scope) for this model: centre, whitening, key block, radius, bank and
     relation check."""
@@ -125,7 +127,7 @@ def fit_scope(
 
     _fit_and_save_scope(model, editor, data, n, ScopeConfig(window=window, scale=scale, max_scale=max_scale,
                                                            tune_steps=tune_steps, end_words=end_words),
-                        loc_weight, key_block, radius, whiten, bank, relation)
+                        loc_weight, key_block, radius, whiten, bank, relation_n if relation else 0)
 
 
 @app.command("fit-bank")
@@ -168,18 +170,25 @@ def fit_relation(
     """Give a fitted scope a relation check (`RelationCheck`): a prompt selects an edit only if it also asks the
     edit's relation, so other questions about the edited subject keep their answers. Keys, centre, radius and bank
     stay as they are, and so does the scope's fingerprint: the check reads logged keys as they are."""
-    import random
-
-    from .data import load_records
     from .model import load_base_model
     from .scope import Scope
 
     m, tok = load_base_model(model)
     scope = Scope.load(editor, [])  # keys need no edited layers
-    recs = [r for spec in data for r in load_records(spec, n, one_per_subject=True) if r.rephrases]
-    random.Random(0).shuffle(recs)  # both data sets in both halves
-    _fit_relation_into(scope, m, tok, recs, k, ridge, max_loss)
+    _fit_relation_into(scope, m, tok, _shuffled_records(data, n), k, ridge, max_loss)
     scope.save(editor)
+
+
+def _shuffled_records(data: list[str], n: int) -> list:
+    """The first n records of each file (one per subject) that have rephrases, shuffled so that both data sets are
+    in both halves of a fit."""
+    import random
+
+    from .data import load_records
+
+    recs = [r for spec in data for r in load_records(spec, n, one_per_subject=True) if r.rephrases]
+    random.Random(0).shuffle(recs)
+    return recs
 
 
 def _fit_relation_into(scope, m, tok, recs: list, k: int = 64, ridge: float = 0.3, max_loss: float = 0.01) -> None:
@@ -206,23 +215,19 @@ def _fit_relation_into(scope, m, tok, recs: list, k: int = 64, ridge: float = 0.
 
 def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, loc_weight: float = 3.0,
                         blocks: list[int] | None = None, radius: float | None = None, whiten: bool = True,
-                        bank: bool = True, relation: bool = True) -> None:
-    import random
-
-    from .data import load_records
+                        bank: bool = True, relation_n: int = 3000) -> None:
     from .mend import MENDEditor
     from .model import load_base_model
     from .scope import fit_scope
 
     m, tok = load_base_model(model)
     ed = MENDEditor.load(editor, m)
-    recs = [r for spec in data for r in load_records(spec, n, one_per_subject=True) if r.rephrases]
-    random.Random(0).shuffle(recs)  # both data sets in both halves
+    recs = _shuffled_records(data, n)
     scope, report = fit_scope(m, tok, ed.layers, recs, cfg, loc_weight, blocks or None, radius, whiten)
     if bank:
         scope.with_bank(m, tok, [r.edit.prompt for r in recs])
-    if relation:
-        _fit_relation_into(scope, m, tok, recs)
+    if relation_n:
+        _fit_relation_into(scope, m, tok, _shuffled_records(data, relation_n))
     scope.save(editor)
     typer.echo("| key block | whitening ridge | radius | rephrase hits | loc hits | objective |")
     typer.echo("|---|---|---|---|---|---|")
