@@ -7,8 +7,8 @@ request that contains all of an edit's rare words may select it from a looser ra
 Per set, the first N dev records (one per subject), each edit alone in the codebook (as single edits are judged),
 every prompt keyed as a request is (its best sentence-suffix candidate): `own` = a rephrase/paraphrase selects its
 edit; `captured` = a neighbour/locality prompt does; `same subject` = a prompt asking the edit's subject another
-question does (CounterFact: another relation's template filled with the subject; zsRE: another dev question about
-the subject with another answer). Then all N edits in one codebook: a paraphrase selecting another edit (`wrong`).
+question does (the records' `extra["other_questions"]`). Each rule without and with the scope's relation check
+(`RelationCheck`) on the candidate that selects.
 
     python weights/experiments/subject_words.py 500
 
@@ -22,6 +22,25 @@ Printed (2026-12-06, at c99f12a; the zsRE same-subject set is near empty: dev as
 i.e. words would lift paraphrases to 0.94-0.98 without touching neighbours, but the same words name the subject in
 every other question about it, and those already select the edit 0.715 of the time: the first thing to fix is that
 (same_subject.py), and words make it worse. Not adopted.
+
+Printed (2026-12-07, this file at db1c178 plus the relation columns, the shipped check at radius 0.55; the other questions are the
+library's, `data._other_questions`, now):
+    zsre: 500 edits, 500 rephrases, 500 locality, 1 same-subject prompts
+      without the relation check, t None: own 0.966  captured 0.000 | t 0.5: own 0.980 | t 0.4: own 0.980
+      with the relation check,    t None: own 0.962  captured 0.000 | t 0.5: own 0.976 | t 0.4: own 0.976
+    counterfact: 500 edits, 1000 rephrases, 5000 locality, 1000 same-subject prompts
+      without the relation check, t None: own 0.860  captured 0.013  same subject 0.710
+      without the relation check, t 0.5:  own 0.940  captured 0.013  same subject 0.851
+      without the relation check, t 0.4:  own 0.960  captured 0.014  same subject 0.928
+      with the relation check,    t None: own 0.859  captured 0.013  same subject 0.192
+      with the relation check,    t 0.6:  own 0.880  captured 0.013  same subject 0.200
+      with the relation check,    t 0.5:  own 0.938  captured 0.013  same subject 0.211
+      with the relation check,    t 0.4:  own 0.954  captured 0.014  same subject 0.217
+      with the relation check,    t 0.3:  own 0.967  captured 0.015  same subject 0.217
+i.e. with the relation check beside them, words lift CounterFact paraphrases selecting their edit 0.859 -> 0.954
+(t 0.4) for 0.001 of neighbours and 0.025 of same-subject questions, and zsRE rephrases 0.962 -> 0.976: the next
+step for selection. Through the service a paraphrase that selects its edit gets the piece made for its words, and
+0.857 said the answer where 0.851 selected (500 records), so most of the lift should reach the replies.
 """
 import re
 import sys
