@@ -201,8 +201,9 @@ def _fit_relation_into(scope, m, tok, recs: list, k: int = 64, ridge: float = 0.
         return
     scope.with_relation(relation, radius)
     kinds = report["kinds"]
-    typer.echo(f"\nrelation projection: k {k}, ridge {ridge}, fitted on {report['fit'][0]} rephrases and {report['fit'][1]} other "
-               f"questions; calibrated on {report['calibration'][0]} and {report['calibration'][1]}")
+    (fit_reph, fit_other), (cal_reph, cal_other) = report["fit"], report["calibration"]
+    typer.echo(f"\nrelation projection: k {k}, ridge {ridge}, fitted on {fit_reph} rephrases and {fit_other} other "
+               f"questions; calibrated on {cal_reph} and {cal_other}")
     typer.echo("| relation radius | " + " | ".join(f"{x} rephrases select their edit" for x in kinds)
                + " | other questions select it |")
     typer.echo("|---" * (2 + len(kinds)) + "|")

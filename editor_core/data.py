@@ -72,15 +72,17 @@ def _other_questions(raw: list[dict], records: list[EditRecord], k: int = 2) -> 
 
 def _zsre_other_questions(raw: list[dict], records: list[EditRecord], k: int = 2) -> None:
     """zsRE: give each record `extra["other_questions"]`, up to k of the file's other questions about its subject
-    whose answer differs from its own (none in the dev split, which asks each subject one question)."""
+    whose answer differs from its own (few: the first 1,000 records of the dev split have 3, of train 4)."""
     by_subject: dict[str, list[tuple[str, str]]] = {}
     for rec in raw:
         answers = rec.get("answers") or [rec.get("pred")]
         by_subject.setdefault(rec.get("subject", ""), []).append((rec["src"], answers[0]))
     for r in records:
-        seen = {r.edit.prompt, *r.rephrases}
-        others = [q for q, a in by_subject.get(r.subject, []) if r.subject and a != r.extra.get("answer")
-                  and q not in seen and not seen.add(q)]
+        seen, others = {r.edit.prompt, *r.rephrases}, []
+        for q, a in by_subject.get(r.subject, []) if r.subject else []:
+            if a != r.extra.get("answer") and q not in seen:
+                seen.add(q)
+                others.append(q)
         r.extra["other_questions"] = others[:k]
 
 
