@@ -89,12 +89,15 @@ def export(
     typer.echo(f"exported {run}/best (step {manifest['best_step']}) to {out}")
 
 
+# The training files the scope's fits read by default (never a dev split).
+TRAIN_FILES = ("zsre:../shared/data/zsre/train.json", "counterfact:../shared/data/counterfact/train.json")
+
+
 @app.command("fit-scope")
 def fit_scope(
     editor: Path = typer.Option(Path("weights/smollm2"), help="editor folder; the scope is saved beside it"),
     model: str = "smollm2",
-    data: list[str] = typer.Option(["zsre:../shared/data/zsre/train.json",
-                                    "counterfact:../shared/data/counterfact/train.json"],
+    data: list[str] = typer.Option(list(TRAIN_FILES),
                                    help="training records: their locality prompts fit the centre, their edits and "
                                         "rephrases the key block and radius (never a dev split)"),
     n: int = typer.Option(500, help="records per file (one per subject)"),
@@ -134,8 +137,7 @@ def fit_scope(
 def fit_bank(
     editor: Path = typer.Option(Path("weights/smollm2"), help="editor folder with its fitted scope"),
     model: str = "smollm2",
-    data: list[str] = typer.Option(["zsre:../shared/data/zsre/train.json",
-                                    "counterfact:../shared/data/counterfact/train.json"],
+    data: list[str] = typer.Option(list(TRAIN_FILES),
                                    help="training records whose edit prompts are the bank (never a dev split)"),
     n: int = typer.Option(1000, help="records per file (one per subject)"),
 ) -> None:
@@ -157,8 +159,7 @@ def fit_bank(
 def fit_relation(
     editor: Path = typer.Option(Path("weights/smollm2"), help="editor folder with its fitted scope"),
     model: str = "smollm2",
-    data: list[str] = typer.Option(["zsre:../shared/data/zsre/train.json",
-                                    "counterfact:../shared/data/counterfact/train.json"],
+    data: list[str] = typer.Option(list(TRAIN_FILES),
                                    help="training records with other questions about their subjects (never a dev "
                                         "split)"),
     n: int = typer.Option(3000, help="records per file (one per subject)"),

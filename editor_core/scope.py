@@ -1010,18 +1010,23 @@ def _best(cands: torch.Tensor, of: list[int], n: int, edits: torch.Tensor) -> tu
     return best, which
 
 
+def _best_candidates(sim: torch.Tensor, of: list[int], n: int) -> torch.Tensor:
+    """Per question (n of them, candidate rows `of`): the row of its candidate with the highest `sim` (the first on
+    ties), as `request_keys` picks the candidate a request is keyed by."""
+    best: dict[int, int] = {}
+    for j, q in enumerate(of):
+        if q not in best or sim[j] > sim[best[q]]:
+            best[q] = j
+    return torch.tensor([best[q] for q in range(n)], dtype=torch.long)
+
+
 def _whitening(scope: Scope, fit: _KeySet, ridge: float) -> torch.Tensor:
     """W = (S + ridge x mean variance x I)^-1/2, S the second moment of (rephrase key - its edit's key) over the
     fit records, each rephrase by its candidate nearest its own edit: the directions in which wordings of one
     question differ, shrunk, so that what stays is what tells questions apart."""
     edits, reph = _normed(fit.edits - scope.center), _normed(fit.reph - scope.center)
     own = edits[torch.tensor([fit.reph_record[i] for i in fit.reph_of])]
-    sim = (reph * own).sum(1)
-    best: dict[int, int] = {}
-    for j, i in enumerate(fit.reph_of):
-        if i not in best or sim[j] > sim[best[i]]:
-            best[i] = j
-    rows = torch.tensor(sorted(best.values()))
+    rows = _best_candidates((reph * own).sum(1), fit.reph_of, len(fit.reph_record))
     diff = (reph[rows] - own[rows]).double()
     second = diff.T @ diff / len(diff)
     second += ridge * second.trace() / len(second) * torch.eye(len(second), dtype=second.dtype)
@@ -1122,13 +1127,13 @@ def fit_relation(scope: Scope, model: PreTrainedModel, tok: PreTrainedTokenizerB
     fit, cal = records[:half], records[half:]
 
     def states(recs: list) -> dict:
-        """Centred pooled states of edit prompts; per rephrase and other question, each candidate's, which
-        question it is of and whose record that is."""
-        out = {"edit": scope._pooled_prompts(model, tok, [r.edit.prompt for r in recs]) - scope.center}
+        """Pooled states of edit prompts; per rephrase and other question, each candidate's, which question it is
+        of and whose record that is."""
+        out = {"edit": scope._pooled_prompts(model, tok, [r.edit.prompt for r in recs])}
         for name, texts in (("own", [(i, p) for i, r in enumerate(recs) for p in r.rephrases[:2]]),
                             ("same", [(i, p) for i, r in enumerate(recs) for p in r.extra.get("other_questions", [])])):
             pooled, of = scope._candidate_pooled(model, tok, [p for _, p in texts])
-            out[name] = (pooled - scope.center, of, [i for i, _ in texts])
+            out[name] = (pooled, of, [i for i, _ in texts])
         return out
 
     report: dict = {"k": k, "ridge": ridge}
@@ -1151,24 +1156,24 @@ def fit_relation(scope: Scope, model: PreTrainedModel, tok: PreTrainedTokenizerB
     relation = ((inv_l.T @ vecs).T * vals.clamp(min=1e-9).sqrt()[:, None]).float()
 
     cal_states = states(cal)
-    edits = scope._unit(cal_states["edit"] + scope.center)
+    edits = scope._unit(cal_states["edit"])
     radii = torch.tensor(scope.radii(edits) or [scope.cfg.radius] * len(cal))
-    rel_edits = _normed(cal_states["edit"] @ relation.T)
+
+    def related(pooled: torch.Tensor) -> torch.Tensor:
+        return _normed((pooled - scope.center) @ relation.T)
+
+    rel_edits = related(cal_states["edit"])
 
     def selected(name: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Per question: whether the scope selects its record's edit, the relation cosine of the candidate it
         selects by, and its record's data set."""
         pooled, of, rec = cal_states[name]
         rec_t = torch.tensor(rec, dtype=torch.long)
-        cands = scope._unit(pooled + scope.center)
-        of_t = torch.tensor(of, dtype=torch.long)
-        sim = (cands * edits[rec_t[of_t]]).sum(1)
-        rel = (_normed(pooled @ relation.T) * rel_edits[rec_t[of_t]]).sum(1)
-        best_sim, best_rel = torch.full((len(rec),), -2.0), torch.zeros(len(rec))
-        for j, q in enumerate(of):
-            if sim[j] > best_sim[q]:
-                best_sim[q], best_rel[q] = sim[j], rel[j]
-        return best_sim >= radii[rec_t], best_rel, [cal[i].kind for i in rec]
+        owner = rec_t[torch.tensor(of, dtype=torch.long)]  # each candidate's record
+        sim = (scope._unit(pooled) * edits[owner]).sum(1)
+        rel = (related(pooled) * rel_edits[owner]).sum(1)
+        rows = _best_candidates(sim, of, len(rec))
+        return sim[rows] >= radii[rec_t], rel[rows], [cal[i].kind for i in rec]
 
     own, own_rel, own_kind = selected("own")
     same, same_rel, _ = selected("same")

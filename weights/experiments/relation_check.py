@@ -12,7 +12,7 @@ import sys
 import torch
 
 from editor_core import load_base_model, load_records
-from editor_core.scope import Scope
+from editor_core.scope import Scope, _best_candidates
 
 torch.set_num_threads(1)
 N = int(sys.argv[1])
@@ -35,11 +35,7 @@ for kind in ("counterfact", "zsre"):
         cands, of = scope.candidate_keys(model, tok, [p for _, p in items])
         rec = torch.tensor([i for i, _ in items])
         sim = (cands * edits[rec[of]]).sum(1)
-        best = {}
-        for j, q in enumerate(of):
-            if q not in best or sim[j] > sim[best[q]]:
-                best[q] = j
-        rows = torch.tensor([best[q] for q in range(len(items))])
+        rows = _best_candidates(sim, of, len(items))
         shipped = sim[rows] >= radii[rec]
         related = (check.keys(cands[rows]) * check.keys(edits[rec])).sum(1) >= check.radius
         line += (f" | {name} ({len(items)}): without {float(shipped.float().mean()):.3f}, "
