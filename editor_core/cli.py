@@ -123,14 +123,16 @@ def fit_scope(
                                              "subjects (`mend fit-relation`)"),
     relation_n: int = typer.Option(3000, help="records per file for the relation check (one per subject): its "
                                               "relation scatter wants more than the key's fit"),
+    words_n: int = typer.Option(4000, help="records per file whose edit prompts tell the common words from the rare "
+                                           "ones for the word check (`mend fit-words`; 0: no word check)"),
 ) -> None:
-    """Fit the scoped-edit keys (editor_core.scope) for this model: centre, whitening, key block, radius, bank and
-    relation check."""
+    """Fit the scoped-edit keys (editor_core.scope) for this model: centre, whitening, key block, radius, bank,
+    relation check and word check."""
     from .scope import ScopeConfig
 
     _fit_and_save_scope(model, editor, data, n, ScopeConfig(window=window, scale=scale, max_scale=max_scale,
                                                            tune_steps=tune_steps, end_words=end_words),
-                        loc_weight, key_block, radius, whiten, bank, relation_n if relation else 0)
+                        loc_weight, key_block, radius, whiten, bank, relation_n if relation else 0, words_n)
 
 
 @app.command("fit-bank")
@@ -180,6 +182,36 @@ def fit_relation(
     scope.save(editor)
 
 
+@app.command("fit-words")
+def fit_words(
+    editor: Path = typer.Option(Path("weights/smollm2"), help="editor folder with its fitted scope"),
+    data: list[str] = typer.Option(list(TRAIN_FILES), help="training records whose edit prompts tell common words "
+                                                           "from rare ones (never a dev split)"),
+    n: int = typer.Option(4000, help="records per file (one per subject)"),
+    max_share: float = typer.Option(0.002, help="a word in more than this share of those prompts is common"),
+    radius: float = typer.Option(0.4, help="cosine from which a prompt naming all of an edit's rare words may "
+                                           "select it (weights/experiments/subject_words.py)"),
+) -> None:
+    """Give a fitted scope a word check (`WordCheck`): a prompt that names every rare word of an edit's question
+    may select the edit from a looser radius. Keys, centre, radius, bank and relation check stay as they are, and
+    so does the scope's fingerprint: the check reads the prompts logged with each edit."""
+    from .scope import Scope
+
+    scope = Scope.load(editor, [])
+    _fit_words_into(scope, data, n, max_share, radius)
+    scope.save(editor)
+
+
+def _fit_words_into(scope, data: list[str], n: int, max_share: float = 0.002, radius: float = 0.4) -> None:
+    from .data import load_records
+    from .scope import fit_words as common_words
+
+    prompts = [r.edit.prompt for spec in data for r in load_records(spec, n, one_per_subject=True)]
+    scope.with_words(common_words(prompts, max_share), radius)
+    typer.echo(f"word check: {len(scope.common)} common words (in more than {max_share} of {len(set(prompts))} "
+               f"edit prompts), radius {radius}")
+
+
 def _shuffled_records(data: list[str], n: int) -> list:
     """The first n records of each file (one per subject) that have rephrases, shuffled so that both data sets are
     in both halves of a fit."""
@@ -217,7 +249,7 @@ def _fit_relation_into(scope, m, tok, recs: list, k: int = 64, ridge: float = 0.
 
 def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, loc_weight: float = 3.0,
                         blocks: list[int] | None = None, radius: float | None = None, whiten: bool = True,
-                        bank: bool = True, relation_n: int = 3000) -> None:
+                        bank: bool = True, relation_n: int = 3000, words_n: int = 4000) -> None:
     from .mend import MENDEditor
     from .model import load_base_model
     from .scope import fit_scope
@@ -230,6 +262,8 @@ def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, 
         scope.with_bank(m, tok, [r.edit.prompt for r in recs])
     if relation_n:
         _fit_relation_into(scope, m, tok, _shuffled_records(data, relation_n))
+    if words_n:
+        _fit_words_into(scope, data, words_n)
     scope.save(editor)
     typer.echo("| key block | whitening ridge | radius | rephrase hits | loc hits | objective |")
     typer.echo("|---|---|---|---|---|---|")

@@ -40,7 +40,7 @@ from .prefix_cache import PrefixCache
 from .projection import project
 from .scoring import answer_logits, score_targets
 
-CONFIG_FILE, WEIGHTS_FILE = "scope.json", "scope.safetensors"
+CONFIG_FILE, WEIGHTS_FILE, WORDS_FILE = "scope.json", "scope.safetensors", "words.json"
 MEMO_PROMPTS = 4096  # pooled prompt states kept (2.3 KB each on SmolLM2)
 WORDED_PIECES = 256  # pieces computed for other wordings of stored edits kept (`Scope.worded`; 152 KB each, p50)
 # A request whose whole prompt keys this close to the key it selects is asked in the edit's own words (the edit
@@ -205,6 +205,43 @@ class RelationCheck:
         return _normed(keys.float() @ self.map.T)
 
 
+def words_of(text: str) -> frozenset[str]:
+    """The words of a text, lower-cased: what `WordCheck` compares."""
+    return frozenset(re.findall(r"\w+", text.lower()))
+
+
+@dataclass(frozen=True)
+class WordCheck:
+    """A second way into an edit's scope, by its words: a prompt that names every rare word of an edit's question
+    may select the edit from cosine `radius`, below the edit's own radius. A paraphrase that misses its edit's
+    radius almost always still names the edit's subject ("Jim Beam is headquartered in" for the edit of "The
+    headquarter of Jim Beam is located in"); a neighbour (another subject, the same relation) never does. Another
+    question about the same subject does too: the relation check (`RelationCheck`) still applies and keeps it out.
+    A word is rare unless it is in `common`, the words that more than a small share of the bank's questions
+    contain (`fit_words`).
+
+    Keys only, first 500 dev records per set, each edit alone, with the shipped relation check
+    (weights/experiments/subject_words.py): CounterFact paraphrases selecting their edit 0.859 -> 0.954 at radius
+    0.4, neighbours 0.013 -> 0.014, other questions about the subject 0.192 -> 0.217; zsRE rephrases
+    0.962 -> 0.976."""
+
+    common: frozenset[str]
+    radius: float
+
+    def rare(self, text: str) -> frozenset[str]:
+        return words_of(text) - self.common
+
+
+def fit_words(prompts: list[str], max_share: float = 0.002) -> frozenset[str]:
+    """`WordCheck.common` from a bank of questions: the words that more than `max_share` of them contain."""
+    texts = list(dict.fromkeys(prompts))
+    df: dict[str, int] = {}
+    for t in texts:
+        for w in words_of(t):
+            df[w] = df.get(w, 0) + 1
+    return frozenset(w for w, n in df.items() if n > max_share * len(texts))
+
+
 @dataclass(frozen=True)
 class Codebook:
     """The stored edits at one moment: never changed, only replaced (`Scope.add`/`remove` build a new one). A
@@ -220,17 +257,27 @@ class Codebook:
     row_radius: torch.Tensor  # (n_keys,) each key row's own radius (`Scope.radii`), floored by the scope's; -inf: none
     relation: RelationCheck | None = None  # a second check a selection must also pass (`RelationCheck`)
     rel_keys: torch.Tensor | None = None  # (n_keys, k) each key row's relation key, with `relation`
+    words: WordCheck | None = None  # a second way in, by the edit's rare words (`WordCheck`)
+    row_words: tuple[frozenset[str], ...] = ()  # each key row's rare words (empty: none, or no `words`)
 
     @classmethod
-    def empty(cls, dim: int, relation: RelationCheck | None = None) -> Codebook:
+    def empty(cls, dim: int, relation: RelationCheck | None = None, words: WordCheck | None = None) -> Codebook:
         rel_keys = None if relation is None else torch.zeros(0, relation.map.shape[0])
-        return cls(torch.zeros(0, dim), (), (), (), (), MappingProxyType({}), torch.zeros(0), relation, rel_keys)
+        return cls(torch.zeros(0, dim), (), (), (), (), MappingProxyType({}), torch.zeros(0), relation, rel_keys,
+                   words)
+
+    def cleared(self) -> Codebook:
+        """No edit, and this codebook's checks."""
+        return Codebook.empty(self.keys.shape[1], self.relation, self.words)
 
     def added(self, edit_id: str, delta: LowRankDelta) -> Codebook:
         if delta.key is None:
             raise ValueError("a scoped edit needs its key (LowRankDelta.key)")
         targets = json.loads(delta.meta["targets"]) if "targets" in delta.meta else []
         n = len(delta.key)
+        # Edits logged before their prompts were (meta["prompts"]) are selected by their keys alone.
+        prompts = json.loads(delta.meta.get("prompts", "[]"))
+        rare = [self.words.rare(p) for p in prompts] if self.words is not None and len(prompts) == n else []
         return Codebook(torch.cat([self.keys, delta.key.float()]), self.owner + (edit_id,) * n,
                         self.row_pieces + tuple(Scope.pieces(delta)),
                         self.row_targets + tuple(targets if len(targets) == n else [None] * n),
@@ -238,7 +285,8 @@ class Codebook:
                         MappingProxyType({**self.deltas, edit_id: delta}),
                         torch.cat([self.row_radius, _radius_rows(delta.meta.get("radii"), n)]), self.relation,
                         None if self.relation is None else
-                        torch.cat([self.rel_keys, self.relation.keys(delta.key)]))
+                        torch.cat([self.rel_keys, self.relation.keys(delta.key)]),
+                        self.words, self.row_words + tuple(rare or [frozenset()] * n))
 
     def without(self, *edit_ids: str) -> Codebook:
         """Without these edits (KeyError if one is not stored)."""
@@ -250,16 +298,25 @@ class Codebook:
                         tuple(self.row_pieces[i] for i in keep), tuple(self.row_targets[i] for i in keep),
                         tuple(self.row_word_end[i] for i in keep),
                         MappingProxyType({k: v for k, v in self.deltas.items() if k not in gone}),
-                        self.row_radius[keep], self.relation, None if self.relation is None else self.rel_keys[keep])
+                        self.row_radius[keep], self.relation, None if self.relation is None else self.rel_keys[keep],
+                        self.words, tuple(self.row_words[i] for i in keep))
 
-    def nearest(self, keys: torch.Tensor, radius: float) -> list[int | None]:
+    def nearest(self, keys: torch.Tensor, radius: float, texts: list[str] | None = None) -> list[int | None]:
         """Per prompt key: the most similar key row at cosine >= its radius, the larger of `radius` and the row's
-        own, and whose relation key the prompt's relation key meets at cosine >= the check's radius, if the
-        codebook has a `relation` check (ties: the newest)."""
+        own, or at cosine >= the `words` check's radius where the prompt's text (texts[b]) names every rare word of
+        the row's question; and whose relation key the prompt's relation key meets at cosine >= the check's radius,
+        if the codebook has a `relation` check (ties: the newest)."""
         if not self.owner:  # also: no keys computed, as nothing could be selected
             return [None] * len(keys)
         sim = keys.float() @ self.keys.T  # (B, n_keys)
-        outside = sim < self.row_radius.clamp(min=radius)
+        limit = self.row_radius.clamp(min=radius).expand_as(sim)
+        if self.words is not None and texts is not None:
+            limit = limit.clone()
+            asked = [words_of(t) for t in texts]
+            for b, r in ((sim >= self.words.radius) & (sim < limit)).nonzero().tolist():
+                if self.row_words[r] and self.row_words[r] <= asked[b]:
+                    limit[b, r] = self.words.radius
+        outside = sim < limit
         if self.relation is not None:
             outside |= self.relation.keys(keys) @ self.rel_keys.T < self.relation.radius
         sim = sim.masked_fill(outside, float("-inf"))
@@ -293,6 +350,9 @@ class ScopeConfig:
     # With a fitted relation projection (`Scope.relation`), a prompt selects an edit only if their relation keys
     # also meet at this cosine (`RelationCheck`). None: no such check.
     relation_radius: float | None = None
+    # With fitted common words (`Scope.common`), a prompt naming every rare word of an edit's question may select it
+    # from this cosine (`WordCheck`). None: no such way in.
+    word_radius: float | None = None
 
 
 class Scope:
@@ -301,7 +361,7 @@ class Scope:
 
     def __init__(self, cfg: ScopeConfig, layers: list[EditedLayer], center: torch.Tensor,
                  proj: torch.Tensor | None = None, bank: torch.Tensor | None = None,
-                 relation: torch.Tensor | None = None) -> None:
+                 relation: torch.Tensor | None = None, common: frozenset[str] | None = None) -> None:
         self.cfg, self.layers, self.center = cfg, layers, center
         # (d, d) applied to the centred state before normalising: a whitening that shrinks the directions in which
         # a question's wordings differ (`fit_scope`). None: the centred state itself.
@@ -312,8 +372,11 @@ class Scope:
         # (k, d) applied to the centred state: the relation projection of `RelationCheck` (`fit_relation`). None,
         # or cfg.relation_radius None: no relation check.
         self.relation = relation
+        # The words too common to name an edit (`WordCheck`, `fit_words`). None, or cfg.word_radius None: edits are
+        # selected by their keys alone.
+        self.common = common
         # replaced whole by add/remove, never changed in place
-        self.codebook = Codebook.empty(center.numel(), self.relation_check())
+        self.codebook = self.empty()
         self._local = threading.local()
         self._handles: list = []
         self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> pooled state (`_pooled_prompts`)
@@ -426,10 +489,28 @@ class Scope:
         carry = self.relation if self.proj is None else self.relation @ torch.linalg.inv(self.proj.double()).float()
         return RelationCheck(carry, self.cfg.relation_radius)
 
+    def word_check(self) -> WordCheck | None:
+        """The codebook's `WordCheck`, or None without common words or a radius."""
+        if self.common is None or self.cfg.word_radius is None:
+            return None
+        return WordCheck(self.common, self.cfg.word_radius)
+
+    def empty(self) -> Codebook:
+        """A codebook with no edit and this scope's checks."""
+        return Codebook.empty(self.center.numel(), self.relation_check(), self.word_check())
+
     def with_relation(self, relation: torch.Tensor | None, radius: float | None) -> Scope:
         """This scope with this relation check (None: none), its stored edits kept."""
         self.relation, self.cfg.relation_radius = relation, radius
-        stored, self.codebook = self.codebook.deltas, Codebook.empty(self.center.numel(), self.relation_check())
+        return self._rebuilt()
+
+    def with_words(self, common: frozenset[str] | None, radius: float | None) -> Scope:
+        """This scope with this word check (None: none), its stored edits kept."""
+        self.common, self.cfg.word_radius = common, radius
+        return self._rebuilt()
+
+    def _rebuilt(self) -> Scope:
+        stored, self.codebook = self.codebook.deltas, self.empty()
         for edit_id, delta in stored.items():
             self.add(edit_id, delta)
         return self
@@ -462,6 +543,10 @@ class Scope:
             tensors["relation"] = self.relation.contiguous()
         save_file(tensors, path / WEIGHTS_FILE, metadata={"format": "mend-scope"})
         (path / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2, sort_keys=True) + "\n")
+        if self.common is not None:
+            (path / WORDS_FILE).write_text(json.dumps({"common": sorted(self.common)}, indent=0) + "\n")
+        else:
+            (path / WORDS_FILE).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path, layers: list[EditedLayer]) -> Scope:
@@ -471,7 +556,9 @@ class Scope:
         proj = tensors["proj"].float() if "proj" in tensors else None
         bank = tensors["bank"].float() if "bank" in tensors else None
         relation = tensors["relation"].float() if "relation" in tensors else None
-        return cls(cfg, layers, tensors["center"].float(), proj, bank, relation)
+        common = frozenset(json.loads((path / WORDS_FILE).read_text())["common"]) if (path / WORDS_FILE).exists() \
+            else None
+        return cls(cfg, layers, tensors["center"].float(), proj, bank, relation, common)
 
     def with_bank(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str]) -> Scope:
         """This scope with a bank of these prompts' keys, one row per distinct prompt: questions other than any edit
@@ -582,7 +669,10 @@ class Scope:
         scaled = self._stepped(model, tok, pieces, [keys[i // n_forms][None] for i in range(len(pieces))], requests,
                                prefix)
         radii = self.radii(keys)
+        # The prompts keyed by travel with the edit: the word check (`WordCheck`) reads their rare words when the
+        # codebook takes it, so common words can be refitted under a running log.
         meta = {**pieces[0].meta, "scope_scale": json.dumps([step for _, step in scaled]),
+                "prompts": json.dumps(keyed_by),
                 "targets": json.dumps(answers if answers is not None else [r.target for r in requests[::n_forms]]),
                 "key_ranks": json.dumps({n: [d.factors[n][0].shape[1] for d, _ in scaled] for n in pieces[0].factors})}
         if forms != (PLAIN,):
@@ -681,7 +771,7 @@ class Scope:
         if not book.owner or not text.strip():
             return None
         key = self.request_keys(model, tok, [text], book)[0]
-        r = book.nearest(key[None], self.cfg.radius)[0]
+        r = book.nearest(key[None], self.cfg.radius, [text])[0]
         # Own words: the whole prompt, not its best sentence suffix (a preamble before the edit prompt is other words).
         if r is None or book.row_targets[r] is None or \
                 float(self.prompt_keys(model, tok, [text])[0] @ book.keys[r]) >= OWN_WORDING:
@@ -741,12 +831,14 @@ class Scope:
         self.codebook = self.codebook.without(*edit_ids)
 
     def clear(self) -> None:
-        self.codebook = Codebook.empty(self.center.numel(), self.relation_check())
+        self.codebook = self.empty()
 
-    def select(self, keys: torch.Tensor, book: Codebook | None = None) -> list[str | None]:
-        """Per prompt key: the edit whose key it selects (`Codebook.nearest`), or None."""
+    def select(self, keys: torch.Tensor, book: Codebook | None = None,
+               texts: list[str] | None = None) -> list[str | None]:
+        """Per prompt key (of the prompt texts[b], if given): the edit whose key it selects (`Codebook.nearest`), or
+        None."""
         book = book or self.codebook
-        return [None if r is None else book.owner[r] for r in book.nearest(keys, self.cfg.radius)]
+        return [None if r is None else book.owner[r] for r in book.nearest(keys, self.cfg.radius, texts)]
 
     # ---- applying ------------------------------------------------------------------------------------------
 
@@ -829,14 +921,14 @@ class Scope:
 
     @contextlib.contextmanager
     def applying(self, keys: torch.Tensor, form: str = PLAIN, book: Codebook | None = None,
-                 worded: list[Worded | None] | None = None):
+                 worded: list[Worded | None] | None = None, texts: list[str] | None = None):
         """Within this context, this thread's forwards of a batch whose row b has key keys[b] add each row's
-        selected edit (see `select`) of `book` (default: the current codebook), its piece for `form` (the plain
-        one if it has none), or worded[b]'s piece where that was made for the row selected. Yields the
-        `Selection` (its edit ids). For teacher-forced scoring: a generation selects with `choose`, and releases
-        its edit once the answer is said."""
+        selected edit (see `select`; texts[b]: the row's prompt, for the word check) of `book` (default: the current
+        codebook), its piece for `form` (the plain one if it has none), or worded[b]'s piece where that was made for
+        the row selected. Yields the `Selection` (its edit ids). For teacher-forced scoring: a generation selects
+        with `choose`, and releases its edit once the answer is said."""
         book = book or self.codebook
-        rows = book.nearest(keys, self.cfg.radius)
+        rows = book.nearest(keys, self.cfg.radius, texts)
         worded = worded or [None] * len(rows)
         pieces = [None if r is None else w.piece if w is not None and w.fits(book, r)
                   else book.row_pieces[r].get(form, book.row_pieces[r][PLAIN]) for r, w in zip(rows, worded)]
@@ -858,7 +950,7 @@ class Scope:
         selection that releases it once its answer is said or has gone wrong (the target's token count tells
         when)."""
         book = ask.book
-        r = book.nearest(key[None], self.cfg.radius)[0]
+        r = book.nearest(key[None], self.cfg.radius, [ask.text])[0]
         if r is None:
             return None
         target = book.row_targets[r]
@@ -914,14 +1006,16 @@ class Scope:
         """`applying` with the request keys of these prompts."""
         book = book or self.codebook
         keys = self.request_keys(model, tok, prompts, book) if book.owner else torch.zeros(len(prompts), 0)
-        return self.applying(keys, form, book, worded)
+        return self.applying(keys, form, book, worded, prompts)
 
     def fingerprint(self) -> str:
         # These (and the bank) only pick the delta of new edits, and the log stores each delta as it was picked
         # (with meta["word_end"] and meta["radii"]), so a log replays the same under any of them. The relation check
-        # reads the stored keys as they are (`RelationCheck`): the same log under any check, or none.
+        # reads the stored keys as they are (`RelationCheck`), the word check the stored prompts (`WordCheck`): the
+        # same log under any check, or none.
         cfg = {k: v for k, v in asdict(self.cfg).items()
-               if k not in ("max_scale", "tune_steps", "tune_lr", "end_words", "bank_margin", "relation_radius")}
+               if k not in ("max_scale", "tune_steps", "tune_lr", "end_words", "bank_margin", "relation_radius",
+                            "word_radius")}
         h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
         h.update(self.center.contiguous().numpy().tobytes())
         if self.proj is not None:  # stored keys live in the projected space: another projection, another log

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from editor_core import LowRankDelta, NonFiniteDeltaError
-from editor_core.scope import Codebook, RelationCheck
+from editor_core.scope import Codebook
 
 from .canary import CanarySet, Change
 from .errors import EditRejected
@@ -57,10 +57,11 @@ def check_edit(model: nn.Module, delta: LowRankDelta, canaries: CanarySet | None
 
 def check_scoped_edit(model: nn.Module, delta: LowRankDelta, canary_keys: torch.Tensor | None,
                       canary_of: list[int], canary_prompts: list[str] | None, radius: float,
-                      max_captured: float, relation: RelationCheck | None = None) -> Verdict:
+                      max_captured: float, empty: Codebook | None = None) -> Verdict:
     """A scoped edit changes nothing outside its radius: the canaries it can touch are those with a candidate key
-    (`canary_keys`, row j of canary `canary_of[j]`) inside it and passing the scope's `relation` check, known
-    without a forward. It is refused when it would capture more than `max_captured` of them."""
+    (`canary_keys`, row j of canary `canary_of[j]`) that would select it in `empty` (a codebook with no edit and
+    the scope's checks: `Codebook.cleared`), known without a forward. It is refused when it would capture more than
+    `max_captured` of them."""
     try:
         delta.check(model)  # finite even if it were added to the weights: its factors and scale are sane
     except NonFiniteDeltaError as e:
@@ -68,7 +69,8 @@ def check_scoped_edit(model: nn.Module, delta: LowRankDelta, canary_keys: torch.
     if canary_keys is None or canary_prompts is None:
         return Verdict({})
     # The scope's own rule: a canary is inside when it would select this edit were it the only one stored.
-    selected = Codebook.empty(canary_keys.shape[1], relation).added("new", delta).nearest(canary_keys, radius)
+    empty = empty or Codebook.empty(canary_keys.shape[1])
+    selected = empty.added("new", delta).nearest(canary_keys, radius, [canary_prompts[i] for i in canary_of])
     inside = sorted({canary_of[j] for j, row in enumerate(selected) if row is not None})
     total = len(canary_prompts)
     measurement = {"canaries": total, "captured": len(inside), "max_captured": max_captured}

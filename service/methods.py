@@ -223,7 +223,7 @@ class Scoped(EditMethod):
         delta = self.scope.compute(self.model, self.tokenizer, self.editor, requests, prefix=prefix, **self.compress)
         verdict = check_scoped_edit(self.model, delta, self.canary_keys, self.canary_of, self.canary_prompts,
                                     self.scope.cfg.radius, self.settings.guard_max_captured,
-                                    self.scope.codebook.relation)
+                                    self.scope.codebook.cleared())
         return delta, verdict
 
     def candidate(self, delta: LowRankDelta, view: Codebook) -> Served:
@@ -263,7 +263,8 @@ class Scoped(EditMethod):
             return None
         # A canary outside every radius is answered by the base weights: the share outside is a lower bound on
         # agreement (a captured canary may still keep its answer).
-        inside = {i for i, c in zip(self.canary_of, self.scope.select(self.canary_keys)) if c is not None}
+        texts = [self.canary_prompts[i] for i in self.canary_of]
+        inside = {i for i, c in zip(self.canary_of, self.scope.select(self.canary_keys, texts=texts)) if c is not None}
         return 1 - len(inside) / len(self.canary_prompts)
 
     def state_digest(self, active: dict[str, LowRankDelta]) -> bytes:
@@ -293,7 +294,7 @@ class Scoped(EditMethod):
                   metadata={"format": "mend-scope-keys", **metadata})
         self.scope.save(out / "scope")
         return {"adapters": rows, "keys": KEYS_FILE, "scope": "scope", "radius": self.scope.cfg.radius,
-                "relation_radius": self.scope.cfg.relation_radius}
+                "relation_radius": self.scope.cfg.relation_radius, "word_radius": self.scope.cfg.word_radius}
 
 
 def scoped_fingerprint(editor_fp: str, scope: Scope) -> str:

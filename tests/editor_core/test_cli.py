@@ -81,11 +81,13 @@ def test_fit_scope_then_eval_with_scoped_edits(llama_dir, editor_dir, data_files
     assert json.loads((ed / "scope.json").read_text()) == {"key_block": 1, "radius": 0.9, "scale": 3.0, "window": 0,
                                                                  "max_scale": 12.0, "tune_steps": 3,
                                                                  "tune_lr": 0.05, "end_words": True,
-                                                                 "bank_margin": 0.01, "relation_radius": None}
+                                                                 "bank_margin": 0.01, "relation_radius": None,
+                                                                 "word_radius": 0.4}
     from editor_core.scope import Scope
 
     fitted = Scope.load(ed, [])
     assert fitted.bank is not None and len(fitted.bank) > 0  # the records' edit prompts
+    assert fitted.word_check() is not None and {"the", "of"} <= fitted.common
     fitted.bank = None
     fitted.save(ed)
     res = CliRunner().invoke(editor_core.cli.app, ["fit-bank", "--editor", str(ed), "--model", str(llama_dir),
@@ -101,6 +103,13 @@ def test_fit_scope_then_eval_with_scoped_edits(llama_dir, editor_dir, data_files
     related = Scope.load(ed, [])
     assert related.relation.shape[0] <= 4 and related.cfg.relation_radius is not None
     assert related.fingerprint() == fitted.fingerprint() and related.bank.shape[0] == 3
+    res = CliRunner().invoke(editor_core.cli.app, ["fit-words", "--editor", str(ed), "--data",
+                                                   f"zsre:{data_files['zsre']}", "--n", "3", "--max-share", "0.5",
+                                                   "--radius", "0.3"])
+    assert res.exit_code == 0, res.output
+    worded = Scope.load(ed, [])
+    assert worded.cfg.word_radius == 0.3 and worded.common != fitted.common
+    assert worded.fingerprint() == fitted.fingerprint() and worded.relation is not None
     out = tmp_path / "scoped.json"
     res = _eval(editor_core.cli.app, llama_dir, ed, data_files, "--method", "mend-scoped", "--sequential", "2",
                 "--generate", "2", "--json", str(out))

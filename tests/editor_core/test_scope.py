@@ -11,7 +11,7 @@ from editor_support import REQS
 from editor_core import LowRankDelta, MENDEditor
 from editor_core.data import EditRequest, tokenize_edits
 from editor_core.gradients import token_factors
-from editor_core.scope import ANSWER_SLACK, PLAIN, Ask, Scope, ScopeConfig, Selection
+from editor_core.scope import ANSWER_SLACK, PLAIN, Ask, Scope, ScopeConfig, Selection, fit_words
 
 PROMPTS = ["Paris is a city in", "The sun rises in the", "My favourite food is", "Dogs like to"]
 
@@ -528,6 +528,44 @@ def test_a_relation_check_reads_stored_keys_and_keeps_the_log_as_it_is(setup, tm
     again.add("e1", LowRankDelta(delta.factors, key=keys[:1]))
     assert again.select(keys) == ["e1" if c >= 0.5 else None for c in cos]
     assert scope.with_relation(None, None).select(keys) == ["e2"] * len(PROMPTS)
+
+
+def test_a_word_check_lets_a_prompt_naming_an_edits_rare_words_select_it(setup, tmp_path):
+    """A prompt outside an edit's radius that names every rare word of the edit's question selects it from the word
+    radius; one that misses a rare word, or names only common ones, does not. The words are read from the prompts
+    logged with the edit (meta["prompts"]), so the check can be set under stored edits, travels with the scope,
+    and leaves the fingerprint alone; an edit logged without its prompts is selected by its key alone."""
+    model, tok, scope, delta = setup  # radius 0.999: the key alone selects the edit for its own prompt only
+    assert json.loads(delta.meta["prompts"]) == [REQS[0].prompt]
+    fingerprint = scope.fingerprint()
+    scope.add("e1", delta)
+    asked = ["Name the capital of France", "Name the capital of Spain", "The capital of the country is",
+             REQS[0].prompt]
+    keys = scope.prompt_keys(model, tok, asked)
+    assert scope.select(keys, texts=asked) == [None, None, None, "e1"]
+
+    common = fit_words(["The capital of Spain is", "The capital of Peru is", "The capital of Chad is"], 0.5)
+    assert common == {"the", "capital", "of", "is"}
+    scope.with_words(common, -1.0)  # any cosine, for a prompt naming all of "france"
+    assert scope.codebook.row_words == (frozenset({"france"}),)
+    assert scope.select(keys, texts=asked) == ["e1", None, None, "e1"]
+    assert scope.select(keys) == [None, None, None, "e1"]  # no texts: keys alone
+    with scope.applying_to(model, tok, asked[:2]) as chosen:
+        assert chosen.edit_ids == ["e1", None]
+    assert scope.fingerprint() == fingerprint
+
+    scope.save(tmp_path)
+    again = Scope.load(tmp_path, scope.layers)
+    assert again.common == common and again.cfg.word_radius == -1.0
+    again.add("e1", delta)
+    again.add("old", LowRankDelta(delta.factors, {}, delta.key))  # logged before meta["prompts"]
+    assert again.codebook.row_words == (frozenset({"france"}), frozenset())
+    assert again.select(keys[:1], texts=asked[:1]) == ["e1"]
+    again.remove("e1")
+    assert again.select(keys, texts=asked) == [None, None, None, "old"]
+    scope.with_words(None, None).save(tmp_path)
+    assert not (tmp_path / "words.json").exists() and Scope.load(tmp_path, scope.layers).word_check() is None
+    assert scope.select(keys, texts=asked) == [None, None, None, "e1"]
 
 
 def test_fit_relation_separates_other_questions_about_a_subject_from_its_rephrases(llama, tokenizer):
