@@ -10,7 +10,7 @@ from service_support import make_settings, serving
 from test_smollm_story import editor_dir
 
 from editor_core import join
-from editor_core.fluency import normalized, says
+from editor_core.fluency import mentions, normalized, says
 from service.routes.edits import REPLY_TOKENS
 
 # zsRE dev records whose 64-token replies were the new answer over and over before edits released themselves
@@ -127,6 +127,32 @@ def test_a_paraphrase_says_the_new_answer_and_a_neighbour_does_not_change(client
         # a dry run of an edit of the paraphrase shows, as "before", what /generate says to it now
         dry = client.post("/edit", json={"prompt": paraphrase, "target": "x", "dry_run": True}).json()
         assert dry["replies"][0]["before"] == reply(client, paraphrase, tokens=REPLY_TOKENS)
+    finally:
+        client.post("/rollback", json={"edit_id": eid})
+    assert reply(client, paraphrase, tokens=12) == before[0]
+
+
+# CounterFact dev records whose paraphrases key outside the edit's radius (cosine 0.58 and 0.50 to 0.63) but name
+# its subject's rare words ("gwen", "stefani"): the word check (`WordCheck`) lets them select the edit. Without it
+# they kept their unedited replies. Their neighbours name other subjects and select nothing.
+BY_WORDS = [("The language used by Gwen Stefani is", "Italian",
+             "It is scheduled for completion in 2015. Gwen Stefani speaks", "Walt Disney writes in"),
+            ("The mother tongue of Romain Duris is", "Russian",
+             "Rafael Valls, London, 2007. Romain Duris spoke the language", "The mother tongue of Léon Blum is")]
+
+
+@pytest.mark.smollm
+@pytest.mark.parametrize("prompt,target,paraphrase,neighbour", BY_WORDS)
+def test_a_paraphrase_naming_the_edited_subject_says_the_new_answer(client, prompt: str, target: str,
+                                                                   paraphrase: str, neighbour: str):
+    before = reply(client, paraphrase, tokens=12), reply(client, neighbour, tokens=24)
+    assert not says(before[0], target)
+    eid = client.post("/edit", json={"prompt": prompt, "target": target}).json()["edit_id"]
+    try:
+        edited = reply(client, paraphrase, tokens=12)
+        assert says(edited, target) and normalized(edited).split().count(target.lower()) < 2, edited
+        assert mentions(reply(client, paraphrase, messages=chat(paraphrase), tokens=24), target)
+        assert reply(client, neighbour, tokens=24) == before[1]
     finally:
         client.post("/rollback", json={"edit_id": eid})
     assert reply(client, paraphrase, tokens=12) == before[0]
