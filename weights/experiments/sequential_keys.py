@@ -32,7 +32,7 @@ import time
 import torch
 
 from editor_core import LowRankDelta, load_base_model, load_records
-from editor_core.scope import Codebook, Scope
+from editor_core.scope import Scope
 
 torch.set_num_threads(1)
 model, tok = load_base_model()
@@ -41,26 +41,28 @@ N = int(sys.argv[1])
 KINDS = sys.argv[2:] or ["zsre", "counterfact"]
 
 
-def book_of(keys, radii, ids):
-    book = Codebook.empty(keys.shape[1], scope.relation_check())  # the shipped scope's own rule, its check included
+def book_of(keys, radii, ids, prompts):
+    book = scope.codebook.cleared()  # the shipped scope's own rule, its relation and word checks included
     for i in ids:
-        book = book.added(str(i), LowRankDelta({}, {"radii": json.dumps([radii[i]])}, keys[i : i + 1]))
+        meta = {"radii": json.dumps([radii[i]]), "prompts": json.dumps([prompts[i]])}
+        book = book.added(str(i), LowRankDelta({}, meta, keys[i : i + 1]))
     return book
 
 
 for kind in KINDS:
     t0 = time.time()
     recs = load_records(f"{kind}:../shared/data/{kind}/dev.json", N, one_per_subject=True)
-    keys = scope.prompt_keys(model, tok, [r.edit.prompt for r in recs])
+    prompts = [r.edit.prompt for r in recs]
+    keys = scope.prompt_keys(model, tok, prompts)
     radii = scope.radii(keys)
-    everything = book_of(keys, radii, range(len(recs)))
+    everything = book_of(keys, radii, range(len(recs)), prompts)
     counts = {"alone": dict(own=0, other=0, reph=0, captured=0, loc=0),
               "all": dict(own=0, other=0, reph=0, captured=0, loc=0)}
     captures = []
     for i, r in enumerate(recs):
         reph, loc = r.rephrases[:2], [q.prompt for q in r.loc][:2]
-        for name, book in (("all", everything), ("alone", book_of(keys, radii, [i]))):
-            chosen = scope.select(scope.request_keys(model, tok, reph + loc, book), book)
+        for name, book in (("all", everything), ("alone", book_of(keys, radii, [i], prompts))):
+            chosen = scope.select(scope.request_keys(model, tok, reph + loc, book), book, reph + loc)
             c = counts[name]
             c["own"] += sum(s == str(i) for s in chosen[: len(reph)])
             c["other"] += sum(s not in (None, str(i)) for s in chosen[: len(reph)])
