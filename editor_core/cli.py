@@ -125,6 +125,8 @@ def fit_scope(
                                               "relation scatter wants more than the key's fit"),
     words_n: int = typer.Option(4000, help="records per file whose edit prompts tell the common words from the rare "
                                            "ones for the word check (`mend fit-words`; 0: no word check)"),
+    word_radius: float = typer.Option(0.4, help="cosine from which a prompt naming all of an edit's rare words may "
+                                                "select it (measured on SmolLM2: weights/experiments/word_check.py)"),
 ) -> None:
     """Fit the scoped-edit keys (editor_core.scope) for this model: centre, whitening, key block, radius, bank,
     relation check and word check."""
@@ -132,7 +134,8 @@ def fit_scope(
 
     _fit_and_save_scope(model, editor, data, n, ScopeConfig(window=window, scale=scale, max_scale=max_scale,
                                                            tune_steps=tune_steps, end_words=end_words),
-                        loc_weight, key_block, radius, whiten, bank, relation_n if relation else 0, words_n)
+                        loc_weight, key_block, radius, whiten, bank, relation_n if relation else 0, words_n,
+                        word_radius)
 
 
 @app.command("fit-bank")
@@ -249,7 +252,8 @@ def _fit_relation_into(scope, m, tok, recs: list, k: int = 64, ridge: float = 0.
 
 def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, loc_weight: float = 3.0,
                         blocks: list[int] | None = None, radius: float | None = None, whiten: bool = True,
-                        bank: bool = True, relation_n: int = 3000, words_n: int = 4000) -> None:
+                        bank: bool = True, relation_n: int = 3000, words_n: int = 4000,
+                        word_radius: float = 0.4) -> None:
     from .mend import MENDEditor
     from .model import load_base_model
     from .scope import fit_scope
@@ -263,7 +267,7 @@ def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, 
     if relation_n:
         _fit_relation_into(scope, m, tok, _shuffled_records(data, relation_n))
     if words_n:
-        _fit_words_into(scope, data, words_n)
+        _fit_words_into(scope, data, words_n, radius=word_radius)
     scope.save(editor)
     typer.echo("| key block | whitening ridge | radius | rephrase hits | loc hits | objective |")
     typer.echo("|---|---|---|---|---|---|")

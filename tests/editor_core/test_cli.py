@@ -75,14 +75,14 @@ def test_fit_scope_then_eval_with_scoped_edits(llama_dir, editor_dir, data_files
     res = CliRunner().invoke(editor_core.cli.app, [
         "fit-scope", "--editor", str(ed), "--model", str(llama_dir), "--data", f"zsre:{data_files['zsre']}",
         "--data", f"counterfact:{data_files['counterfact']}", "--key-block", "1", "--radius", "0.9", "--scale", "3",
-        "--max-scale", "12", "--tune-steps", "3"])
+        "--max-scale", "12", "--tune-steps", "3", "--word-radius", "0.45"])
     assert res.exit_code == 0, res.output
     assert "| radius |" in res.stdout and "radius 0.90 saved" in res.stdout
     assert json.loads((ed / "scope.json").read_text()) == {"key_block": 1, "radius": 0.9, "scale": 3.0, "window": 0,
                                                                  "max_scale": 12.0, "tune_steps": 3,
                                                                  "tune_lr": 0.05, "end_words": True,
                                                                  "bank_margin": 0.01, "relation_radius": None,
-                                                                 "word_radius": 0.4}
+                                                                 "word_radius": 0.45}
     from editor_core.scope import Scope
 
     fitted = Scope.load(ed, [])
