@@ -221,7 +221,7 @@ class WordCheck:
     contain (`fit_words`).
 
     Keys only, first 500 dev records per set, each edit alone, with the shipped relation check
-    (weights/experiments/subject_words.py): CounterFact paraphrases selecting their edit 0.859 -> 0.954 at radius
+    (weights/experiments/word_check.py): CounterFact paraphrases selecting their edit 0.859 -> 0.954 at radius
     0.4, neighbours 0.013 -> 0.014, other questions about the subject 0.192 -> 0.217; zsRE rephrases
     0.962 -> 0.976."""
 
