@@ -20,6 +20,15 @@ With the relation check (`RelationCheck`, radius 0.55; 2026-12-07, at 27a535b pl
     counterfact 1000 edits, alone: rephrases selecting their own edit 0.850, another edit 0.000; locality prompts selecting an edit 0.011
     counterfact 1000 edits, all: rephrases selecting their own edit 0.848, another edit 0.007; locality prompts selecting an edit 0.041
 i.e. the same subject asked another relation (Herzl, Montesquieu) is no longer captured, and the near-twins are.
+With the word check too (`WordCheck`, radius 0.4, 261 common words; 2026-12-07, at b5e1277, the codebooks given the
+edits' prompts):
+    zsre 1000 edits, alone: rephrases selecting their own edit 0.964, another edit 0.000; locality prompts selecting an edit 0.000
+    zsre 1000 edits, all: rephrases selecting their own edit 0.963, another edit 0.001; locality prompts selecting an edit 0.000
+    counterfact 1000 edits, alone: rephrases selecting their own edit 0.956, another edit 0.000; locality prompts selecting an edit 0.012
+    counterfact 1000 edits, all: rephrases selecting their own edit 0.947, another edit 0.007; locality prompts selecting an edit 0.044
+      'The twin city of New York City is' -> the edit of 'State University of New York is based in' (its radius 0.630)
+i.e. words reach paraphrases with 1,000 edits stored as they do alone (0.848 -> 0.947), for 0.003 more captured
+neighbour prompts: a prompt naming every rare word of another edit's subject ("new", "york").
 1,000 edits in one codebook leave zsRE's selection as it is alone. CounterFact's neighbour prompts are captured
 by some other edit 4x as often (0.047): near-twin subjects (Honda NSR500V / NS500), the same subject asked another
 relation (Herzl), and short prompts alike but for one name. A captured prompt's reply changes only where the
