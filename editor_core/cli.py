@@ -193,7 +193,7 @@ def fit_words(
     n: int = typer.Option(4000, help="records per file (one per subject)"),
     max_share: float = typer.Option(0.002, help="a word in more than this share of those prompts is common"),
     radius: float = typer.Option(0.4, help="cosine from which a prompt naming all of an edit's rare words may "
-                                           "select it (weights/experiments/subject_words.py)"),
+                                           "select it (weights/experiments/word_check.py)"),
 ) -> None:
     """Give a fitted scope a word check (`WordCheck`): a prompt that names every rare word of an edit's question
     may select the edit from a looser radius. Keys, centre, radius, bank and relation check stay as they are, and

@@ -114,6 +114,46 @@ def test_a_relation_check_keeps_prompts_inside_the_radius_from_an_edit_and_the_g
         assert [a == b for a, b in zip(after, before)] == [not x for x in related]
 
 
+def test_a_word_check_lets_a_prompt_naming_the_edits_rare_words_select_it_and_the_guard_counts_as_it(
+        scoped, tmp_path: Path):
+    """A scope with a word check (`WordCheck`) and a radius no other wording reaches: a prompt that names every rare
+    word of the edit's question ("france") gets the edit, one that does not keeps its reply, and the guard counts
+    the canaries the edit can select by words too."""
+    import shutil
+
+    from editor_core.scope import Scope, fit_words
+
+    editor = tmp_path / "editor"
+    shutil.copytree(scoped.editor, editor)
+    scope = Scope.load(editor, [])
+    scope.cfg.radius = 0.9999  # by its key alone, only the edit's own wording selects it
+    scope.with_words(fit_words(["The capital of Spain is", "The capital of Peru is"], 0.5), -1.0).save(editor)
+    others = ["Tell me about France", "Tell me about Spain", "The capital of it is", "France"]
+    named = [True, False, False, True]
+
+    canaries = tmp_path / "canaries.json"
+    canaries.write_text(json.dumps(others))
+    cfg = scoped.model_copy(update={"editor": editor, "canaries": canaries, "guard_canaries": len(others),
+                                   "guard_max_captured": 1.0})
+    with serving(cfg) as client:
+        def replies() -> list[str]:
+            return [client.post("/generate", json={"prompt": p, "max_new_tokens": 4}).json()["text"] for p in others]
+
+        def scored() -> list[float]:
+            r = client.post("/score", json={"items": [{"prompt": p, "target": EDIT["target"]} for p in others]})
+            return [x["logprob"] for x in r.json()["scores"]]
+
+        before, scores_before = replies(), scored()
+        r = client.post("/edit", json=EDIT)
+        assert r.status_code == 201, r.text
+        assert client.get(f"/edits/{r.json()['edit_id']}").json()["guard"]["captured"] == sum(named)
+        assert [a != b for a, b in zip(scored(), scores_before)] == named
+        after = replies()
+        assert all(a == b for a, b, n in zip(after, before, named) if not n)
+        client.post("/rollback", json={"edit_id": r.json()["edit_id"]})
+        assert replies() == before
+
+
 def test_scoped_needs_a_fitted_scope(settings, tiny_model_dir: Path, tmp_path: Path):
     from service.runtime import Runtime
     unscoped = save_editor(tiny_model_dir, tmp_path / "no-scope")
