@@ -453,6 +453,13 @@ class Scope:
         pooled, owner = self._candidate_pooled(model, tok, prompts)
         return self._unit(pooled), owner
 
+    def own_keys(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
+                 own: torch.Tensor) -> torch.Tensor:
+        """(B, d): per prompt, its candidate key (see `candidate_keys`) most similar to own[b], the key of the edit
+        it is asked against: the key `request_keys` gives it when that edit is the only one stored."""
+        keys, owner = self.candidate_keys(model, tok, prompts)
+        return keys[_best_candidates((keys * own[torch.tensor(owner)]).sum(1), owner, len(prompts))]
+
     def _candidate_pooled(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase,
                           prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
         texts, owner = [], []

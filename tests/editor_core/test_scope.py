@@ -530,6 +530,15 @@ def test_a_relation_check_reads_stored_keys_and_keeps_the_log_as_it_is(setup, tm
     assert scope.with_relation(None, None).select(keys) == ["e2"] * len(PROMPTS)
 
 
+def test_own_keys_are_the_request_keys_with_that_edit_alone_stored(setup):
+    model, tok, scope, delta = setup
+    asked = ["It rains. The capital of France is", "Dogs like to. My favourite food is", PROMPTS[1]]
+    own = scope.prompt_keys(model, tok, [REQS[0].prompt, PROMPTS[2], PROMPTS[0]])
+    alone = [scope.request_keys(model, tok, [a], scope.codebook.cleared().added("e", LowRankDelta({}, {}, k[None])))
+             for a, k in zip(asked, own)]
+    assert torch.equal(scope.own_keys(model, tok, asked, own), torch.cat(alone))
+
+
 def test_a_word_check_lets_a_prompt_naming_an_edits_rare_words_select_it(setup, tmp_path):
     """A prompt outside an edit's radius that names every rare word of the edit's question selects it from the word
     radius; one that misses a rare word, or names only common ones, does not. The words are read from the prompts

@@ -12,7 +12,7 @@ import sys
 import torch
 
 from editor_core import load_base_model, load_records
-from editor_core.scope import Scope, _best_candidates
+from editor_core.scope import Scope
 
 torch.set_num_threads(1)
 N = int(sys.argv[1])
@@ -32,12 +32,10 @@ for kind in ("counterfact", "zsre"):
                         ("same subject", [(i, p) for i, r in enumerate(recs) for p in r.extra["other_questions"]])):
         if not items:
             continue
-        cands, of = scope.candidate_keys(model, tok, [p for _, p in items])
         rec = torch.tensor([i for i, _ in items])
-        sim = (cands * edits[rec[of]]).sum(1)
-        rows = _best_candidates(sim, of, len(items))
-        shipped = sim[rows] >= radii[rec]
-        related = (check.keys(cands[rows]) * check.keys(edits[rec])).sum(1) >= check.radius
+        keys = scope.own_keys(model, tok, [p for _, p in items], edits[rec])
+        shipped = (keys * edits[rec]).sum(1) >= radii[rec]
+        related = (check.keys(keys) * check.keys(edits[rec])).sum(1) >= check.radius
         line += (f" | {name} ({len(items)}): without {float(shipped.float().mean()):.3f}, "
                  f"with {float((shipped & related).float().mean()):.3f}")
     print(line, flush=True)

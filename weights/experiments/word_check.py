@@ -14,7 +14,7 @@ import torch
 
 from editor_core import load_base_model, load_records
 from editor_core.delta import LowRankDelta
-from editor_core.scope import Scope, _best_candidates
+from editor_core.scope import Scope
 
 torch.set_num_threads(1)
 N = int(sys.argv[1])
@@ -37,10 +37,8 @@ for kind in ("counterfact", "zsre"):
     keyed = {}
     for name, items in groups:
         if items:
-            cands, of = scope.candidate_keys(model, tok, [p for _, p in items])
             rec = torch.tensor([i for i, _ in items])
-            rows = _best_candidates((cands * edits[rec[of]]).sum(1), of, len(items))
-            keyed[name] = (items, cands[rows])  # with the edit alone, request_keys' choice
+            keyed[name] = (items, scope.own_keys(model, tok, [p for _, p in items], edits[rec]))
     for words in (None, common):
         scope.with_words(words, 0.4 if words else None)
         line = f"{kind}, {len(recs)} records, {'with' if words else 'without'} the word check"

@@ -24,7 +24,7 @@ import sys
 import torch
 
 from editor_core import load_base_model, load_records
-from editor_core.scope import Scope, _best_candidates, words_of
+from editor_core.scope import Scope, words_of
 
 torch.set_num_threads(1)
 N = int(sys.argv[1])
@@ -43,12 +43,10 @@ for kind in ("counterfact", "zsre"):
                         ("same subject", [(i, p) for i, r in enumerate(recs) for p in r.extra["other_questions"]])):
         if not items:
             continue
-        cands, of = scope.candidate_keys(model, tok, [p for _, p in items])
         rec = torch.tensor([i for i, _ in items])
-        sim = (cands * edits[rec[of]]).sum(1)
-        rows = _best_candidates(sim, of, len(items))
-        s = sim[rows]
-        rc = (check.keys(cands[rows]) * check.keys(edits[rec])).sum(1)
+        keys = scope.own_keys(model, tok, [p for _, p in items], edits[rec])
+        s = (keys * edits[rec]).sum(1)
+        rc = (check.keys(keys) * check.keys(edits[rec])).sum(1)
         named = torch.tensor([bool(rare[i]) and rare[i] <= words_of(p) for i, p in items])
         stats[name] = (s, rc, named, radii[rec])
     print(f"{kind}, {len(recs)} records", flush=True)
