@@ -107,31 +107,6 @@ PARAPHRASED = [("John Stofa plays in the position of", "midfielder",
                ("Martin Drennan's position is", "pope",
                 "Miranda Elisabeth Somerset, Duchess of Beaufort, born Miranda Elisabeth Morley. Martin Drennan is a",
                 "Henric Benzelius holds the title of")]
-
-
-@pytest.mark.smollm
-@pytest.mark.parametrize("prompt,target,paraphrase,neighbour", PARAPHRASED)
-def test_a_paraphrase_says_the_new_answer_and_a_neighbour_does_not_change(client, prompt: str, target: str,
-                                                                         paraphrase: str, neighbour: str):
-    before = reply(client, paraphrase, tokens=12), reply(client, neighbour, tokens=24)
-    assert not says(before[0], target)
-    eid = client.post("/edit", json={"prompt": prompt, "target": target}).json()["edit_id"]
-    try:
-        edited = reply(client, paraphrase, tokens=12)
-        assert says(edited, target) and normalized(edited).split().count(target) < 2, edited
-        assert reply(client, paraphrase, tokens=12) == edited  # the piece made for this wording is kept
-        # /score judges what /generate serves: the same piece
-        score = client.post("/score", json={"items": [{"prompt": paraphrase, "target": target}]}).json()
-        assert score["scores"][0]["exact"], score
-        assert reply(client, neighbour, tokens=24) == before[1]
-        # a dry run of an edit of the paraphrase shows, as "before", what /generate says to it now
-        dry = client.post("/edit", json={"prompt": paraphrase, "target": "x", "dry_run": True}).json()
-        assert dry["replies"][0]["before"] == reply(client, paraphrase, tokens=REPLY_TOKENS)
-    finally:
-        client.post("/rollback", json={"edit_id": eid})
-    assert reply(client, paraphrase, tokens=12) == before[0]
-
-
 # CounterFact dev records whose paraphrases key outside the edit's radius (cosine 0.58 and 0.50 to 0.63) but name
 # its subject's rare words ("gwen", "stefani"): the word check (`WordCheck`) lets them select the edit. Without it
 # they kept their unedited replies. Their neighbours name other subjects and select nothing.
@@ -142,17 +117,24 @@ BY_WORDS = [("The language used by Gwen Stefani is", "Italian",
 
 
 @pytest.mark.smollm
-@pytest.mark.parametrize("prompt,target,paraphrase,neighbour", BY_WORDS)
-def test_a_paraphrase_naming_the_edited_subject_says_the_new_answer(client, prompt: str, target: str,
-                                                                   paraphrase: str, neighbour: str):
+@pytest.mark.parametrize("prompt,target,paraphrase,neighbour", PARAPHRASED + BY_WORDS)
+def test_a_paraphrase_says_the_new_answer_and_a_neighbour_does_not_change(client, prompt: str, target: str,
+                                                                         paraphrase: str, neighbour: str):
     before = reply(client, paraphrase, tokens=12), reply(client, neighbour, tokens=24)
     assert not says(before[0], target)
     eid = client.post("/edit", json={"prompt": prompt, "target": target}).json()["edit_id"]
     try:
         edited = reply(client, paraphrase, tokens=12)
         assert says(edited, target) and normalized(edited).split().count(target.lower()) < 2, edited
+        assert reply(client, paraphrase, tokens=12) == edited  # the piece made for this wording is kept
         assert mentions(reply(client, paraphrase, messages=chat(paraphrase), tokens=24), target)
+        # /score judges what /generate serves: the same piece
+        score = client.post("/score", json={"items": [{"prompt": paraphrase, "target": target}]}).json()
+        assert score["scores"][0]["exact"], score
         assert reply(client, neighbour, tokens=24) == before[1]
+        # a dry run of an edit of the paraphrase shows, as "before", what /generate says to it now
+        dry = client.post("/edit", json={"prompt": paraphrase, "target": "x", "dry_run": True}).json()
+        assert dry["replies"][0]["before"] == reply(client, paraphrase, tokens=REPLY_TOKENS)
     finally:
         client.post("/rollback", json={"edit_id": eid})
     assert reply(client, paraphrase, tokens=12) == before[0]
