@@ -57,7 +57,7 @@ def check_edit(model: nn.Module, delta: LowRankDelta, canaries: CanarySet | None
 
 def check_scoped_edit(model: nn.Module, delta: LowRankDelta, canary_keys: torch.Tensor | None,
                       canary_of: list[int], canary_prompts: list[str] | None, radius: float,
-                      max_captured: float, empty: Codebook | None = None) -> Verdict:
+                      max_captured: float, empty: Codebook) -> Verdict:
     """A scoped edit changes nothing outside its radius: the canaries it can touch are those with a candidate key
     (`canary_keys`, row j of canary `canary_of[j]`) that would select it in `empty` (a codebook with no edit and
     the scope's checks: `Codebook.cleared`), known without a forward. It is refused when it would capture more than
@@ -69,7 +69,6 @@ def check_scoped_edit(model: nn.Module, delta: LowRankDelta, canary_keys: torch.
     if canary_keys is None or canary_prompts is None:
         return Verdict({})
     # The scope's own rule: a canary is inside when it would select this edit were it the only one stored.
-    empty = empty or Codebook.empty(canary_keys.shape[1])
     selected = empty.added("new", delta).nearest(canary_keys, radius, [canary_prompts[i] for i in canary_of])
     inside = sorted({canary_of[j] for j, row in enumerate(selected) if row is not None})
     total = len(canary_prompts)
