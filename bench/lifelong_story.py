@@ -5,6 +5,17 @@ back, and re-check every edit so far at 10, 100, 300, 1000 ... over HTTP (POST /
     python -m bench.lifelong_story --data zsre:../shared/data/zsre/dev.json -k 1000 \
         --library weights/results/zsre_seq1000_mend-scoped.json
 
+Beyond the dev split (zsRE dev has 1,155 subjects), `--fill` tops the story up from another file: its records
+whose subject the story has not edited yet, one per subject, then its other questions about those subjects (never
+a subject of `--data`, whose records are the ones checked). `--recheck N` rescores only the first N edits at each
+point, so a 10,000-edit story checks the held-out records under all the edits made after them:
+
+    python -m bench.lifelong_story --data zsre:../shared/data/zsre/dev.json --fill zsre:../shared/data/zsre/train.json \
+        -k 10000 --recheck 1000 --says 40
+
+Each point also gives the server's memory (resident set of `mend serve` and its embedded Redis) and the edit
+time (p50 of the last 50 edits); the result is written after every point, so a story cut short keeps its curve.
+
 What a user sees comes first: at every curve point the first `--says N` edits (the oldest, most exposed to the
 edits after them) are checked by greedy /generate as bench/says.py checks them (`says_*`: the reply starts with
 the new answer, to the prompt, its rephrases and in chat; unrelated replies unchanged; repetition and entropy of
@@ -23,8 +34,9 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+import psutil
 import typer
 
 from editor_core.data import EditRecord, EditRequest, load_records
@@ -42,7 +54,7 @@ from .common import command_line, make_profile, save, serving, setup_logging
 from .says import before, check
 
 log = logging.getLogger("bench.lifelong_story")
-CURVE = (10, 25, 50, 100, 300, 1000, 3000, 10000)
+CURVE = (10, 25, 50, 100, 300, 1000, 3000, 5000, 10000)
 PAGE = 64  # the most items one /score takes
 
 
@@ -68,12 +80,49 @@ def greedy(mend: MendClient, prompts: list[str], tokens: int = 4) -> list[str]:
 
 def generated(mend: MendClient, recs: list[EditRecord], refs: list[dict]) -> dict[str, float]:
     """bench/says.py's checks of these edited records, averaged, each key prefixed `says_`."""
-    return {f"says_{k}": v for k, v in mean_metrics([check(mend, r, ref) for r, ref in zip(recs, refs)]).items()}
+    rows = [check(mend, r, ref)[0] for r, ref in zip(recs, refs)]  # (verdicts, sample): the verdicts
+    return {f"says_{k}": v for k, v in mean_metrics(rows).items()}
 
 
-def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[str], says_n: int = 20) -> dict:
+def fill(records: list[EditRecord], more: list[EditRecord], k: int) -> list[EditRecord]:
+    """`records`, then `more`'s records of subjects not in `records` until there are k: one per subject first, then
+    other questions (distinct prompts) about the subjects so filled."""
+    held = {r.subject for r in records}
+    pool = [r for r in more if r.subject not in held]
+    seen, first, rest = set(), [], []
+    for r in pool:
+        (rest if r.subject in seen else first).append(r)
+        seen.add(r.subject)
+    asked = {r.edit.prompt for r in records}
+    out = list(records)
+    for r in first + rest:
+        if len(out) >= k:
+            break
+        if r.edit.prompt not in asked:
+            asked.add(r.edit.prompt)
+            out.append(r)
+    return out
+
+
+def resident_mb(pid: int) -> float:
+    """Resident memory of a process and all its children (the server and its embedded Redis), in MiB."""
+    proc = psutil.Process(pid)
+    procs = [proc, *proc.children(recursive=True)]
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[str], says_n: int = 20,
+              recheck_n: int | None = None, pid: int | None = None,
+              progress: Callable[[dict], None] = lambda partial: None) -> dict:
+    checked = records if recheck_n is None else records[:recheck_n]
     with MendClient(url, timeout=600.0) as mend:
-        refs = loc_reference(http_scorer(mend), records)  # the unedited model's answers
+        refs = loc_reference(http_scorer(mend), checked)  # the unedited model's answers
         says_refs = [before(mend, r) for r in records[:says_n]]  # ... and replies
         canary_before = greedy(mend, canaries)
         done, refused, points, edit_ms = [], 0, [], []
@@ -89,17 +138,23 @@ def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[s
             done.append(len(done) + refused)
             n = len(done)
             if n in CURVE or n == len(records):
-                idx = done
+                idx = [i for i in done if i < len(checked)]
                 watched = [i for i in done if i < says_n]
                 point = {"edits": n, **generated(mend, [records[i] for i in watched], [says_refs[i] for i in watched]),
                          **recheck(mend, [records[i] for i in idx], [refs[i] for i in idx]),
-                         "edit_ms_p50_last": statistics.median(edit_ms[-min(len(edit_ms), 50):])}
+                         "rechecked": len(idx),
+                         "edit_ms_p50_last": statistics.median(edit_ms[-min(len(edit_ms), 50):]),
+                         "wall_s": time.perf_counter() - t0}
+                if pid is not None:
+                    point["resident_mb"] = resident_mb(pid)
                 points.append(point)
                 log.info("after %d edits: %s", n, {k: round(v, 3) for k, v in point.items()})
+                progress({"curve": points, "refused": refused, "edit_ms": edit_ms, "complete": False})
         metrics = mend.metrics()
         canary_after = greedy(mend, canaries)
     same = sum(a == b for a, b in zip(canary_before, canary_after))
-    return {"curve": points, "refused": refused, "wall_s": time.perf_counter() - t0,
+    return {"curve": points, "refused": refused, "wall_s": time.perf_counter() - t0, "edit_ms": edit_ms,
+            "complete": True,
             "canaries": {"prompts": len(canaries), "greedy_tokens": 4, "unchanged": same,
                          "agreement": same / max(len(canaries), 1)},
             "metrics": [line for line in metrics.splitlines()
@@ -121,6 +176,10 @@ def compare(points: list[dict], library: Path) -> list[dict]:
 
 def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsre:FILE or counterfact:FILE"),
          k: int = typer.Option(1000, "-k", help="edits in the story"),
+         fill_from: Optional[str] = typer.Option(None, "--fill", help="top the story up to k from this file's "
+                                                 "other subjects (e.g. zsre:../shared/data/zsre/train.json)"),
+         recheck: Optional[int] = typer.Option(None, help="rescore only the first N edits at each point "
+                                                          "(default: every edit so far)"),
          library: Optional[Path] = typer.Option(None, help="`mend eval --sequential K --json` output to compare with"),
          force: bool = typer.Option(False, help="send force: true (the guard still measures and records)"),
          method: str = typer.Option("scoped", help="MEND_METHOD of the server: scoped or inplace"),
@@ -133,16 +192,20 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     p = make_profile(smoke, model, editor, threads, out)
     # The same records, in the same order, as `mend eval --sequential K` (one per subject).
     records = load_records(data, k, one_per_subject=True)
+    if fill_from and len(records) < k:
+        records = fill(records, load_records(fill_from), k)
     work = p.out / "lifelong" / f"{data.split(':')[0]}-{method}"
     shutil.rmtree(work, ignore_errors=True)
     # MEND_MAX_NEW_TOKENS bounds a scored target too: some zsRE locality answers are 140 tokens long.
     with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256") as s:
         prompts = json.loads(DEFAULT_CANARIES.read_text())[:canaries]
-        result = run_story(s.url, records, force, [c if isinstance(c, str) else c["prompt"] for c in prompts], says)
+        name = f"lifelong_{data.split(':')[0]}_{method}_{k}"
+        head = {"data": data, "fill": fill_from, "k": len(records), "method": method}
+        result = run_story(s.url, records, force, [c if isinstance(c, str) else c["prompt"] for c in prompts], says,
+                           recheck, s.proc.pid, lambda partial: save(p, name, {**head, **partial}, command_line()))
     if library:
         result["vs_library"] = compare(result["curve"], library)
-    name = f"lifelong_{data.split(':')[0]}_{method}_{k}"
-    save(p, name, {"data": data, "k": k, "method": method, **result}, command_line())
+    save(p, name, {**head, **result}, command_line())
 
 
 if __name__ == "__main__":
