@@ -5,9 +5,13 @@ keys requests differently, so its log is another log (the scope's fingerprint is
 old edits would silently stop applying. This copies every event of the old log, in order, into the new scope's
 log: edits keep their id, body and low-rank factors and get their prompts' keys under the new scope; rollbacks
 are copied as they are. The old log is left untouched. Run it with the servers of that log stopped.
+
+An edit logged before edits carried the prompts they are keyed by (meta["prompts"]) gets them from its request
+body, so the word check (`editor_core.scope.WordCheck`) selects it as it selects a new edit.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from editor_core import LowRankDelta
@@ -48,7 +52,8 @@ def rekey_log(settings: Settings, old_scope: Path) -> tuple[str, str, int]:
                 if old_delta.key is None or len(old_delta.key) != len(prompts):
                     raise ValueError(f"event {event.id}: its key rows are not one per request, cannot re-key it")
                 keys = new.prompt_keys(model, tok, prompts)
-                delta = LowRankDelta(old_delta.factors, old_delta.meta, keys).to_bytes()
+                meta = {"prompts": json.dumps(prompts), **old_delta.meta}  # a logged list wins
+                delta = LowRankDelta(old_delta.factors, meta, keys).to_bytes()
             body = {**event.body, "rekeyed_from": {"log": src.key, "event": event.id}}
             last = dst.append(Event(event.type, model_fp, new_fp, new_log_fp, body, delta), after=last)
         src.close()
