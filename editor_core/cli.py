@@ -125,8 +125,9 @@ def fit_scope(
                                               "relation scatter wants more than the key's fit"),
     words_n: int = typer.Option(4000, help="records per file whose edit prompts tell the common words from the rare "
                                            "ones for the word check (`mend fit-words`; 0: no word check)"),
-    word_radius: float = typer.Option(0.4, help="cosine from which a prompt naming all of an edit's rare words may "
-                                                "select it (measured on SmolLM2: weights/experiments/word_check.py)"),
+    word_radius: float | None = typer.Option(None, help="cosine from which a prompt naming all of an edit's rare "
+                                                       "words may select it (default: fitted, `mend fit-words`)"),
+    word_cal_n: int = typer.Option(300, help="records per file after the words' ones that fit the word radius"),
 ) -> None:
     """Fit the scoped-edit keys (editor_core.scope) for this model: centre, whitening, key block, radius, bank,
     relation check and word check."""
@@ -135,7 +136,7 @@ def fit_scope(
     _fit_and_save_scope(model, editor, data, n, ScopeConfig(window=window, scale=scale, max_scale=max_scale,
                                                            tune_steps=tune_steps, end_words=end_words),
                         loc_weight, key_block, radius, whiten, bank, relation_n if relation else 0, words_n,
-                        word_radius)
+                        word_radius, word_cal_n)
 
 
 @app.command("fit-bank")
@@ -188,31 +189,58 @@ def fit_relation(
 @app.command("fit-words")
 def fit_words(
     editor: Path = typer.Option(Path("weights/smollm2"), help="editor folder with its fitted scope"),
+    model: str = "smollm2",
     data: list[str] = typer.Option(list(TRAIN_FILES), help="training records whose edit prompts tell common words "
                                                            "from rare ones (never a dev split)"),
     n: int = typer.Option(4000, help="records per file (one per subject)"),
     max_share: float = typer.Option(0.002, help="a word in more than this share of those prompts is common"),
-    radius: float = typer.Option(0.4, help="cosine from which a prompt naming all of an edit's rare words may "
-                                           "select it (weights/experiments/word_check.py)"),
+    radius: float | None = typer.Option(None, help="cosine from which a prompt naming all of an edit's rare words "
+                                                  "may select it (default: fitted on the records after the n)"),
+    cal_n: int = typer.Option(300, help="records per file after the n that fit the radius, stored together"),
+    max_gain: float = typer.Option(0.01, help="largest rise in locality prompts and other questions about a "
+                                              "subject selecting some edit the check may cost, per data set"),
 ) -> None:
     """Give a fitted scope a word check (`WordCheck`): a prompt that names every rare word of an edit's question
     may select the edit from a looser radius. Keys, centre, radius, bank and relation check stay as they are, and
     so does the scope's fingerprint: the check reads the prompts logged with each edit."""
+    from .model import load_base_model
     from .scope import Scope
 
     scope = Scope.load(editor, [])
-    _fit_words_into(scope, data, n, max_share, radius)
+    m, tok = (None, None) if radius is not None else load_base_model(model)
+    _fit_words_into(scope, m, tok, data, n, max_share, radius, cal_n, max_gain)
     scope.save(editor)
 
 
-def _fit_words_into(scope, data: list[str], n: int, max_share: float = 0.002, radius: float = 0.4) -> None:
+def _fit_words_into(scope, m, tok, data: list[str], n: int, max_share: float = 0.002, radius: float | None = None,
+                    cal_n: int = 300, max_gain: float = 0.01) -> None:
+    """The common words from the first n records of each file; the radius given, or fitted (`fit_word_radius`) on
+    the next cal_n (the first cal_n where a file has no more: then in-sample)."""
     from .data import load_records
+    from .scope import fit_word_radius
     from .scope import fit_words as common_words
 
-    prompts = [r.edit.prompt for spec in data for r in load_records(spec, n, one_per_subject=True)]
-    scope.with_words(common_words(prompts, max_share), radius)
-    typer.echo(f"word check: {len(scope.common)} common words (in more than {max_share} of {len(set(prompts))} "
-               f"edit prompts), radius {radius}")
+    loaded = [load_records(spec, n + cal_n, one_per_subject=True) for spec in data]
+    prompts = [r.edit.prompt for recs in loaded for r in recs[:n]]
+    common = common_words(prompts, max_share)
+    typer.echo(f"word check: {len(common)} common words (in more than {max_share} of {len(set(prompts))} "
+               f"edit prompts)")
+    if radius is None:
+        cal = [r for recs in loaded for r in (recs[n:] or recs[:cal_n]) if r.rephrases]
+        radius, report = fit_word_radius(scope, m, tok, cal, common, max_gain)
+        sets = sorted(report["questions"])
+        typer.echo(f"\nword radius, fitted on {report['questions']} (each set's edits stored together)")
+        typer.echo("| word radius | " + " | ".join(f"{k} {name}" for k in sets for name in report["questions"][k])
+                   + " |")
+        typer.echo("|---" * (1 + sum(len(report["questions"][k]) for k in sets)) + "|")
+        for r, row in report["rows"].items():
+            typer.echo(f"| {'none' if r is None else f'{r:.2f}'} | "
+                       + " | ".join(f"{row[k][name]:.3f}" for k in sets for name in report["questions"][k]) + " |")
+        if radius is None:
+            typer.echo(f"no radius keeps captures within {max_gain}: no word check")
+    scope.with_words(common if radius is not None else None, radius)
+    if radius is not None:
+        typer.echo(f"word radius {radius}")
 
 
 def _shuffled_records(data: list[str], n: int) -> list:
@@ -253,7 +281,7 @@ def _fit_relation_into(scope, m, tok, recs: list, k: int = 64, ridge: float = 0.
 def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, loc_weight: float = 3.0,
                         blocks: list[int] | None = None, radius: float | None = None, whiten: bool = True,
                         bank: bool = True, relation_n: int = 3000, words_n: int = 4000,
-                        word_radius: float = 0.4) -> None:
+                        word_radius: float | None = None, word_cal_n: int = 300) -> None:
     from .mend import MENDEditor
     from .model import load_base_model
     from .scope import fit_scope
@@ -267,7 +295,7 @@ def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, 
     if relation_n:
         _fit_relation_into(scope, m, tok, _shuffled_records(data, relation_n))
     if words_n:
-        _fit_words_into(scope, data, words_n, radius=word_radius)
+        _fit_words_into(scope, m, tok, data, words_n, radius=word_radius, cal_n=word_cal_n)
     scope.save(editor)
     typer.echo("| key block | whitening ridge | radius | rephrase hits | loc hits | objective |")
     typer.echo("|---|---|---|---|---|---|")

@@ -1292,3 +1292,54 @@ def fit_relation(scope: Scope, model: PreTrainedModel, tok: PreTrainedTokenizerB
     report.update({"radius": radius, "rows": rows, "kinds": kinds,
                    "fit": (len(within), len(between)), "calibration": (len(own), len(same))})
     return relation, radius, report
+
+
+WORD_RADII = tuple(x / 20 for x in range(2, 14))  # tried by fit_word_radius, lowest first: 0.10 .. 0.65
+
+
+def fit_word_radius(scope: Scope, model: PreTrainedModel, tok: PreTrainedTokenizerBase, records: list,
+                    common: frozenset[str], max_gain: float = 0.01) -> tuple[float | None, dict]:
+    """The radius of `WordCheck` for these common words, from training records (never those `common` was fitted
+    on). Each data set's edits are stored together, as a running log holds them (each with its bank radius, the
+    relation check as the scope has it), and each question is keyed as a request is (`request_keys`): the lowest
+    radius in WORD_RADII at which, in every data set, the prompts no edit may select (locality prompts: zsRE's NQ
+    questions, CounterFact's neighbours; other questions about an edited subject) select one for at most
+    `max_gain` more of them than with no word check. Returns (radius, report); radius None when even the highest
+    radius breaks the bound.
+
+    Stored together, not each alone: an edit whose subject's rare words another subject's name contains ("new",
+    "york") captures that subject's questions only among many edits. The report's rows give, per radius (None:
+    no check) and data set, the shares of `own` (rephrases selecting their own edit), `captured` (locality prompts
+    selecting some edit) and `same` (other questions about a subject selecting some edit)."""
+    rows: dict = {None: {}, **{r: {} for r in WORD_RADII}}
+    sizes: dict = {}
+    for kind in sorted({r.kind for r in records}):
+        recs = [r for r in records if r.kind == kind]
+        edits = scope.prompt_keys(model, tok, [r.edit.prompt for r in recs])
+        own_radii = scope.radii(edits) or [scope.cfg.radius] * len(recs)
+        deltas = [LowRankDelta({}, {"prompts": json.dumps([r.edit.prompt]), "radii": json.dumps([own_radii[i]])},
+                               edits[i:i + 1]) for i, r in enumerate(recs)]
+        groups = {"own": [(i, p) for i, r in enumerate(recs) for p in r.rephrases[:2]],
+                  "captured": [(-1, q.prompt) for r in recs for q in r.loc[:10]],
+                  "same": [(-1, p) for r in recs for p in r.extra.get("other_questions", [])]}
+        keyed = {}
+        for name, items in groups.items():
+            if items:
+                keys, of = scope.candidate_keys(model, tok, [p for _, p in items])
+                best = _best_candidates((keys @ edits.T).max(1).values, of, len(items))
+                keyed[name] = (items, keys[best])
+        sizes[kind] = {name: len(items) for name, (items, _) in keyed.items()}
+        for radius in rows:
+            book = Codebook.empty(edits.shape[1], scope.relation_check(),
+                                  None if radius is None else WordCheck(common, radius))
+            for i, d in enumerate(deltas):
+                book = book.added(str(i), d)
+            row = rows[radius][kind] = {}
+            for name, (items, keys) in keyed.items():
+                chosen = book.nearest(keys, scope.cfg.radius, [p for _, p in items])
+                hit = [c is not None and (i < 0 or c == i) for c, (i, _) in zip(chosen, items)]
+                row[name] = sum(hit) / len(hit)
+    base = rows[None]
+    fits = [r for r in WORD_RADII if all(rows[r][k][name] <= base[k][name] + max_gain
+                                          for k in base for name in ("captured", "same") if name in base[k])]
+    return (fits[0] if fits else None), {"rows": rows, "max_gain": max_gain, "questions": sizes}

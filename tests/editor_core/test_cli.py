@@ -110,6 +110,14 @@ def test_fit_scope_then_eval_with_scoped_edits(llama_dir, editor_dir, data_files
     worded = Scope.load(ed, [])
     assert worded.cfg.word_radius == 0.3 and worded.common != fitted.common
     assert worded.fingerprint() == fitted.fingerprint() and worded.relation is not None
+    # Without --radius, fitted: the table of every radius tried, and the lowest that keeps captures in bound.
+    res = CliRunner().invoke(editor_core.cli.app, ["fit-words", "--editor", str(ed), "--model", str(llama_dir),
+                                                   "--data", f"zsre:{data_files['zsre']}", "--data",
+                                                   f"counterfact:{data_files['counterfact']}", "--n", "3",
+                                                   "--max-share", "0.5", "--max-gain", "1"])
+    assert res.exit_code == 0, res.output
+    assert "| word radius |" in res.stdout and "| none |" in res.stdout and "word radius 0.1\n" in res.stdout
+    assert Scope.load(ed, []).cfg.word_radius == 0.1  # any capture allowed: the lowest radius tried
     out = tmp_path / "scoped.json"
     res = _eval(editor_core.cli.app, llama_dir, ed, data_files, "--method", "mend-scoped", "--sequential", "2",
                 "--generate", "2", "--json", str(out))

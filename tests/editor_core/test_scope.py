@@ -598,3 +598,31 @@ def test_fit_relation_separates_other_questions_about_a_subject_from_its_rephras
     assert rows[radius]["same"] < rows[None]["same"]  # and fewer other questions select it
     assert fit_relation(scope, llama, tokenizer, [EditRecord(r.edit, r.rephrases, []) for r in records]) == \
         (None, None, {"k": 64, "ridge": 0.3})
+
+
+def test_fit_word_radius_takes_the_lowest_radius_whose_captures_stay_in_bound(llama, tokenizer):
+    """Rephrases name their subject and loc prompts name another stored edit's subject: the word check lets both
+    in as its radius falls. The fit takes the lowest radius whose captures stay within `max_gain` of no check."""
+    from editor_core.data import EditRecord
+    from editor_core.scope import WORD_RADII, fit_word_radius
+
+    editor = MENDEditor.for_model(llama, rank=8, init_alpha=1.0).eval()
+    scope = Scope.fit(llama, tokenizer, editor.layers, PROMPTS, ScopeConfig(key_block=0, radius=0.999))
+    subjects = ["Paris", "Rome", "Oslo", "Cairo", "Lima", "Kyoto", "Perth", "Quito", "Accra", "Hanoi", "Dakar",
+                "Minsk"]
+    records = [EditRecord(EditRequest(f"{s} is a city in the country of", " X"),
+                          [f"Which country has the city of {s}?", f"Tell me the nation where {s} lies"],
+                          [EditRequest(f"The mayor of {subjects[(i + 1) % len(subjects)]} is called", " Y")], s)
+               for i, s in enumerate(subjects)]
+    common = fit_words([r.edit.prompt for r in records] + [r.loc[0].prompt for r in records], 0.4)
+    assert common >= {"is", "a", "city", "in", "the", "country", "of"} and "paris" not in common
+
+    radius, report = fit_word_radius(scope, llama, tokenizer, records, common, max_gain=1.0)
+    rows = {r: row["zsre"] for r, row in report["rows"].items()}
+    assert radius == WORD_RADII[0] and report["questions"]["zsre"] == {"own": 24, "captured": 12}
+    assert rows[None]["own"] == 0.0 and rows[radius]["own"] > 0.3  # the key alone selects no rephrase here
+    assert all(rows[r]["own"] >= rows[s]["own"] for r, s in zip(WORD_RADII, WORD_RADII[1:]))  # lower: more in
+    strict, _ = fit_word_radius(scope, llama, tokenizer, records, common, max_gain=0.0)
+    assert strict is None or rows[strict]["captured"] <= rows[None]["captured"]
+    assert all(rows[r]["captured"] > rows[None]["captured"] for r in WORD_RADII if strict is None or r < strict)
+    assert rows[WORD_RADII[0]]["captured"] > rows[None]["captured"]  # the bound had something to keep out
