@@ -33,6 +33,7 @@ import logging
 import shutil
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -117,46 +118,81 @@ def resident_mb(pid: int) -> float:
     return total / 2**20
 
 
-def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[str], says_n: int = 20,
-              recheck_n: int | None = None, pid: int | None = None,
-              progress: Callable[[dict], None] = lambda partial: None) -> dict:
-    checked = records if recheck_n is None else records[:recheck_n]
+@dataclass
+class Before:
+    """The unedited model, read before the first edit: scores of the rechecked records, replies of the watched
+    ones, and the canaries' answers."""
+    refs: list[list[TargetScore]]
+    says: list[dict]
+    canaries: list[str]
+
+
+def read_before(url: str, checked: list[EditRecord], watched: list[EditRecord], canaries: list[str]) -> Before:
     with MendClient(url, timeout=600.0) as mend:
-        refs = loc_reference(http_scorer(mend), checked)  # the unedited model's answers
-        says_refs = [before(mend, r) for r in records[:says_n]]  # ... and replies
-        canary_before = greedy(mend, canaries)
-        done, refused, points, edit_ms = [], 0, [], []
-        t0 = time.perf_counter()
-        for rec in records:
+        return Before(loc_reference(http_scorer(mend), checked), [before(mend, r) for r in watched],
+                      greedy(mend, canaries))
+
+
+def logged(url: str, records: list[EditRecord]) -> list[int]:
+    """Which of `records` the server's log holds as active edits, oldest first (a resumed story's edits so far)."""
+    index = {r.edit.prompt: i for i, r in enumerate(records)}
+    out: list[int] = []
+    with MendClient(url, timeout=600.0) as mend:
+        while True:
+            page = mend.list_edits(status="active", offset=len(out), limit=500)
+            out += [index[e.requests[0].prompt] for e in page.data]
+            if len(out) >= page.count or not page.data:
+                return out
+
+
+def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[str], ref: Before, says_n: int = 20,
+              recheck_n: int | None = None, pid: int | None = None,
+              progress: Callable[[dict], None] = lambda partial: None, prior: dict | None = None) -> dict:
+    """Edit `records` in order and check at every curve point. `prior`: a story cut short (its saved partial
+    result, with `done`, the indices of the records its log holds): it goes on after the last of them."""
+    checked = records if recheck_n is None else records[:recheck_n]
+    prior = prior or {}
+    done = list(prior.get("done", []))
+    refused = (done[-1] + 1 - len(done)) if done else 0
+    points, edit_ms = list(prior.get("curve", [])), list(prior.get("edit_ms", []))
+    t0 = time.perf_counter() - (points[-1]["wall_s"] if points else 0.0)
+    with MendClient(url, timeout=600.0) as mend:
+        def checkpoint() -> None:
+            idx = [j for j in done if j < len(checked)]
+            watched = [j for j in done if j < says_n]
+            point = {"edits": len(done),
+                     **generated(mend, [records[j] for j in watched], [ref.says[j] for j in watched]),
+                     **recheck(mend, [records[j] for j in idx], [ref.refs[j] for j in idx]),
+                     "rechecked": len(idx), "wall_s": time.perf_counter() - t0}
+            if edit_ms:
+                point["edit_ms_p50_last"] = statistics.median(edit_ms[-min(len(edit_ms), 50):])
+            if pid is not None:
+                point["resident_mb"] = resident_mb(pid)
+            points.append(point)
+            log.info("after %d edits: %s", len(done), {k: round(v, 3) for k, v in point.items()})
+            progress({"curve": points, "refused": refused, "edit_ms": edit_ms, "done": done, "complete": False})
+
+        for i in range(done[-1] + 1 if done else 0, len(records)):
+            rec = records[i]
             try:
                 out = mend.edit(rec.edit.prompt, rec.edit.target, force=force, author="lifelong-story")
             except Rejected as e:
                 refused += 1
-                log.warning("guard refused edit %d: %s", len(done) + refused, e.detail)
+                log.warning("guard refused edit %d: %s", i, e.detail)
                 continue
             edit_ms.append(out.elapsed_ms)
-            done.append(len(done) + refused)
-            n = len(done)
-            if n in CURVE or n == len(records):
-                idx = [i for i in done if i < len(checked)]
-                watched = [i for i in done if i < says_n]
-                point = {"edits": n, **generated(mend, [records[i] for i in watched], [says_refs[i] for i in watched]),
-                         **recheck(mend, [records[i] for i in idx], [refs[i] for i in idx]),
-                         "rechecked": len(idx),
-                         "edit_ms_p50_last": statistics.median(edit_ms[-min(len(edit_ms), 50):]),
-                         "wall_s": time.perf_counter() - t0}
-                if pid is not None:
-                    point["resident_mb"] = resident_mb(pid)
-                points.append(point)
-                log.info("after %d edits: %s", n, {k: round(v, 3) for k, v in point.items()})
-                progress({"curve": points, "refused": refused, "edit_ms": edit_ms, "complete": False})
+            done.append(i)
+            if len(done) in CURVE:
+                checkpoint()
+        if not points or points[-1]["edits"] != len(done):  # the end, wherever it falls
+            checkpoint()
         metrics = mend.metrics()
         canary_after = greedy(mend, canaries)
-    same = sum(a == b for a, b in zip(canary_before, canary_after))
+    same = sum(a == b for a, b in zip(ref.canaries, canary_after))
     return {"curve": points, "refused": refused, "wall_s": time.perf_counter() - t0, "edit_ms": edit_ms,
-            "complete": True,
-            "canaries": {"prompts": len(canaries), "greedy_tokens": 4, "unchanged": same,
-                         "agreement": same / max(len(canaries), 1)},
+            "done": done, "complete": True,
+            "canaries": {"prompts": len(ref.canaries), "greedy_tokens": 4, "unchanged": same,
+                         "agreement": same / max(len(ref.canaries), 1)},
             "metrics": [line for line in metrics.splitlines()
                         if line.startswith(("mend_weight_drift", "mend_canary_agreement", "mend_active_edits"))]}
 
@@ -186,6 +222,9 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          canaries: int = typer.Option(500, help="greedy 4-token answers of this many of the service's default "
                                                 "canaries (never edited, never evaluated) before and after"),
          says: int = typer.Option(20, help="the first N edits are checked by generation at every curve point"),
+         resume: bool = typer.Option(False, help="go on with the story this command left cut short (its log and "
+                                                 "partial result under --out); the unedited model's answers are "
+                                                 "read again from a server with an empty log"),
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
          threads: Optional[int] = None, out: Optional[Path] = None) -> None:
     setup_logging()
@@ -195,14 +234,30 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     if fill_from and len(records) < k:
         records = fill(records, load_records(fill_from), k)
     work = p.out / "lifelong" / f"{data.split(':')[0]}-{method}"
-    shutil.rmtree(work, ignore_errors=True)
+    name = f"lifelong_{data.split(':')[0]}_{method}_{k}"
+    head = {"data": data, "fill": fill_from, "k": len(records), "method": method}
+    prompts = [c if isinstance(c, str) else c["prompt"] for c in json.loads(DEFAULT_CANARIES.read_text())[:canaries]]
+    checked, watched = records[:recheck] if recheck else records, records[:says]
     # MEND_MAX_NEW_TOKENS bounds a scored target too: some zsRE locality answers are 140 tokens long.
-    with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256") as s:
-        prompts = json.loads(DEFAULT_CANARIES.read_text())[:canaries]
-        name = f"lifelong_{data.split(':')[0]}_{method}_{k}"
-        head = {"data": data, "fill": fill_from, "k": len(records), "method": method}
-        result = run_story(s.url, records, force, [c if isinstance(c, str) else c["prompt"] for c in prompts], says,
-                           recheck, s.proc.pid, lambda partial: save(p, name, {**head, **partial}, command_line()))
+    settings = {"MEND_METHOD": method, "MEND_MAX_NEW_TOKENS": "256"}
+    prior, ref = None, None
+    if resume:
+        saved = json.loads((p.out / f"{name}.json").read_text())["results"]
+        if saved.get("complete") or {k: saved.get(k) for k in head} != head:
+            raise typer.BadParameter(f"{p.out / name}.json is not this story cut short: nothing to resume")
+        shutil.rmtree(work / "base", ignore_errors=True)
+        with serving(p, work / "base" / "data", work / "base.log", **settings) as s:  # an empty log: unedited
+            ref = read_before(s.url, checked, watched, prompts)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    with serving(p, work / "data", work / "server.log", **settings) as s:
+        if resume:
+            prior = {**saved, "done": logged(s.url, records)}
+            log.info("resuming after %d edits (replayed in %s s)", len(prior["done"]), s.replay_seconds())
+        else:
+            ref = read_before(s.url, checked, watched, prompts)
+        result = run_story(s.url, records, force, prompts, ref, says, recheck, s.proc.pid,
+                           lambda partial: save(p, name, {**head, **partial}, command_line()), prior)
     if library:
         result["vs_library"] = compare(result["curve"], library)
     save(p, name, {**head, **result}, command_line())
