@@ -127,7 +127,8 @@ def fit_scope(
                                            "ones for the word check (`mend fit-words`; 0: no word check)"),
     word_radius: float | None = typer.Option(None, help="cosine from which a prompt naming all of an edit's rare "
                                                        "words may select it (default: fitted, `mend fit-words`)"),
-    word_cal_n: int = typer.Option(300, help="records per file after the words' ones that fit the word radius"),
+    word_cal_n: int = typer.Option(1000, help="records per file after the words' ones that fit the word radius, "
+                                               "stored together (as many edits as a long-lived log holds)"),
 ) -> None:
     """Fit the scoped-edit keys (editor_core.scope) for this model: centre, whitening, key block, radius, bank,
     relation check and word check."""
@@ -196,7 +197,8 @@ def fit_words(
     max_share: float = typer.Option(0.002, help="a word in more than this share of those prompts is common"),
     radius: float | None = typer.Option(None, help="cosine from which a prompt naming all of an edit's rare words "
                                                   "may select it (default: fitted on the records after the n)"),
-    cal_n: int = typer.Option(300, help="records per file after the n that fit the radius, stored together"),
+    cal_n: int = typer.Option(1000, help="records per file after the n that fit the radius, stored together (as "
+                                         "many edits as a long-lived log holds)"),
     max_gain: float = typer.Option(0.01, help="largest rise in locality prompts and other questions about a "
                                               "subject selecting some edit the check may cost, per data set"),
 ) -> None:
@@ -213,7 +215,7 @@ def fit_words(
 
 
 def _fit_words_into(scope, m, tok, data: list[str], n: int, max_share: float = 0.002, radius: float | None = None,
-                    cal_n: int = 300, max_gain: float = 0.01) -> None:
+                    cal_n: int = 1000, max_gain: float = 0.01) -> None:
     """The common words from the first n records of each file; the radius given, or fitted (`fit_word_radius`) on
     the next cal_n (the first cal_n where a file has no more: then in-sample)."""
     from .data import load_records
@@ -281,7 +283,7 @@ def _fit_relation_into(scope, m, tok, recs: list, k: int = 64, ridge: float = 0.
 def _fit_and_save_scope(model: str, editor: Path, data: list[str], n: int, cfg, loc_weight: float = 3.0,
                         blocks: list[int] | None = None, radius: float | None = None, whiten: bool = True,
                         bank: bool = True, relation_n: int = 3000, words_n: int = 4000,
-                        word_radius: float | None = None, word_cal_n: int = 300) -> None:
+                        word_radius: float | None = None, word_cal_n: int = 1000) -> None:
     from .mend import MENDEditor
     from .model import load_base_model
     from .scope import fit_scope

@@ -1310,7 +1310,13 @@ def fit_word_radius(scope: Scope, model: PreTrainedModel, tok: PreTrainedTokeniz
     Stored together, not each alone: an edit whose subject's rare words another subject's name contains ("new",
     "york") captures that subject's questions only among many edits. The report's rows give, per radius (None:
     no check) and data set, the shares of `own` (rephrases selecting their own edit), `captured` (locality prompts
-    selecting some edit) and `same` (other questions about a subject selecting some edit)."""
+    selecting some edit) and `same` (other questions about a subject selecting some edit).
+
+    SmolLM2 (`mend fit-words` on a copy of weights/smollm2: train records 4,001 to 5,000 of each set, 1,000 edits
+    stored per set): 0.5. CounterFact paraphrases 0.840 with no check, 0.948 at 0.4, 0.924 at 0.5, 0.969 at 0.1;
+    other questions about a subject 0.196, 0.207, 0.204, 0.208; neighbours 0.033 -> 0.034 to 0.036 at any radius.
+    With 300 stored per set the same bound gives 0.1: the costs it bounds are about 0.01 at every radius, so the
+    fit mostly sets the scale of a model's cosines. The shipped 0.4 is the radius measured through the service."""
     rows: dict = {None: {}, **{r: {} for r in WORD_RADII}}
     sizes: dict = {}
     for kind in sorted({r.kind for r in records}):
