@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .deps import refuse_open_network, require_key
 from .errors import install_handlers
+from .heap import fix_mmap_threshold
 from .metrics import Metrics
 from .routes import console, edits, export, generate, health, openai
 from .runtime import Runtime
@@ -29,6 +30,8 @@ append-only Redis edit log, so every edit can be rolled back and every replica c
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    if fix_mmap_threshold(settings.mmap_threshold):
+        log.info("malloc's mmap threshold fixed at %d bytes", settings.mmap_threshold)
     try:
         runtime = await run_in_threadpool(Runtime.start, settings)
     except Exception:

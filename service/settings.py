@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     # edits (see weights/README.md). The compressed delta is the one checked, logged and applied.
     delta_rel_tol: float = Field(0.03, ge=0, lt=1, description="singular values kept: >= rel_tol * the largest")
     delta_dtype: str = Field("float16", pattern="^(float32|float16|bfloat16)$", description="stored factor dtype")
+    # glibc's malloc otherwise raises its mmap threshold as large blocks are freed, and the heap then grows by
+    # about 5 MiB per edit on SmolLM2 (service/heap.py).
+    mmap_threshold: int = Field(128 * 1024, ge=0, le=32 * 1024 * 1024,
+                                description="bytes from which malloc serves a block by mmap, fixed (glibc; 0: "
+                                            "glibc's default, raised as blocks are freed)")
     canaries: Path = Field(DEFAULT_CANARIES, description="edit guard canaries: JSON list of prompts or "
                                                           "{prompt, answer}; default 600 NQ/CounterFact train prompts")
     guard_canaries: int = Field(100, ge=0, description="how many of them the guard checks (0 = no canary check)")
