@@ -164,7 +164,9 @@ def save(p: Profile, name: str, data: dict, command: str) -> Path:
                                                               for k, v in asdict(p).items()},
            "machine": machine(p.threads), "results": data}
     path = p.out / f"{name}.json"
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    part = path.with_suffix(".json.part")  # replaced whole: a run killed while writing keeps the last result
+    part.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    os.replace(part, path)
     log.info("wrote %s", path)
     return path
 

@@ -7,14 +7,16 @@ back, and re-check every edit so far at 10, 100, 300, 1000 ... over HTTP (POST /
 
 Beyond the dev split (zsRE dev has 1,155 subjects), `--fill` tops the story up from another file: its records
 whose subject the story has not edited yet, one per subject, then its other questions about those subjects (never
-a subject of `--data`, whose records are the ones checked). `--recheck N` rescores only the first N edits at each
-point, so a 10,000-edit story checks the held-out records under all the edits made after them:
+a subject of `--data`). `--recheck N` rescores only the first N edits at each point; with N at most the records of
+`--data`, a 10,000-edit story checks held-out records only, under all the edits made after them:
 
     python -m bench.lifelong_story --data zsre:../shared/data/zsre/dev.json --fill zsre:../shared/data/zsre/train.json \
         -k 10000 --recheck 1000 --says 40
 
 Each point also gives the server's memory (resident set of `mend serve` and its embedded Redis) and the edit
-time (p50 of the last 50 edits); the result is written after every point, so a story cut short keeps its curve.
+time (p50 of the last 50 edits); the result is written after every point, so a story cut short keeps its curve,
+and `--resume` goes on with it: from where its log ends, on a server that replayed the log (`resumed_at` lists
+the edits at each resume; `edit_ms` and `wall_s` leave out edits logged after the last point written).
 
 What a user sees comes first: at every curve point the first `--says N` edits (the oldest, most exposed to the
 edits after them) are checked by greedy /generate as bench/says.py checks them (`says_*`: the reply starts with
@@ -57,6 +59,7 @@ from .says import before, check
 log = logging.getLogger("bench.lifelong_story")
 CURVE = (10, 25, 50, 100, 300, 1000, 3000, 5000, 10000)
 PAGE = 64  # the most items one /score takes
+AUTHOR = "lifelong-story"
 
 
 def http_scorer(mend: MendClient) -> Scorer:
@@ -139,27 +142,33 @@ def logged(url: str, records: list[EditRecord]) -> list[int]:
     out: list[int] = []
     with MendClient(url, timeout=600.0) as mend:
         while True:
-            page = mend.list_edits(status="active", offset=len(out), limit=500)
-            out += [index[e.requests[0].prompt] for e in page.data]
+            page = mend.list_edits(status="active", offset=len(out), limit=500, author=AUTHOR)
+            for e in page.data:
+                if e.requests[0].prompt not in index:
+                    raise ValueError(f"the log holds an edit of {e.requests[0].prompt!r}, not of this story")
+                out.append(index[e.requests[0].prompt])
             if len(out) >= page.count or not page.data:
+                if out != sorted(set(out)):
+                    raise ValueError("the log's edits are not this story's records in order")
                 return out
 
 
-def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[str], ref: Before, says_n: int = 20,
-              recheck_n: int | None = None, pid: int | None = None,
-              progress: Callable[[dict], None] = lambda partial: None, prior: dict | None = None) -> dict:
-    """Edit `records` in order and check at every curve point. `prior`: a story cut short (its saved partial
-    result, with `done`, the indices of the records its log holds): it goes on after the last of them."""
-    checked = records if recheck_n is None else records[:recheck_n]
+def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[str], ref: Before,
+              pid: int | None = None, progress: Callable[[dict], None] = lambda partial: None,
+              prior: dict | None = None) -> dict:
+    """Edit `records` in order and check at every curve point: the first len(ref.refs) records by score, the
+    first len(ref.says) by generation. `prior`: a story cut short (its saved partial result, with `done`, the
+    indices of the records its log holds): it goes on after the last of them."""
     prior = prior or {}
     done = list(prior.get("done", []))
     refused = (done[-1] + 1 - len(done)) if done else 0
     points, edit_ms = list(prior.get("curve", [])), list(prior.get("edit_ms", []))
     t0 = time.perf_counter() - (points[-1]["wall_s"] if points else 0.0)
+    resumed_at = list(prior.get("resumed_at", [])) + ([len(done)] if prior else [])
     with MendClient(url, timeout=600.0) as mend:
         def checkpoint() -> None:
-            idx = [j for j in done if j < len(checked)]
-            watched = [j for j in done if j < says_n]
+            idx = [j for j in done if j < len(ref.refs)]
+            watched = [j for j in done if j < len(ref.says)]
             point = {"edits": len(done),
                      **generated(mend, [records[j] for j in watched], [ref.says[j] for j in watched]),
                      **recheck(mend, [records[j] for j in idx], [ref.refs[j] for j in idx]),
@@ -170,12 +179,15 @@ def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[s
                 point["resident_mb"] = resident_mb(pid)
             points.append(point)
             log.info("after %d edits: %s", len(done), {k: round(v, 3) for k, v in point.items()})
-            progress({"curve": points, "refused": refused, "edit_ms": edit_ms, "done": done, "complete": False})
+            progress({"curve": points, "refused": refused, "edit_ms": edit_ms, "done": done, "complete": False,
+                      "resumed_at": resumed_at})
 
+        if len(done) in CURVE and (not points or points[-1]["edits"] != len(done)):
+            checkpoint()  # cut while checking this point: the log holds its edits, the result not yet the point
         for i in range(done[-1] + 1 if done else 0, len(records)):
             rec = records[i]
             try:
-                out = mend.edit(rec.edit.prompt, rec.edit.target, force=force, author="lifelong-story")
+                out = mend.edit(rec.edit.prompt, rec.edit.target, force=force, author=AUTHOR)
             except Rejected as e:
                 refused += 1
                 log.warning("guard refused edit %d: %s", i, e.detail)
@@ -190,7 +202,7 @@ def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[s
         canary_after = greedy(mend, canaries)
     same = sum(a == b for a, b in zip(ref.canaries, canary_after))
     return {"curve": points, "refused": refused, "wall_s": time.perf_counter() - t0, "edit_ms": edit_ms,
-            "done": done, "complete": True,
+            "done": done, "complete": True, "resumed_at": resumed_at,
             "canaries": {"prompts": len(ref.canaries), "greedy_tokens": 4, "unchanged": same,
                          "agreement": same / max(len(ref.canaries), 1)},
             "metrics": [line for line in metrics.splitlines()
@@ -214,8 +226,8 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          k: int = typer.Option(1000, "-k", help="edits in the story"),
          fill_from: Optional[str] = typer.Option(None, "--fill", help="top the story up to k from this file's "
                                                  "other subjects (e.g. zsre:../shared/data/zsre/train.json)"),
-         recheck: Optional[int] = typer.Option(None, help="rescore only the first N edits at each point "
-                                                          "(default: every edit so far)"),
+         recheck_n: Optional[int] = typer.Option(None, "--recheck", help="rescore only the first N edits at each "
+                                                                        "point (default: every edit so far)"),
          library: Optional[Path] = typer.Option(None, help="`mend eval --sequential K --json` output to compare with"),
          force: bool = typer.Option(False, help="send force: true (the guard still measures and records)"),
          method: str = typer.Option("scoped", help="MEND_METHOD of the server: scoped or inplace"),
@@ -233,30 +245,36 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     records = load_records(data, k, one_per_subject=True)
     if fill_from and len(records) < k:
         records = fill(records, load_records(fill_from), k)
-    work = p.out / "lifelong" / f"{data.split(':')[0]}-{method}"
     name = f"lifelong_{data.split(':')[0]}_{method}_{k}"
-    head = {"data": data, "fill": fill_from, "k": len(records), "method": method}
+    work = p.out / "lifelong" / name  # one story's log: another story never shares or deletes it
+    head = {"data": data, "fill": fill_from, "k": len(records), "method": method, "recheck": recheck_n,
+            "says": says, "canaries": canaries, "force": force}
     prompts = [c if isinstance(c, str) else c["prompt"] for c in json.loads(DEFAULT_CANARIES.read_text())[:canaries]]
-    checked, watched = records[:recheck] if recheck else records, records[:says]
+    checked = records if recheck_n is None else records[:recheck_n]
     # MEND_MAX_NEW_TOKENS bounds a scored target too: some zsRE locality answers are 140 tokens long.
     settings = {"MEND_METHOD": method, "MEND_MAX_NEW_TOKENS": "256"}
     prior, ref = None, None
     if resume:
         saved = json.loads((p.out / f"{name}.json").read_text())["results"]
-        if saved.get("complete") or {k: saved.get(k) for k in head} != head:
-            raise typer.BadParameter(f"{p.out / name}.json is not this story cut short: nothing to resume")
+        differs = {key for key in head if key in saved and saved[key] != head[key]}
+        if saved.get("complete") or differs:
+            raise typer.BadParameter(f"{p.out / name}.json is not this story cut short (differs in "
+                                     f"{sorted(differs)}): nothing to resume")
         shutil.rmtree(work / "base", ignore_errors=True)
         with serving(p, work / "base" / "data", work / "base.log", **settings) as s:  # an empty log: unedited
-            ref = read_before(s.url, checked, watched, prompts)
+            ref = read_before(s.url, checked, records[:says], prompts)
     else:
         shutil.rmtree(work, ignore_errors=True)
     with serving(p, work / "data", work / "server.log", **settings) as s:
         if resume:
-            prior = {**saved, "done": logged(s.url, records)}
-            log.info("resuming after %d edits (replayed in %s s)", len(prior["done"]), s.replay_seconds())
+            done = logged(s.url, records)
+            if done[:len(saved.get("done", []))] != saved.get("done", []):
+                raise ValueError("the story's log does not begin with the edits its result records")
+            prior = {**saved, "done": done}
+            log.info("resuming after %d edits (replayed in %s s)", len(done), s.replay_seconds())
         else:
-            ref = read_before(s.url, checked, watched, prompts)
-        result = run_story(s.url, records, force, prompts, ref, says, recheck, s.proc.pid,
+            ref = read_before(s.url, checked, records[:says], prompts)
+        result = run_story(s.url, records, force, prompts, ref, s.proc.pid,
                            lambda partial: save(p, name, {**head, **partial}, command_line()), prior)
     if library:
         result["vs_library"] = compare(result["curve"], library)

@@ -222,12 +222,14 @@ def _fit_words_into(scope, m, tok, data: list[str], n: int, max_share: float = 0
     from .scope import fit_word_radius
     from .scope import fit_words as common_words
 
-    loaded = [load_records(spec, n + cal_n, one_per_subject=True) for spec in data]
+    loaded = [load_records(spec, n + (cal_n if radius is None else 0), one_per_subject=True) for spec in data]
     prompts = [r.edit.prompt for recs in loaded for r in recs[:n]]
     common = common_words(prompts, max_share)
     typer.echo(f"word check: {len(common)} common words (in more than {max_share} of {len(set(prompts))} "
                f"edit prompts)")
     if radius is None:
+        if any(len(recs) <= n for recs in loaded):
+            typer.echo(f"a file has no records after its first {n}: its radius is fitted on those, in-sample")
         cal = [r for recs in loaded for r in (recs[n:] or recs[:cal_n]) if r.rephrases]
         radius, report = fit_word_radius(scope, m, tok, cal, common, max_gain)
         sets = sorted(report["questions"])

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 import bench.lifelong_story as story
+from bench.common import make_profile, serving
 from bench.lifelong_story import fill
 from editor_core.data import load_records
+from service.client import MendClient
 
 from test_says import RECORDS
 
@@ -23,7 +25,7 @@ class CutShort(Exception):
 
 
 def run(data: Path, more: Path, out: Path, resume: bool) -> None:
-    story.main(data=f"zsre:{data}", k=14, fill_from=f"zsre:{more}", recheck=2, library=None, force=False,
+    story.main(data=f"zsre:{data}", k=14, fill_from=f"zsre:{more}", recheck_n=2, library=None, force=False,
                method="scoped", canaries=3, says=1, resume=resume, smoke=True, model=None, editor=None, threads=1,
                out=out)
 
@@ -40,6 +42,8 @@ def test_fill_tops_up_with_other_subjects_first_then_other_questions(tmp_path: P
 
 
 def test_a_story_cut_short_goes_on_where_its_log_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Cut after its first point; meanwhile its log took records 10 and 12 (a kill lands between a logged edit and
+    the next result written; 11 stands for an edit the guard refused). The resumed story goes on after 12."""
     data, more = tmp_path / "dev.json", tmp_path / "train.json"
     data.write_text(json.dumps(RECORDS))
     more.write_text(json.dumps(FILL))
@@ -57,12 +61,19 @@ def test_a_story_cut_short_goes_on_where_its_log_ends(tmp_path: Path, monkeypatc
     result = tmp_path / "lifelong_zsre_scoped_14.json"
     cut = json.loads(result.read_text())["results"]
     assert not cut["complete"] and [p["edits"] for p in cut["curve"]] == [10] and cut["done"] == list(range(10))
+    records = fill(load_records(f"zsre:{data}"), load_records(f"zsre:{more}"), 14)
+    p = make_profile(True, None, None, 1, tmp_path)
+    work = tmp_path / "lifelong" / "lifelong_zsre_scoped_14"
+    with serving(p, work / "data", tmp_path / "between.log", MEND_METHOD="scoped") as s, MendClient(s.url) as mend:
+        for i in (10, 12):
+            mend.edit(records[i].edit.prompt, records[i].edit.target, author=story.AUTHOR)
     monkeypatch.setattr(story, "save", saved)
     run(data, more, tmp_path, resume=True)
     res = json.loads(result.read_text())["results"]
-    assert res["complete"] and [p["edits"] for p in res["curve"]] == [10, 14] and res["done"] == list(range(14))
-    assert len(res["edit_ms"]) == 14 and res["curve"][1]["wall_s"] > res["curve"][0]["wall_s"]
+    assert res["complete"] and [p["edits"] for p in res["curve"]] == [10, 13] and res["curve"][0] == cut["curve"][0]
+    assert res["done"] == [*range(11), 12, 13] and res["refused"] == 1 and res["resumed_at"] == [12]
+    assert len(res["edit_ms"]) == 11 and res["curve"][1]["wall_s"] > res["curve"][0]["wall_s"]
     assert res["curve"][1]["rechecked"] == 2 and res["curve"][1]["resident_mb"] > 0 and res["k"] == 14
-    assert res["canaries"]["prompts"] == 3 and res["refused"] == 0
+    assert res["canaries"]["prompts"] == 3
     with pytest.raises(Exception, match="nothing to resume"):  # a whole story is not resumed
         run(data, more, tmp_path, resume=True)

@@ -623,6 +623,6 @@ def test_fit_word_radius_takes_the_lowest_radius_whose_captures_stay_in_bound(ll
     assert rows[None]["own"] == 0.0 and rows[radius]["own"] > 0.3  # the key alone selects no rephrase here
     assert all(rows[r]["own"] >= rows[s]["own"] for r, s in zip(WORD_RADII, WORD_RADII[1:]))  # lower: more in
     strict, _ = fit_word_radius(scope, llama, tokenizer, records, common, max_gain=0.0)
-    assert strict is None or rows[strict]["captured"] <= rows[None]["captured"]
-    assert all(rows[r]["captured"] > rows[None]["captured"] for r in WORD_RADII if strict is None or r < strict)
+    assert strict == 0.55 and rows[strict]["captured"] <= rows[None]["captured"]
+    assert all(rows[r]["captured"] > rows[None]["captured"] for r in WORD_RADII if r < strict)
     assert rows[WORD_RADII[0]]["captured"] > rows[None]["captured"]  # the bound had something to keep out
