@@ -6,6 +6,10 @@ neighbours) is `captured` when it selects any edit. This is the scope's share of
 an edit that is not selected cannot be said, and one selected by the wrong prompt changes its reply.
 
     python weights/experiments/sequential_keys.py 1000             # both; `... 1000 counterfact` for one
+    python weights/experiments/sequential_keys.py 1000 zsre --fill 10000   # 9,000 train edits stored after them
+
+`--fill K` stores train records of other subjects after the N dev ones until K edits are stored (as
+bench/lifelong_story.py --fill does); only the dev records are checked.
 
 Printed (2026-12-02, at a867670, the shipped scope with its bank of 2,000 train prompts; first 1,000 dev records):
     zsre 1000 edits, alone: rephrases selecting their own edit 0.958, another edit 0.000; locality prompts selecting an edit 0.000
@@ -29,6 +33,10 @@ edits' prompts):
       'The twin city of New York City is' -> the edit of 'State University of New York is based in' (its radius 0.630)
 i.e. words reach paraphrases with 1,000 edits stored as they do alone (0.848 -> 0.947), for 0.003 more captured
 neighbour prompts: a prompt naming every rare word of another edit's subject ("new", "york").
+With 9,000 train edits stored after the 1,000 zsRE dev ones (`1000 zsre --fill 10000`, 2026-12-07, the commit that added `--fill`; 274 s):
+    zsre 1000 edits (of 10000 stored), alone: rephrases selecting their own edit 0.964, another edit 0.000; locality prompts selecting an edit 0.000
+    zsre 1000 edits (of 10000 stored), all: rephrases selecting their own edit 0.956, another edit 0.013; locality prompts selecting an edit 0.001
+      'nq question: who does the voice of mickey mouse on mickey mouse clubhouse' -> the edit of 'Who is the creator of Mickey Mouse universe?' (its radius 0.630)
 1,000 edits in one codebook leave zsRE's selection as it is alone. CounterFact's neighbour prompts are captured
 by some other edit 4x as often (0.047): near-twin subjects (Honda NSR500V / NS500), the same subject asked another
 relation (Herzl), and short prompts alike but for one name. A captured prompt's reply changes only where the
@@ -41,13 +49,18 @@ import time
 import torch
 
 from editor_core import LowRankDelta, load_base_model, load_records
+from bench.lifelong_story import fill
 from editor_core.scope import Scope
 
 torch.set_num_threads(1)
 model, tok = load_base_model()
 scope = Scope.load("weights/smollm2", [])
-N = int(sys.argv[1])
-KINDS = sys.argv[2:] or ["zsre", "counterfact"]
+args = sys.argv[1:]
+FILL = int(args.pop(args.index("--fill") + 1)) if "--fill" in args else 0
+if FILL:
+    args.remove("--fill")
+N = int(args[0])
+KINDS = args[1:] or ["zsre", "counterfact"]
 
 
 def book_of(keys, radii, ids, prompts):
@@ -61,10 +74,11 @@ def book_of(keys, radii, ids, prompts):
 for kind in KINDS:
     t0 = time.time()
     recs = load_records(f"{kind}:../shared/data/{kind}/dev.json", N, one_per_subject=True)
-    prompts = [r.edit.prompt for r in recs]
+    stored = fill(recs, load_records(f"{kind}:../shared/data/{kind}/train.json"), FILL) if FILL else recs
+    prompts = [r.edit.prompt for r in stored]
     keys = scope.prompt_keys(model, tok, prompts)
     radii = scope.radii(keys)
-    everything = book_of(keys, radii, range(len(recs)), prompts)
+    everything = book_of(keys, radii, range(len(stored)), prompts)
     counts = {"alone": dict(own=0, other=0, reph=0, captured=0, loc=0),
               "all": dict(own=0, other=0, reph=0, captured=0, loc=0)}
     captures = []
@@ -78,11 +92,11 @@ for kind in KINDS:
             c["reph"] += len(reph)
             c["captured"] += sum(s is not None for s in chosen[len(reph) :])
             if name == "all":
-                captures += [(q, recs[int(s)].edit.prompt, radii[int(s)]) for q, s in zip(loc, chosen[len(reph) :])
+                captures += [(q, stored[int(s)].edit.prompt, radii[int(s)]) for q, s in zip(loc, chosen[len(reph) :])
                              if s not in (None, str(i))]
             c["loc"] += len(loc)
     for name, c in counts.items():
-        print(f"{kind} {len(recs)} edits, {name}: rephrases selecting their own edit {c['own'] / c['reph']:.3f}, "
+        print(f"{kind} {len(recs)} edits (of {len(stored)} stored), {name}: rephrases selecting their own edit {c['own'] / c['reph']:.3f}, "
               f"another edit {c['other'] / c['reph']:.3f}; locality prompts selecting an edit "
               f"{c['captured'] / c['loc']:.3f} ({time.time() - t0:.0f}s)", flush=True)
     for q, p, rad in captures[:20]:  # what another edit captures
