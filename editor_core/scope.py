@@ -478,11 +478,7 @@ class Scope:
         book = book or self.codebook
         keys, owner = self.candidate_keys(model, tok, prompts)
         best = (keys @ book.keys.T).max(1).values if book.owner else torch.zeros(len(keys))
-        out = []
-        for i in range(len(prompts)):
-            rows = [j for j, o in enumerate(owner) if o == i]
-            out.append(keys[max(rows, key=lambda j: (float(best[j]), -j))])
-        return torch.stack(out)
+        return keys[_best_candidates(best, owner, len(prompts))]
 
     def keys_for(self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, d) unit keys, centred."""
@@ -1115,6 +1111,7 @@ def _best_candidates(sim: torch.Tensor, of: list[int], n: int) -> torch.Tensor:
     """Per question (n of them, candidate rows `of`): the row of its candidate with the highest `sim` (the first on
     ties), as `request_keys` picks the candidate a request is keyed by."""
     best: dict[int, int] = {}
+    sim = sim.tolist()
     for j, q in enumerate(of):
         if q not in best or sim[j] > sim[best[q]]:
             best[q] = j

@@ -539,6 +539,26 @@ def test_own_keys_are_the_request_keys_with_that_edit_alone_stored(setup):
     assert torch.equal(scope.own_keys(model, tok, asked, own), torch.cat(alone))
 
 
+def test_request_keys_pick_each_prompts_candidate_nearest_a_stored_key(setup):
+    """Per prompt of a batch: its candidate (whole prompt or a sentence suffix) most similar to some stored key, the
+    whole prompt when nothing is stored; a batch keys each prompt as it would be keyed alone."""
+    model, tok, scope, _ = setup
+    asked = ["It rains. The capital of France is", "Dogs like to. My favourite food is", PROMPTS[1]]
+    whole = scope.prompt_keys(model, tok, asked)
+    assert torch.equal(scope.request_keys(model, tok, asked, scope.codebook.cleared()), whole)
+
+    stored = scope.prompt_keys(model, tok, ["The capital of France is", "My favourite food is"])
+    book = scope.codebook.cleared().added("e", LowRankDelta({}, {}, stored))
+    keys = scope.request_keys(model, tok, asked, book)
+    cands, of = scope.candidate_keys(model, tok, asked)
+    sim = (cands @ stored.T).max(1).values
+    for b in range(len(asked)):
+        rows = [j for j, o in enumerate(of) if o == b]
+        assert torch.equal(keys[b], cands[max(rows, key=lambda j: (float(sim[j]), -j))])
+    assert torch.equal(keys, torch.cat([scope.request_keys(model, tok, [a], book) for a in asked]))
+    assert not torch.equal(keys[:2], whole[:2])  # a suffix nearer a stored key keys its prompt
+
+
 def test_a_word_check_lets_a_prompt_naming_an_edits_rare_words_select_it(setup, tmp_path):
     """A prompt outside an edit's radius that names every rare word of the edit's question selects it from the word
     radius; one that misses a rare word, or names only common ones, does not. The words are read from the prompts
