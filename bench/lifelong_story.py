@@ -21,7 +21,11 @@ the edits at each resume; `edit_ms` and `wall_s` leave out edits logged after th
 What a user sees comes first: at every curve point the first `--says N` edits (the oldest, most exposed to the
 edits after them) are checked by greedy /generate as bench/says.py checks them (`says_*`: the reply starts with
 the new answer, to the prompt, its rephrases and in chat; unrelated replies unchanged; repetition and entropy of
-64-token replies, beside the unedited model's).
+64-token replies, beside the unedited model's). `--says-end N` checks N of the rechecked edits so, spread over
+the edit order, once the story is complete (`says_end`; the replies in `<name>_says_end_samples.json`); given
+with `--resume` to a complete story, it runs that check alone on a server that replays the story's log:
+
+    python -m bench.lifelong_story ... -k 10000 --recheck 1000 --says 40 --resume --says-end 200
 
 The teacher-forced metrics are the library's own: `editor_core.evaluate.record_metrics` on scores from POST /score
 instead of the model (`loc` compares argmax answer tokens with those of the unedited model, read before the
@@ -35,6 +39,7 @@ import logging
 import shutil
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -54,7 +59,7 @@ from service.canary import DEFAULT_CANARIES
 from service.client import MendClient, Rejected
 
 from .common import command_line, make_profile, save, serving, setup_logging
-from .says import before, check
+from .says import before, check, spread
 
 log = logging.getLogger("bench.lifelong_story")
 CURVE = (10, 25, 50, 100, 300, 1000, 3000, 5000, 10000)
@@ -209,6 +214,31 @@ def run_story(url: str, records: list[EditRecord], force: bool, canaries: list[s
                         if line.startswith(("mend_weight_drift", "mend_canary_agreement", "mend_active_edits"))]}
 
 
+def unedited(p, work: Path, settings: dict):
+    """A server with an empty log beside the story's: the unedited model's answers, read again."""
+    shutil.rmtree(work / "base", ignore_errors=True)
+    return serving(p, work / "base" / "data", work / "base.log", **settings)
+
+
+def says_end(p, work: Path, settings: dict, records: list[EditRecord], done: list[int], of: int, n: int,
+             samples: Path) -> dict:
+    """The generation check of n of the first `of` records edited (spread over the edit order), with every edit
+    of the story stored: on a server that replays the story's log, which must hold exactly `done`."""
+    edited = [j for j in done if j < of]
+    pick = [edited[i] for i in spread(len(edited), n)]
+    t0 = time.perf_counter()
+    with unedited(p, work, settings) as s, MendClient(s.url, timeout=600.0) as mend, ThreadPoolExecutor(4) as pool:
+        refs = list(pool.map(lambda j: before(mend, records[j]), pick))
+    with serving(p, work / "data", work / "server.log", **settings) as s:
+        if logged(s.url, records) != done:
+            raise ValueError("the story's log does not hold exactly the edits its result records")
+        with MendClient(s.url, timeout=600.0) as mend, ThreadPoolExecutor(4) as pool:
+            checked = list(pool.map(lambda jr: check(mend, records[jr[0]], jr[1]), zip(pick, refs)))
+    samples.write_text(json.dumps([{"record": j, **sample} for j, (_, sample) in zip(pick, checked)], indent=1) + "\n")
+    return {"n": len(pick), "of": len(edited), "edits": len(done), **mean_metrics([row for row, _ in checked]),
+            "wall_s": time.perf_counter() - t0}
+
+
 def compare(points: list[dict], library: Path) -> list[dict]:
     """Per curve point and metric: the HTTP value, the library's, and the difference."""
     lib = json.loads(library.read_text())
@@ -234,6 +264,8 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          canaries: int = typer.Option(500, help="greedy 4-token answers of this many of the service's default "
                                                 "canaries (never edited, never evaluated) before and after"),
          says: int = typer.Option(20, help="the first N edits are checked by generation at every curve point"),
+         end_n: Optional[int] = typer.Option(None, "--says-end", help="once the story is complete, check N of the "
+                                             "rechecked edits by generation, spread over the edit order"),
          resume: bool = typer.Option(False, help="go on with the story this command left cut short (its log and "
                                                  "partial result under --out); the unedited model's answers are "
                                                  "read again from a server with an empty log"),
@@ -248,20 +280,30 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     name = f"lifelong_{data.split(':')[0]}_{method}_{k}"
     work = p.out / "lifelong" / name  # one story's log: another story never shares or deletes it
     head = {"data": data, "fill": fill_from, "k": len(records), "method": method, "recheck": recheck_n,
-            "says": says, "canaries": canaries, "force": force}
+            "says": says, "canary_prompts": canaries, "force": force}
     prompts = [c if isinstance(c, str) else c["prompt"] for c in json.loads(DEFAULT_CANARIES.read_text())[:canaries]]
     checked = records if recheck_n is None else records[:recheck_n]
     # MEND_MAX_NEW_TOKENS bounds a scored target too: some zsRE locality answers are 140 tokens long.
     settings = {"MEND_METHOD": method, "MEND_MAX_NEW_TOKENS": "256"}
     prior, ref = None, None
+    if end_n is not None and end_n < 1:
+        raise typer.BadParameter("--says-end must be >= 1")
+
+    def end(result: dict) -> dict:
+        return {**result, "says_end": says_end(p, work, settings, records, result["done"], len(checked), end_n,
+                                               p.out / f"{name}_says_end_samples.json")}
+
     if resume:
-        saved = json.loads((p.out / f"{name}.json").read_text())["results"]
+        doc = json.loads((p.out / f"{name}.json").read_text())
+        saved = doc["results"]
         differs = {key for key in head if key in saved and saved[key] != head[key]}
-        if saved.get("complete") or differs:
+        if differs or (saved.get("complete") and end_n is None):
             raise typer.BadParameter(f"{p.out / name}.json is not this story cut short (differs in "
                                      f"{sorted(differs)}): nothing to resume")
-        shutil.rmtree(work / "base", ignore_errors=True)
-        with serving(p, work / "base" / "data", work / "base.log", **settings) as s:  # an empty log: unedited
+        if saved.get("complete"):  # --says-end alone, on the story as it ended
+            save(p, name, end(saved), doc["command"] + f" ; {command_line()}")
+            return
+        with unedited(p, work, settings) as s:
             ref = read_before(s.url, checked, records[:says], prompts)
     else:
         shutil.rmtree(work, ignore_errors=True)
@@ -279,6 +321,8 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     if library:
         result["vs_library"] = compare(result["curve"], library)
     save(p, name, {**head, **result}, command_line())
+    if end_n is not None:  # the story is saved whole first: a cut check is run again alone
+        save(p, name, {**head, **end(result)}, command_line())
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ class CutShort(Exception):
     pass
 
 
-def run(data: Path, more: Path, out: Path, resume: bool) -> None:
+def run(data: Path, more: Path, out: Path, resume: bool, end_n: int | None = None) -> None:
     story.main(data=f"zsre:{data}", k=14, fill_from=f"zsre:{more}", recheck_n=2, library=None, force=False,
-               method="scoped", canaries=3, says=1, resume=resume, smoke=True, model=None, editor=None, threads=1,
-               out=out)
+               method="scoped", canaries=3, says=1, end_n=end_n, resume=resume, smoke=True, model=None, editor=None,
+               threads=1, out=out)
 
 
 def test_fill_tops_up_with_other_subjects_first_then_other_questions(tmp_path: Path):
@@ -77,3 +77,30 @@ def test_a_story_cut_short_goes_on_where_its_log_ends(tmp_path: Path, monkeypatc
     assert res["canaries"]["prompts"] == 3
     with pytest.raises(Exception, match="nothing to resume"):  # a whole story is not resumed
         run(data, more, tmp_path, resume=True)
+
+
+def test_says_end_checks_a_complete_story_by_generation_under_all_its_edits(tmp_path: Path):
+    """--says-end on a complete story: the rechecked edits, spread over the edit order, checked by /generate on a
+    server that replayed the whole log; the curve is kept, and a log that is not the story's is refused."""
+    data, more = tmp_path / "dev.json", tmp_path / "train.json"
+    data.write_text(json.dumps(RECORDS))
+    more.write_text(json.dumps(FILL))
+    run(data, more, tmp_path, resume=False)
+    result = tmp_path / "lifelong_zsre_scoped_14.json"
+    whole = json.loads(result.read_text())
+    assert "says_end" not in whole["results"]
+    run(data, more, tmp_path, resume=True, end_n=2)
+    doc = json.loads(result.read_text())
+    end = doc["results"].pop("says_end")
+    assert doc["results"] == whole["results"] and doc["command"].startswith(whole["command"] + " ; ")
+    assert end["n"] == 2 and end["of"] == 2 and end["edits"] == 14
+    assert {"prompt", "rephrase", "chat", "chat_rephrase", "unchanged", "repeat", "repeat_unedited"} <= end.keys()
+    samples = json.loads((tmp_path / "lifelong_zsre_scoped_14_says_end_samples.json").read_text())
+    assert [s["record"] for s in samples] == [0, 1] and samples[0]["edit_prompt"] == RECORDS[0]["src"]
+
+    p = make_profile(True, None, None, 1, tmp_path)
+    work = tmp_path / "lifelong" / "lifelong_zsre_scoped_14"
+    with serving(p, work / "data", tmp_path / "after.log", MEND_METHOD="scoped") as s, MendClient(s.url) as mend:
+        mend.rollback(mend.list_edits(status="active", limit=1, author=story.AUTHOR).data[0].edit_id)
+    with pytest.raises(ValueError, match="exactly"):
+        run(data, more, tmp_path, resume=True, end_n=2)
