@@ -21,7 +21,6 @@ import typer
 
 from editor_core.data import load_records
 from service.client import MendClient
-
 from service.embedded_redis import CONF, LOCKFILE, LOGFILE, PIDFILE
 
 from .common import command_line, make_profile, save, serving, setup_logging

@@ -39,7 +39,6 @@ import logging
 import shutil
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -59,7 +58,7 @@ from service.canary import DEFAULT_CANARIES
 from service.client import MendClient, Rejected
 
 from .common import command_line, make_profile, save, serving, setup_logging
-from .says import before, check, spread
+from .says import before, check, checks, references, spread
 
 log = logging.getLogger("bench.lifelong_story")
 CURVE = (10, 25, 50, 100, 300, 1000, 3000, 5000, 10000)
@@ -227,13 +226,13 @@ def says_end(p, work: Path, settings: dict, records: list[EditRecord], done: lis
     edited = [j for j in done if j < of]
     pick = [edited[i] for i in spread(len(edited), n)]
     t0 = time.perf_counter()
-    with unedited(p, work, settings) as s, MendClient(s.url, timeout=600.0) as mend, ThreadPoolExecutor(4) as pool:
-        refs = list(pool.map(lambda j: before(mend, records[j]), pick))
+    with unedited(p, work, settings) as s, MendClient(s.url, timeout=600.0) as mend:
+        refs = references(mend, [records[j] for j in pick])
     with serving(p, work / "data", work / "server.log", **settings) as s:
         if logged(s.url, records) != done:
             raise ValueError("the story's log does not hold exactly the edits its result records")
-        with MendClient(s.url, timeout=600.0) as mend, ThreadPoolExecutor(4) as pool:
-            checked = list(pool.map(lambda jr: check(mend, records[jr[0]], jr[1]), zip(pick, refs)))
+        with MendClient(s.url, timeout=600.0) as mend:
+            checked = checks(mend, [records[j] for j in pick], refs)
     samples.write_text(json.dumps([{"record": j, **sample} for j, (_, sample) in zip(pick, checked)], indent=1) + "\n")
     return {"n": len(pick), "of": len(edited), "edits": len(done), **mean_metrics([row for row, _ in checked]),
             "wall_s": time.perf_counter() - t0}

@@ -66,6 +66,18 @@ def check(mend: MendClient, rec: EditRecord, ref: dict) -> tuple[dict, dict]:
                  "unedited": ref["long"], "answer_in": ref["answer_in"], **row}
 
 
+def references(mend: MendClient, recs: list[EditRecord]) -> list[dict]:
+    """`before` of each record, 4 records at once (the server batches their replies)."""
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda r: before(mend, r), recs))
+
+
+def checks(mend: MendClient, recs: list[EditRecord], refs: list[dict]) -> list[tuple[dict, dict]]:
+    """`check` of each record against its reference, 4 records at once, in record order."""
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda rr: check(mend, *rr), zip(recs, refs)))
+
+
 def edit(mend: MendClient, recs: list[EditRecord]) -> tuple[str, float]:
     items = [{"prompt": r.edit.prompt, "target": r.edit.target} for r in recs]
     out = (mend.edit(**items[0], force=True, author="bench.says") if len(items) == 1
@@ -93,8 +105,8 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int, sampl
 
     t0 = time.perf_counter()
     with MendClient(url, timeout=600.0) as mend:
-        with ThreadPoolExecutor(4) as pool:  # all before the first edit (sequential runs need them so), 4 records at once
-            refs = dict(zip(to_check, pool.map(lambda i: before(mend, records[i]), to_check)))
+        # all before the first edit (sequential runs need them so)
+        refs = dict(zip(to_check, references(mend, [records[i] for i in to_check])))
         groups = [list(range(i, min(i + batch, len(records)))) for i in range(0, len(records), batch)]
         for n, group in enumerate(groups, 1):
             eid, ms = edit(mend, [records[i] for i in group])
@@ -108,8 +120,7 @@ def run(url: str, records: list[EditRecord], sequential: bool, batch: int, sampl
                 log.info("%d/%d edits", n * batch, len(records))
                 write_samples()  # a long run that is stopped keeps what it checked
         if sequential:
-            with ThreadPoolExecutor(4) as pool:  # 4 records at once, kept in record order
-                checked = list(pool.map(lambda i: check(mend, records[i], refs[i]), to_check))
+            checked = checks(mend, [records[i] for i in to_check], [refs[i] for i in to_check])
             for i, (_, sample) in zip(to_check, checked):
                 sample["edit_ms"] = edit_ms[i // batch]
     write_samples()
