@@ -40,13 +40,19 @@ from .common import command_line, make_profile, save, serving, setup_logging
 log = logging.getLogger("bench.says")
 
 
+REPLIES: dict[str, str] = {}  # every query's reply, with --replies: what a refactor must leave byte-identical
+
+
 def http_generate(mend: MendClient) -> Generate:
     """A check's replies as concurrent requests: the server decodes them together (continuous batching)."""
     def one(query: Query) -> str:
         prompt, question, tokens = query
         if question is None:
-            return mend.generate(prompt, max_new_tokens=tokens).text
-        return mend.generate(messages=[{"role": "user", "content": question}], max_new_tokens=tokens).text
+            text = mend.generate(prompt, max_new_tokens=tokens).text
+        else:
+            text = mend.generate(messages=[{"role": "user", "content": question}], max_new_tokens=tokens).text
+        REPLIES[json.dumps(query)] = text
+        return text
 
     def gen(queries: list[Query]) -> list[str]:
         with ThreadPoolExecutor(len(queries)) as pool:
@@ -143,7 +149,9 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          method: str = typer.Option("scoped", help="MEND_METHOD of the server (the default is scoped)"),
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
          threads: Optional[int] = None, out: Optional[Path] = None,
-         samples: Optional[Path] = typer.Option(None, help="also write each record's replies and scores here (JSON)")) -> None:
+         samples: Optional[Path] = typer.Option(None, help="also write each record's replies and scores here (JSON)"),
+         replies: Optional[Path] = typer.Option(None, help="also write every query's greedy reply here (JSON, sorted): "
+                                                           "diff two runs to show a refactor changed no reply")) -> None:
     if not 0 <= skip < n:
         raise typer.BadParameter(f"--skip must be in [0, n), got {skip}")
     if check_n is not None and (not sequential or check_n < 1):
@@ -161,6 +169,8 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256") as s:
         result = run(s.url, records, sequential, batch, samples,
                      None if check_n is None else spread(len(records), check_n))
+    if replies is not None:
+        replies.write_text(json.dumps(dict(sorted(REPLIES.items())), indent=0) + "\n")
     log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
     save(p, f"says_{kind}_{method}_{mode}", {"data": data, "method": method, "mode": mode, "skip": skip, **result},
          command_line())
