@@ -3,7 +3,7 @@ back, and re-check every edit so far at 10, 100, 300, 1000 ... over HTTP (POST /
 `mend eval --sequential K` on the same records, so the two can be compared line by line.
 
     python -m bench.lifelong_story --data zsre:../shared/data/zsre/dev.json -k 1000 \
-        --library weights/results/zsre_seq1000_mend-scoped.json
+        --library research/results/zsre_seq1000_mend-scoped.json
 
 Beyond the dev split (zsRE dev has 1,155 subjects), `--fill` tops the story up from another file: its records
 whose subject the story has not edited yet, one per subject, then its other questions about those subjects (never
@@ -54,7 +54,7 @@ from editor_core.evaluate import (
     mean_metrics,
     record_metrics,
 )
-from service.canary import DEFAULT_CANARIES
+from service.settings import DEFAULT_CANARIES
 from service.client import MendClient, Rejected
 
 from .common import command_line, make_profile, save, serving, setup_logging

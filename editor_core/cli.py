@@ -107,14 +107,11 @@ def fit_scope(
     window: int = typer.Option(0, help="pool over the prompt's last N tokens (0: all)"),
     loc_weight: float = typer.Option(3.0, help="maximised: rephrase hits - loc_weight x locality hits"),
     radius: float | None = typer.Option(None, help="use this radius instead (the table shows the trade-off)"),
-    scale: float = typer.Option(2.0, help="step multiplier of scoped deltas (zsRE train, 40 records: 1x edit "
-                                          "0.60 / rephrase 0.43, 2x 0.83 / 0.70, 3x 0.78 / 0.73)"),
-    max_scale: float = typer.Option(8.0, help="double the step of an edit that does not take, up to this "
-                                              "(weights/experiments/scoped_step.py; 0: never)"),
+    scale: float = typer.Option(2.0, help="step multiplier of scoped deltas"),
+    max_scale: float = typer.Option(8.0, help="double the step of an edit that does not take, up to this (0: never)"),
     tune_steps: int = typer.Option(10, help="Adam steps on an edit that still misses at max_scale (left factors "
-                                            "only; weights/experiments/refined_step.py; 0: never)"),
-    end_words: bool = typer.Option(True, help="train each edit to end its answer's word too, and release it after "
-                                              "(weights/experiments/refined_step.py, `tuned_ended`)"),
+                                            "only; 0: never)"),
+    end_words: bool = typer.Option(True, help="train each edit to end its answer's word too, and release it after"),
     whiten: bool = typer.Option(True, help="try whitening the keys against how rephrases differ (kept only if the "
                                            "objective improves)"),
     bank: bool = typer.Option(True, help="keep the records' edit prompts as the bank of other questions that no "

@@ -6,9 +6,11 @@ with the same modules, and their forwards must neither be captured nor made to r
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 
 class _ThreadHooks:
@@ -167,3 +169,35 @@ def input_of_block(model: nn.Module, block: nn.Module, **inputs) -> torch.Tensor
         finally:
             handle.remove()
     return cap.hidden
+
+
+# ---- scoped edits: long-lived hooks that read what to do from the calling thread ---------------------------------
+
+RowFactors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows (n,), down (n, in, R), up (n, R, out)
+
+
+def add_row_deltas(module: nn.Module, rows_now: Callable[[], RowFactors | None]) -> RemovableHandle:
+    """A forward hook that adds, to the output rows `rows`, (x[rows] @ down) @ up: one batched low-rank product per
+    module for every row's own delta. `rows_now()` says what the calling thread's forward adds (None: nothing)."""
+    def hook(_mod, args, out):
+        stacked = rows_now()
+        if stacked is None:
+            return None
+        rows, down, up = stacked
+        x = args[0]  # (B, T, in)
+        rows = rows.to(x.device)
+        return out.index_add(0, rows, torch.bmm(torch.bmm(x[rows], down.to(x)), up.to(x)))
+
+    return module.register_forward_hook(hook)
+
+
+def on_block_input(block: nn.Module, take: Callable[[torch.Tensor], None]) -> RemovableHandle:
+    """A forward pre-hook that hands what `block` receives (its hidden states) to `take`, on every forward."""
+    def hook(_mod, args, kwargs=None):
+        # kwargs=None: a with_kwargs hook can be called without them while it is being registered (_ThreadHooks),
+        # by a forward of another thread, which has nothing to take.
+        hidden = args[0] if args else (kwargs or {}).get("hidden_states")
+        if hidden is not None:
+            take(hidden)
+
+    return block.register_forward_pre_hook(hook, with_kwargs=True)

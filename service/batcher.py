@@ -17,18 +17,36 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from editor_core.batching import Batch, Row
-from editor_core.generation import Completion
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from editor_core import Batch, Completion, Row, Worded
 
 from .errors import NotReady
-
-if TYPE_CHECKING:
-    from .runtime import Generation, Runtime
+from .locks import RWLock
+from .methods import EditMethod
+from .replica import Published
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    """A generation request checked against the model's limits, and what running it reported."""
+
+    ids: list[int]  # the prompt's tokens
+    text: str  # what a scoped edit is selected by
+    form: str  # PLAIN or CHAT
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: list[str]
+    version: int | None = None  # the version it runs on, set when it starts
+    worded: Worded | None = None  # what the method computed for its wording before it was submitted
+    completion: Completion | None = None  # set when a stream ends
 
 
 class Ticket:
@@ -78,9 +96,13 @@ class Ticket:
 
 
 class Batcher:
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.max_rows = rt.settings.max_batch
+    """`published()` gives the state a joining row reads (one whole version); `pin_threads` sets the decode thread's
+    torch threads as the server's."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, method: EditMethod, rw: RWLock,
+                 published: Callable[[], Published], pin_threads: Callable[[], None], max_rows: int) -> None:
+        self.model, self.tokenizer, self.method, self.rw = model, tokenizer, method, rw
+        self.published, self.pin_threads, self.max_rows = published, pin_threads, max_rows
         self._waiting: deque[Ticket] = deque()
         self._running: list[Ticket] = []
         self._cond = threading.Condition()
@@ -111,10 +133,10 @@ class Batcher:
     # ---- the decode thread ---------------------------------------------------------------------------------
 
     def _new_batch(self) -> Batch:
-        return Batch(self.rt.model, self.rt.tokenizer, self.rt.method.scope)
+        return Batch(self.model, self.tokenizer, self.method.scope)
 
     def _run(self) -> None:
-        self.rt._pin_threads()
+        self.pin_threads()
         try:
             while self._work():
                 try:
@@ -151,12 +173,12 @@ class Batcher:
         with self._cond:
             joining = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
         joining = [t for t in joining if not t.cancelled]
-        state = self.rt.published  # one whole version: under the read lock in place, one read when scoped
+        state = self.published()  # one whole version: under the read lock in place, one read when scoped
         for t in joining:
             g = t.g
             g.version = state.version
             t.row = Row(g.ids, g.max_new_tokens, g.temperature, g.top_p, g.seed, g.stop,
-                        self.rt.method.ask(g.text, g.form, state.view, g.worded))
+                        self.method.ask(g.text, g.form, state.view, g.worded))
             t.row.cancelled = t.cancelled  # a cancel that came while the row was being made
             t._joined.set()
         try:
@@ -174,12 +196,12 @@ class Batcher:
 
     def _enter_version(self) -> bool:
         """In place: hold the read lock for the rows that join; none join while a writer waits for it."""
-        if self.rt.method.weights_fixed:
+        if self.method.weights_fixed:
             return True
         if self._batch.rows:  # the lock is held: the batch drains first if a writer waits
-            return not self.rt.rw.writer_waiting()
+            return not self.rw.writer_waiting()
         self._version.close()
-        self._version.enter_context(self.rt.rw.read())  # behind a waiting writer, which then applies first
+        self._version.enter_context(self.rw.read())  # behind a waiting writer, which then applies first
         return True
 
     def _step(self) -> None:

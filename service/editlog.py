@@ -20,8 +20,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from editor_core import LowRankDelta
-from editor_core.delta import safetensors_metadata
+from editor_core import LowRankDelta, safetensors_metadata
 
 from .errors import LogOutcomeUnknown, LogUnavailable
 

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from editor_core import LowRankDelta, NonFiniteDeltaError
-from editor_core.scope import Codebook
+from editor_core import CanarySet, Change, Codebook, LowRankDelta, NonFiniteDeltaError
 
-from .canary import CanarySet, Change
 from .errors import EditRejected
 
 

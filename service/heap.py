@@ -7,7 +7,7 @@ what the edit frees is then too scattered to reuse whole or give back. A fixed t
 raising off) keeps large blocks in mmap, given back when freed.
 
 `python -m bench.edit_memory -n 300 --threads 2 [--mmap-threshold N]`, SmolLM2, 300 zsRE edits through HTTP
-(weights/results/edit_memory_*_300.json; the edits store 0.41 MiB each):
+(the edits store 0.41 MiB each):
 - glibc's own: 1,030 -> 1,848 MiB, about 5 MiB per edit from the 150th on;
 - fixed at 128 KiB (the default): 983 -> 1,130 MiB, 0.49 MiB per edit;
 - fixed at 1 MiB: 1,006 -> 1,151 MiB; at 4 MiB it grew again (1,110 MiB at 50 edits, 1,374 at 100).

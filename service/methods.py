@@ -18,20 +18,37 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from editor_core import EditRequest, LowRankDelta, MENDEditor, restore, snapshot
-from editor_core.delta import WeightsView
-from editor_core.export import merged, to_peft
-from editor_core.model import DTYPES
-from editor_core.layers import first_block
-from editor_core.prefix_cache import PrefixCache
-from editor_core.scope import PLAIN, Ask, Codebook, Scope, Worded
+from editor_core import (
+    DTYPES,
+    PLAIN,
+    Ask,
+    CanarySet,
+    Codebook,
+    EditRequest,
+    LowRankDelta,
+    MENDEditor,
+    PrefixCache,
+    Scope,
+    ScopedMeta,
+    WeightsView,
+    Worded,
+    first_block,
+    load_canaries,
+    merged,
+    restore,
+    shadow_of,
+    snapshot,
+    to_peft,
+)
 
-from .canary import CanarySet, load_canaries, shadow_of
 from .errors import MergedScopedExport, NothingToExport
 from .guard import Verdict, check_edit, check_scoped_edit
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+# What a request reads besides the weights (`EditMethod.view`): the scoped codebook, or nothing in place.
+View = Codebook | None
 
 KEYS_FILE = "keys.safetensors"  # of a scoped export: row i is the key of the manifest's adapters[i]
 
@@ -41,7 +58,7 @@ class Served:
     """What a request runs on: the model, and the view it selects edits from."""
 
     model: PreTrainedModel
-    view: object
+    view: View
 
 
 class EditMethod:
@@ -71,7 +88,7 @@ class EditMethod:
         the first edited block's input of the sequences they read, for the scores of the same edit."""
         raise NotImplementedError
 
-    def candidate(self, delta: LowRankDelta, view: object) -> Served:
+    def candidate(self, delta: LowRankDelta, view: View) -> Served:
         """The served state were `delta` applied on top of `view`, built aside: the live weights and view stay as
         they are, and requests reading them see nothing of it. Under the read lock (it may read the weights)."""
         raise NotImplementedError
@@ -84,7 +101,7 @@ class EditMethod:
         """Undo these active edits (newest first), all or none."""
         raise NotImplementedError
 
-    def view(self) -> object:
+    def view(self) -> View:
         return None
 
     def export(self, active: dict[str, LowRankDelta], fmt: str, out: Path, metadata: dict[str, str]) -> dict:
@@ -93,18 +110,18 @@ class EditMethod:
         Reads neither the lock nor the view: the deltas are one version's, and what else it reads never changes."""
         raise NotImplementedError
 
-    def worded(self, text: str, form: str, view: object) -> object | None:
+    def worded(self, text: str, form: str, view: View) -> Worded | None:
         """What a generation of this question needs computed before it runs, in the requesting thread: the piece of
         the edit it selects in `view` made for its own wording (`Scope.worded`), if the method has such."""
         return None
 
-    def ask(self, text: str, form: str, view: object, worded: object | None = None) -> Ask | None:
+    def ask(self, text: str, form: str, view: View, worded: Worded | None = None) -> Ask | None:
         """What a generation of this question (`text`, asked in `form`) selects its own edit by, in `view`, with
         what `worded` computed for it; None when a method has no per-request edits."""
         return None
 
-    def scoring(self, prompts: list[str], view: object,
-                worded: list[object | None] | None = None) -> contextlib.AbstractContextManager:
+    def scoring(self, prompts: list[str], view: View,
+                worded: list[Worded | None] | None = None) -> contextlib.AbstractContextManager:
         """The forwards of teacher-forced scoring of these prompts within this context (with what `worded`
         computed for each, when the caller computed it beforehand, outside a lock)."""
         return contextlib.nullcontext()
@@ -154,7 +171,7 @@ class InPlace(EditMethod):
         delta = self.editor.compute_delta(self.model, self.tokenizer, requests).compressed(**self.compress)
         return delta, check_edit(self.model, delta, self.canaries, self.settings.guard_max_changed)
 
-    def candidate(self, delta: LowRankDelta, view: object) -> Served:
+    def candidate(self, delta: LowRankDelta, view: View) -> Served:
         # A module tree of its own, over the live tensors but the edited matrices: functional_call on the served
         # model would swap its tensors for every thread, and a concurrent /generate would see them. `updated` is
         # apply's arithmetic, so the candidate's weights are bit for bit those the edit would write.
@@ -278,9 +295,8 @@ class Scoped(EditMethod):
             raise MergedScopedExport()
         rows, keys = [], []
         for edit_id, delta in active.items():
-            steps = json.loads(delta.meta.get("scope_scale", "[]"))
-            radii = json.loads(delta.meta.get("radii", "[]"))  # each edit's own, when the scope had a bank
-            n_forms = len(json.loads(delta.meta.get("forms", '["plain"]')))
+            meta = ScopedMeta.read(delta.meta)
+            steps, radii, n_forms = meta.scope_scale, meta.radii, len(meta.form_names())  # radii: with a bank
             for row, pieces in enumerate(Scope.pieces(delta)):
                 path = f"adapters/{edit_id}-{row}"
                 to_peft([pieces[PLAIN]], self.model, out / path,

@@ -11,10 +11,9 @@ body, so the word check (`editor_core.scope.WordCheck`) selects it as it selects
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from editor_core import LowRankDelta
+from editor_core import LowRankDelta, ScopedMeta
 
 from .editlog import EDIT, EditLog, Event, log_fingerprint
 from .embedded_redis import EmbeddedRedis
@@ -52,7 +51,7 @@ def rekey_log(settings: Settings, old_scope: Path) -> tuple[str, str, int]:
                 if old_delta.key is None or len(old_delta.key) != len(prompts):
                     raise ValueError(f"event {event.id}: its key rows are not one per request, cannot re-key it")
                 keys = new.prompt_keys(model, tok, prompts)
-                meta = {"prompts": json.dumps(prompts), **old_delta.meta}  # a logged list wins
+                meta = {**ScopedMeta(prompts=tuple(prompts)).written(), **old_delta.meta}  # a logged list wins
                 delta = LowRankDelta(old_delta.factors, meta, keys).to_bytes()
             body = {**event.body, "rekeyed_from": {"log": src.key, "event": event.id}}
             last = dst.append(Event(event.type, model_fp, new_fp, new_log_fp, body, delta), after=last)

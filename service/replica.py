@@ -22,7 +22,7 @@ from .editlog import EDIT, ROLLBACK, Checkpoint, EditLog, Event, log_fingerprint
 from .embedded_redis import EmbeddedRedis
 from .errors import FingerprintMismatch, LogUnavailable, NotReady
 from .locks import RWLock
-from .methods import METHODS
+from .methods import METHODS, View
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Published:
     method's view of it, assigned together in one statement."""
 
     version: int
-    view: object
+    view: View
 
 
 class Replica:

@@ -23,18 +23,22 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core import (
+    CHAT,
+    PLAIN,
+    Completion,
     EditRequest,
     LowRankDelta,
     MENDEditor,
+    PrefixCache,
     TargetScore,
+    complete,
+    first_block,
     join,
     load_base_model,
     model_fingerprint,
+    prompt_ids,
     score_targets,
 )
-from editor_core.layers import first_block
-from editor_core.prefix_cache import PrefixCache
-from editor_core.scope import CHAT, PLAIN
 
 from .editlog import EDIT, ROLLBACK, Event, LogMoved
 from .embedded_redis import EmbeddedRedis
@@ -49,10 +53,8 @@ from .errors import (
     NotReady,
     UnknownEdit,
 )
-from editor_core.batching import complete
-from editor_core.generation import Completion, prompt_ids
 
-from .batcher import Batcher
+from .batcher import Batcher, Generation
 from .guard import Verdict
 from .methods import Served
 from .replica import EditEntry, Replica
@@ -121,23 +123,6 @@ class ActiveEdits:
     deltas: dict[str, LowRankDelta]  # edit id -> delta
 
 
-@dataclass
-class Generation:
-    """A generation request checked against the model's limits, and what running it reported."""
-
-    ids: list[int]  # the prompt's tokens
-    text: str  # what a scoped edit is selected by
-    form: str  # PLAIN or CHAT
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
-    stop: list[str]
-    version: int | None = None  # the version it runs on, set when it starts
-    worded: object | None = None  # what the method computed for its wording before it was submitted
-    completion: Completion | None = None  # set when a stream ends
-
-
 def question(messages: list[dict]) -> str:
     """What a chat request is keyed by: its last user message as a plain prompt. The template around it (system
     prompt, role markers) is the same for every request and would make every chat key alike; without it a
@@ -171,7 +156,8 @@ def load_served(settings: Settings) -> tuple[PreTrainedModel, PreTrainedTokenize
 class Runtime(Replica):
     def __init__(self, *args) -> None:
         super().__init__(*args)
-        self.batcher = Batcher(self)
+        self.batcher = Batcher(self.model, self.tokenizer, self.method, self.rw, lambda: self.published,
+                               self._pin_threads, self.settings.max_batch)
         self._hash: tuple[int, str] = (-1, "")
         self._drift: tuple[int, dict[str, float]] = (-1, {})
         self._agreement: tuple[int, float | None] = (-1, None)

@@ -375,7 +375,7 @@ def test_a_whitening_projection_keys_prompts_and_travels_with_the_scope(setup, t
     torch.manual_seed(0)
     scope.proj = torch.eye(d) + 0.5 * torch.randn(d, d) / d ** 0.5
     keys = scope.prompt_keys(model, tok, PROMPTS)
-    pooled = scope._pooled_prompts(model, tok, PROMPTS)
+    pooled = scope.pooled_prompts(model, tok, PROMPTS)
     expected = (pooled - scope.center) @ scope.proj.T
     assert torch.allclose(keys, expected / expected.norm(dim=-1, keepdim=True), atol=1e-5)
     assert not torch.allclose(keys, plain, atol=1e-3)
@@ -394,7 +394,8 @@ def test_edit_forms_end_the_targets_that_would_run_on_with_the_token_the_base_mo
     those that begin with neither; the others stay as they are. All forms in one padded forward, equal to each
     alone; without end_words the forms are `in_forms`'. The logged delta says which edits wait for the word."""
     from editor_core.data import join
-    from editor_core.scope import _word_tokens, forms_of, in_forms
+    from editor_core.scope import forms_of, in_forms
+    from editor_core.scope.compute import _word_tokens
 
     editor = MENDEditor.for_model(model, rank=8).eval()
     scope = Scope.fit(model, tokenizer, editor.layers, PROMPTS, ScopeConfig(key_block=0, end_words=True))
@@ -509,7 +510,7 @@ def test_a_relation_check_reads_stored_keys_and_keeps_the_log_as_it_is(setup, tm
 
     relation = torch.randn(3, d)
     scope.with_relation(relation, 0.5)
-    centred = scope._pooled_prompts(model, tok, PROMPTS) - scope.center
+    centred = scope.pooled_prompts(model, tok, PROMPTS) - scope.center
     expected = centred @ relation.T
     expected = expected / expected.norm(dim=-1, keepdim=True)
     check = scope.codebook.relation
@@ -528,15 +529,6 @@ def test_a_relation_check_reads_stored_keys_and_keeps_the_log_as_it_is(setup, tm
     again.add("e1", LowRankDelta(delta.factors, key=keys[:1]))
     assert again.select(keys) == ["e1" if c >= 0.5 else None for c in cos]
     assert scope.with_relation(None, None).select(keys) == ["e2"] * len(PROMPTS)
-
-
-def test_own_keys_are_the_request_keys_with_that_edit_alone_stored(setup):
-    model, tok, scope, delta = setup
-    asked = ["It rains. The capital of France is", "Dogs like to. My favourite food is", PROMPTS[1]]
-    own = scope.prompt_keys(model, tok, [REQS[0].prompt, PROMPTS[2], PROMPTS[0]])
-    alone = [scope.request_keys(model, tok, [a], scope.codebook.cleared().added("e", LowRankDelta({}, {}, k[None])))
-             for a, k in zip(asked, own)]
-    assert torch.equal(scope.own_keys(model, tok, asked, own), torch.cat(alone))
 
 
 def test_request_keys_pick_each_prompts_candidate_nearest_a_stored_key(setup):
