@@ -147,6 +147,8 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          check_n: Optional[int] = typer.Option(None, "--check", help="with --sequential: check only N records, spread "
                                                                      "evenly over the edit order"),
          method: str = typer.Option("scoped", help="MEND_METHOD of the server (the default is scoped)"),
+         setting: list[str] = typer.Option([], help="MEND_NAME=VALUE for the server, repeatable (e.g. "
+                                                    "MEND_PIECE_CACHE_MB=1: every kept edit recomputed when selected)"),
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
          threads: Optional[int] = None, out: Optional[Path] = None,
          samples: Optional[Path] = typer.Option(None, help="also write each record's replies and scores here (JSON)"),
@@ -166,7 +168,10 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
         mode = f"batch{batch}" if batch > 1 else "single"
     work = p.out / "says" / f"{kind}-{method}-{mode}"
     shutil.rmtree(work, ignore_errors=True)
-    with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256") as s:
+    extra = dict(s.split("=", 1) for s in setting)
+    if any(not k.startswith("MEND_") for k in extra):
+        raise typer.BadParameter("--setting takes MEND_NAME=VALUE")
+    with serving(p, work / "data", work / "server.log", MEND_METHOD=method, MEND_MAX_NEW_TOKENS="256", **extra) as s:
         result = run(s.url, records, sequential, batch, samples,
                      None if check_n is None else spread(len(records), check_n))
     if replies is not None:

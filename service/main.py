@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from .deps import refuse_open_network, require_key
@@ -39,7 +40,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     app.state.runtime = runtime
     app.state.metrics.bind(lambda: len(runtime.active), lambda: runtime.version, runtime.drift,
-                           runtime.canary_agreement)
+                           runtime.canary_agreement, runtime.method.piece_stats)
     log.info("serving %s with editor %s at version %d", settings.model, settings.editor, runtime.version)
     try:
         yield
@@ -49,7 +50,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="MEND model-editing service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+    # Swagger UI's and ReDoc's files from the installed package, not a CDN: /docs works on a machine without internet.
+    app = FastAPIOffline(title="MEND model-editing service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   dependencies=[Depends(refuse_open_network)])
     app.state.settings = settings or Settings()
     app.state.metrics = Metrics()

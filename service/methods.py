@@ -7,6 +7,8 @@ only to the forwards of requests that select it (editor_core.scope); the weights
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import logging
 import time
@@ -19,6 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core import (
+    DIGEST,
     DTYPES,
     PLAIN,
     Ask,
@@ -28,6 +31,7 @@ from editor_core import (
     LowRankDelta,
     MENDEditor,
     PrefixCache,
+    THREADS,
     Scope,
     ScopedMeta,
     WeightsView,
@@ -38,6 +42,7 @@ from editor_core import (
     restore,
     shadow_of,
     snapshot,
+    factors_digest,
     to_peft,
 )
 
@@ -50,7 +55,9 @@ log = logging.getLogger(__name__)
 # What a request reads besides the weights (`EditMethod.view`): the scoped codebook, or nothing in place.
 View = Codebook | None
 
-KEYS_FILE = "keys.safetensors"  # of a scoped export: row i is the key of the manifest's adapters[i]
+KEYS_FILE = "keys.safetensors"
+# The scope settings that shape a new edit's factors (not which prompts select it): a definition records them.
+COMPUTED_WITH = ("scale", "max_scale", "tune_steps", "tune_lr", "end_words")  # of a scoped export: row i is the key of the manifest's adapters[i]
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,15 @@ class EditMethod:
         they are, and requests reading them see nothing of it. Under the read lock (it may read the weights)."""
         raise NotImplementedError
 
+    def logged(self, delta: LowRankDelta) -> LowRankDelta:
+        """What the log keeps of a computed delta (in the thread that computed it): all of it, unless the method can
+        make it again from less."""
+        return delta
+
+    def remember(self, edit_id: str, delta: LowRankDelta) -> None:
+        """The delta about to be logged as `edit_id`, whole: kept, so that applying its logged form needs no
+        recomputation."""
+
     def apply(self, edit_id: str, delta: LowRankDelta, write_weights: bool) -> None:
         """Whole or not at all."""
         raise NotImplementedError
@@ -129,6 +145,10 @@ class EditMethod:
     def agreement(self) -> float | None:
         """Share of canaries answered as the base model did; under a read lock."""
         return None
+
+    def piece_stats(self) -> dict[str, float]:
+        """What the store of edits' factors holds and has done (`service.metrics.PIECE_METRICS`), if it has one."""
+        return {}
 
     def drift(self) -> dict[str, float]:
         """||W - W0||_F per edited matrix, W0 the base weights; under a read lock."""
@@ -223,6 +243,8 @@ class Scoped(EditMethod):
         super().__init__(*args)
         self.scope = load_scope(self.settings.editor, self.editor)
         self.scope.attach(self.model)
+        self.scope.store.max_bytes = self.settings.piece_cache_mb * 2**20
+        self.scope.store.recompute = self._recompute
         t0, canaries = time.perf_counter(), self._canaries()
         # A scoped guard needs only the canaries' keys: an edit changes nothing outside its radius.
         self.canary_prompts = canaries and [c.prompt for c in canaries]
@@ -245,7 +267,44 @@ class Scoped(EditMethod):
 
     def candidate(self, delta: LowRankDelta, view: Codebook) -> Served:
         # Added last, where the logged edit would be (ties between keys go to the newest); the id is never shown.
-        return Served(self.model, view.added("candidate", delta))
+        return Served(self.model, view.beside("candidate", delta))
+
+    def logged(self, delta: LowRankDelta) -> LowRankDelta:
+        # Its definition: what it was computed from and how, its key and a digest of its factors; the factors
+        # (~430 KB on SmolLM2) are derived state, held in the scope's store or recomputed (`_recompute`).
+        how = {"rel_tol": self.settings.delta_rel_tol, "dtype": self.settings.delta_dtype,
+               **{k: getattr(self.scope.cfg, k) for k in COMPUTED_WITH}}
+        meta = {**delta.meta, DIGEST: factors_digest(delta), THREADS: str(torch.get_num_threads()),
+                "computed_with": json.dumps(how, sort_keys=True)}
+        return LowRankDelta({}, meta, delta.key)
+
+    def remember(self, edit_id: str, delta: LowRankDelta) -> None:
+        self.scope.store.put(edit_id, delta)
+
+    def piece_stats(self) -> dict[str, float]:
+        store = self.scope.store
+        return {"bytes": store.nbytes, "held": len(store), **dataclasses.asdict(store.stats)}
+
+    def _recompute(self, definition: LowRankDelta) -> LowRankDelta:
+        """The factors of a logged definition, computed as they were at edit time: the same requests, the scope
+        settings and compression they were computed with, at the same thread count (the float arithmetic, and so
+        the bits, depend on it). Set aside from any forward this thread is in (a prefill selecting the edit)."""
+        meta = ScopedMeta.read(definition.meta)
+        requests = [EditRequest(p, t) for p, t in zip(meta.prompts or (), meta.targets or ())]
+        how = json.loads(definition.meta["computed_with"])
+        scope = self.scope
+        cfg = {k: how[k] for k in COMPUTED_WITH}
+        if cfg != {k: getattr(scope.cfg, k) for k in COMPUTED_WITH}:
+            scope = copy.copy(scope)  # shares the hooks and thread state; only the settings differ
+            scope.cfg = dataclasses.replace(scope.cfg, **cfg)
+        threads = torch.get_num_threads()
+        with scope.aside():
+            torch.set_num_threads(int(definition.meta[THREADS]))
+            try:
+                return scope.compute(self.model, self.tokenizer, self.editor, requests, rel_tol=how["rel_tol"],
+                                     dtype=DTYPES[how["dtype"]])
+            finally:
+                torch.set_num_threads(threads)
 
     def apply(self, edit_id: str, delta: LowRankDelta, write_weights: bool) -> None:
         self.scope.add(edit_id, delta)  # a new codebook, swapped in whole
@@ -257,6 +316,7 @@ class Scoped(EditMethod):
         return self.scope.codebook
 
     def worded(self, text: str, form: str, view: Codebook) -> Worded | None:
+        self.scope.warm(self.model, self.tokenizer, text, view)
         if not self.settings.reword:
             return None
         try:
@@ -297,7 +357,7 @@ class Scoped(EditMethod):
         for edit_id, delta in active.items():
             meta = ScopedMeta.read(delta.meta)
             steps, radii, n_forms = meta.scope_scale, meta.radii, len(meta.form_names())  # radii: with a bank
-            for row, pieces in enumerate(Scope.pieces(delta)):
+            for row, pieces in enumerate(self.scope.store.pieces(edit_id, delta)):
                 path = f"adapters/{edit_id}-{row}"
                 to_peft([pieces[PLAIN]], self.model, out / path,
                         {**metadata, "mend_edit_id": edit_id, "mend_key_row": str(row)})

@@ -41,6 +41,31 @@ class DriftCollector(Collector):
                                     value=agreement)
 
 
+PIECE_METRICS = {  # EditMethod.piece_stats() key -> (metric, help)
+    "bytes": ("mend_piece_cache_bytes", "bytes of scoped edits' factors held in memory"),
+    "held": ("mend_piece_cache_edits", "scoped edits whose factors are held in memory"),
+    "hits": ("mend_piece_cache_hits", "selections that found their edit's factors held"),
+    "misses": ("mend_piece_recomputes", "scoped edits recomputed from their logged definition"),
+    "mismatches": ("mend_piece_recompute_mismatches", "recomputations whose factors differ from the logged digest"),
+    "recompute_s": ("mend_piece_recompute_seconds", "total time spent recomputing scoped edits"),
+}
+
+
+class PieceCollector(Collector):
+    """Read at scrape time: the scoped edits' factor store (`EditMethod.piece_stats`); nothing for in place."""
+
+    def __init__(self, stats: Callable[[], dict[str, float]]) -> None:
+        self.stats = stats
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, "") for name, _ in PIECE_METRICS.values()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for key, value in self.stats().items():
+            name, text = PIECE_METRICS[key]
+            yield GaugeMetricFamily(name, text, value=value)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -55,10 +80,12 @@ class Metrics:
         self.log_events = Gauge("mend_log_events", "edit log events applied (the version)", registry=self.registry)
 
     def bind(self, active: Callable[[], float], log_events: Callable[[], float],
-             drift: Callable[[], dict[str, float]], agreement: Callable[[], float | None]) -> None:
+             drift: Callable[[], dict[str, float]], agreement: Callable[[], float | None],
+             pieces: Callable[[], dict[str, float]] = dict) -> None:
         self.active.set_function(active)
         self.log_events.set_function(log_events)
         self.registry.register(DriftCollector(drift, agreement))
+        self.registry.register(PieceCollector(pieces))
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

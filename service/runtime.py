@@ -229,7 +229,9 @@ class Runtime(Replica):
             body = {"edit_id": uuid.uuid4().hex, "requests": asked, "author": author, "note": note, "force": force,
                     "time": now(), "pre": score_dicts(pre), "rank": delta.rank, "bytes": delta.nbytes,
                     "norm": delta.norm(), "guard": guard, "base_version": self.version}
-            return Event(EDIT, self.model_fp, self.editor_fp, self.log_fp, body, delta.to_bytes())
+            logged = self.method.logged(delta)
+            self.method.remember(body["edit_id"], delta)
+            return Event(EDIT, self.model_fp, self.editor_fp, self.log_fp, body, logged.to_bytes())
 
         with self.edit_mutex:
             body, version, repeated = self._write(edit_event, idempotency_key, digest)

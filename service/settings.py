@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # delta is the one checked, logged and applied.
     delta_rel_tol: float = Field(0.03, ge=0, lt=1, description="singular values kept: >= rel_tol * the largest")
     delta_dtype: str = Field("float16", pattern="^(float32|float16|bfloat16)$", description="stored factor dtype")
+    # A scoped edit is logged as its definition; its factors are held here, least recently used first, and
+    # recomputed from the definition (one edit's time) when a request selects an edit that is not held.
+    piece_cache_mb: int = Field(1024, ge=0, description="scoped edits: MiB of edits' factors held in memory "
+                                                        "(0 = no bound); an edit not held is recomputed when selected")
     # glibc's malloc otherwise raises its mmap threshold as large blocks are freed, and the heap then grows by
     # about 5 MiB per edit on SmolLM2 (service/heap.py).
     mmap_threshold: int = Field(128 * 1024, ge=0, le=32 * 1024 * 1024,

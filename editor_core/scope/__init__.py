@@ -27,9 +27,10 @@ from .meta import ScopedMeta
 from .reword import Worded
 from .scope import Scope
 from .selection import ANSWER_SLACK, Selection
+from .store import DIGEST, THREADS, PieceStore, factors_digest, is_definition
 
 __all__ = [
-    "ANSWER_SLACK", "CHAT", "PLAIN", "RELATION_RADII", "WORD_RADII", "Ask", "Choice", "Codebook", "RelationCheck",
+    "ANSWER_SLACK", "CHAT", "DIGEST", "THREADS", "PieceStore", "factors_digest", "is_definition", "PLAIN", "RELATION_RADII", "WORD_RADII", "Ask", "Choice", "Codebook", "RelationCheck",
     "RowDeltas", "Scope", "ScopeConfig", "ScopedMeta", "Selection", "WordCheck", "Worded", "calibration_rates",
     "fit_relation", "fit_scope", "fit_word_radius", "fit_words", "forms_of", "in_forms", "key_block_candidates",
     "pieces", "sentence_suffixes", "words_of",

@@ -142,10 +142,10 @@ class Applying:
         rows = book.nearest(keys, self.cfg.radius, texts)
         worded = worded or [None] * len(rows)
         pieces = [None if r is None else w.piece if w is not None and w.fits(book, r)
-                  else book.row_pieces[r].get(form, book.row_pieces[r][PLAIN]) for r, w in zip(rows, worded)]
+                  else _for_form(book.row_pieces(r), form) for r, w in zip(rows, worded)]
         with self.acting(self.stacked(pieces)):
-            yield Selection([None if r is None else book.owner[r] for r in rows],
-                            [None if r is None else book.row_targets[r] for r in rows])
+            yield Selection([None if r is None else book.owner(r) for r in rows],
+                            [None if r is None else book.target(r) for r in rows])
 
     def choose(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, asks: list[tuple[str, str]],
                book: Codebook | None = None) -> list[Choice | None]:
@@ -154,7 +154,7 @@ class Applying:
         alone, as in a request of its own."""
         book = book or self.codebook
         return [self._choice(tok, Ask(text, form, book), self.request_keys(model, tok, [text], book)[0])
-                if book.owner and text.strip() else None for text, form in asks]
+                if book.live and text.strip() else None for text, form in asks]
 
     def _choice(self, tok: PreTrainedTokenizerBase, ask: Ask, key: torch.Tensor) -> Choice | None:
         """The edit the request key `key` selects in the ask's codebook, its piece for the ask's form, and a
@@ -164,12 +164,12 @@ class Applying:
         r = book.nearest(key[None], self.cfg.radius, [ask.text])[0]
         if r is None:
             return None
-        target = book.row_targets[r]
+        target = book.target(r)
         length = None if target is None else len(tok(" " + target.strip(), add_special_tokens=False)["input_ids"])
-        piece, word_end = book.row_pieces[r].get(ask.form, book.row_pieces[r][PLAIN]), book.row_word_end[r]
+        piece, word_end = _for_form(book.row_pieces(r), ask.form), book.word_end(r)
         if ask.worded is not None and ask.worded.fits(book, r):  # made for this wording of the edit selected
             piece, word_end = ask.worded.piece, ask.worded.word_end
-        return Choice(piece, Selection([book.owner[r]], [target], [length], strict=ask.form == PLAIN,
+        return Choice(piece, Selection([book.owner(r)], [target], [length], strict=ask.form == PLAIN,
                                        word_end=word_end))
 
     def keyed_on_the_way(self, tok: PreTrainedTokenizerBase, ask: Ask, ids: list[int]) -> bool:
@@ -191,7 +191,7 @@ class Applying:
         one. The other asks are keyed first (`request_keys`), and each applies the piece
         made for its wording (`Ask.worded`) when it selects the edit that piece was made for."""
         chosen: list[Choice | None] = [None] * len(asks)
-        live = [b for b, a in enumerate(asks) if a is not None and a.book.owner and a.text.strip()]
+        live = [b for b, a in enumerate(asks) if a is not None and a.book.live and a.text.strip()]
         on_the_way = [b for b in live if self.keyed_on_the_way(tok, asks[b], contexts[b])]
         for b in live:
             if b not in on_the_way:
@@ -216,10 +216,25 @@ class Applying:
                     form: str = PLAIN, book: Codebook | None = None, worded: list[Worded | None] | None = None):
         """`applying` with the request keys of these prompts."""
         book = book or self.codebook
-        keys = self.request_keys(model, tok, prompts, book) if book.owner else torch.zeros(len(prompts), 0)
+        keys = self.request_keys(model, tok, prompts, book) if book.live else torch.zeros(len(prompts), 0)
         return self.applying(keys, form, book, worded, prompts)
 
 
     def off(self):
         """Within this context, this thread's forwards add no scoped edit."""
         return self.acting(None)
+
+    @contextlib.contextmanager
+    def aside(self):
+        """Within this context, this thread's forwards are its own: no edit acts and no prefill waits for its key.
+        For work done in the middle of a forward of this thread (a stored edit recomputed as it is selected)."""
+        saved = getattr(self._local, "rows", None), getattr(self._local, "keying", None)
+        self._local.rows = self._local.keying = None
+        try:
+            yield
+        finally:
+            self._local.rows, self._local.keying = saved
+
+
+def _for_form(pieces: dict[str, LowRankDelta], form: str) -> LowRankDelta:
+    return pieces.get(form, pieces[PLAIN])  # the plain piece for a form the edit has none for

@@ -12,6 +12,7 @@ from ..delta import LowRankDelta
 from .forms import PLAIN
 from .keys import normed
 from .meta import ScopedMeta
+from .store import PieceStore
 
 
 @dataclass(frozen=True)
@@ -58,84 +59,193 @@ class WordCheck:
         return words_of(text) - self.common
 
 
+class _Rows:
+    """Every key row ever added to a line of codebooks, append-only and shared by its versions: a version reads its
+    first `n` rows, less those removed at or before its own version number. Adding an edit appends (amortised
+    O(1): capacity doubles), removing one stamps its rows; neither copies the rows of other edits."""
+
+    def __init__(self, dim: int, relation: RelationCheck | None, words: WordCheck | None, store: PieceStore) -> None:
+        self.relation, self.words, self.store = relation, words, store
+        self.n, self.version = 0, 0  # rows written; the newest version made from them
+        self.keys = torch.zeros(0, dim)  # (capacity, d), unit rows
+        self.rel_keys = None if relation is None else torch.zeros(0, relation.map.shape[0])
+        self.radius = torch.zeros(0)  # each row's own radius (`Scope.radii`), floored by the scope's; -inf: none
+        self.removed_at = torch.zeros(0, dtype=torch.long)  # the version that removed each row (max: never)
+        self.owner: list[str] = []  # edit id of each row
+        self.targets: list[str | None] = []  # the answer each row installs (None: not stored)
+        self.word_end: list[bool] = []  # whether each row's delta also says the token that ends the answer's word
+        self.words_of: list[frozenset[str]] = []  # each row's rare words (empty: none, or no `words`)
+        self.first_row: dict[str, int] = {}
+        self.deltas: dict[str, LowRankDelta] = {}  # edit id -> its scoped delta, whole or a definition
+
+    def copy(self, n: int, version: int) -> _Rows:
+        """A line of its own with the rows of version (n, version): what adding to an older version starts from."""
+        out = _Rows(self.keys.shape[1], self.relation, self.words, self.store)
+        out.n, out.version = n, version
+        out.keys, out.radius = self.keys[:n].clone(), self.radius[:n].clone()
+        removed = self.removed_at[:n]  # removals after this version did not happen on the new line
+        out.removed_at = removed.masked_fill(removed > version, NEVER)
+        out.rel_keys = None if self.rel_keys is None else self.rel_keys[:n].clone()
+        out.owner, out.targets, out.word_end, out.words_of = (list(x[:n]) for x in (
+            self.owner, self.targets, self.word_end, self.words_of))
+        out.first_row = {e: r for e, r in self.first_row.items() if r < n}
+        out.deltas = {e: self.deltas[e] for e in out.first_row}
+        return out
+
+    def append(self, edit_id: str, delta: LowRankDelta) -> None:
+        k, meta = len(delta.key), ScopedMeta.read(delta.meta)
+        prompts = meta.row_prompts(k)
+        self._room(self.n + k)
+        rows = slice(self.n, self.n + k)
+        self.keys[rows] = delta.key.float()
+        self.radius[rows] = torch.tensor(meta.row_radii(k), dtype=torch.float32)
+        self.removed_at[rows] = NEVER
+        if self.rel_keys is not None:
+            self.rel_keys[rows] = self.relation.keys(delta.key)
+        self.owner += [edit_id] * k
+        self.targets += meta.row_targets(k)
+        self.word_end += meta.row_word_end(k)
+        self.words_of += [self.words.rare(p) for p in prompts] if self.words is not None and prompts is not None \
+            else [frozenset()] * k
+        self.first_row[edit_id], self.deltas[edit_id] = self.n, delta
+        self.n += k
+
+    def _room(self, n: int) -> None:
+        if n <= len(self.keys):
+            return
+        cap = max(n, 2 * len(self.keys), 16)
+
+        def grown(t: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
+            out = torch.full((cap, *t.shape[1:]), fill, dtype=t.dtype)
+            out[: self.n] = t[: self.n]
+            return out
+
+        # Versions reading the old tensors keep them: the rows they read are the same in both.
+        self.keys, self.radius, self.removed_at = grown(self.keys), grown(self.radius), grown(self.removed_at, NEVER)
+        if self.rel_keys is not None:
+            self.rel_keys = grown(self.rel_keys)
+
+
+NEVER = 2**62  # removed_at of a row never removed
+
+
 @dataclass(frozen=True)
 class Codebook:
-    """The stored edits at one moment: never changed, only replaced (`Scope.add`/`remove` build a new one). A
+    """The stored edits at one moment: never changed, only replaced (`Scope.add`/`remove` make a new one). A
     request that took the codebook once uses that one for its whole life, however many edits land meanwhile, so
-    scoped generation needs no lock and always sees one whole log version."""
+    scoped generation needs no lock and always sees one whole log version. Row r is the r-th key row ever added
+    to its line (`_Rows`); rows of removed edits stay, never selected."""
 
-    keys: torch.Tensor  # (n_keys, d), unit rows
-    owner: tuple[str, ...]  # edit id of each key row
-    row_pieces: tuple[dict[str, LowRankDelta], ...]  # what each key row applies, by form (`pieces`)
-    row_targets: tuple[str | None, ...]  # the answer each key row installs (None: not stored)
-    row_word_end: tuple[bool, ...]  # whether each key row's delta also says the token that ends the answer's word
-    deltas: MappingProxyType  # edit id -> its scoped delta; insertion order = age
-    row_radius: torch.Tensor  # (n_keys,) each key row's own radius (`Scope.radii`), floored by the scope's; -inf: none
-    relation: RelationCheck | None = None  # a second check a selection must also pass (`RelationCheck`)
-    rel_keys: torch.Tensor | None = None  # (n_keys, k) each key row's relation key, with `relation`
-    words: WordCheck | None = None  # a second way in, by the edit's rare words (`WordCheck`)
-    row_words: tuple[frozenset[str], ...] = ()  # each key row's rare words (empty: none, or no `words`)
+    rows: _Rows
+    n: int = 0  # rows visible
+    version: int = 0  # rows removed at a later version are still live here
+    live: int = 0  # edits stored
 
     @classmethod
-    def empty(cls, dim: int, relation: RelationCheck | None = None, words: WordCheck | None = None) -> Codebook:
-        rel_keys = None if relation is None else torch.zeros(0, relation.map.shape[0])
-        return cls(torch.zeros(0, dim), (), (), (), (), MappingProxyType({}), torch.zeros(0), relation, rel_keys,
-                   words)
+    def empty(cls, dim: int, relation: RelationCheck | None = None, words: WordCheck | None = None,
+              store: PieceStore | None = None) -> Codebook:
+        return cls(_Rows(dim, relation, words, PieceStore(split=pieces) if store is None else store))
 
     def cleared(self) -> Codebook:
-        """No edit, and this codebook's checks."""
-        return Codebook.empty(self.keys.shape[1], self.relation, self.words)
+        """No edit, and this codebook's checks and store."""
+        return Codebook.empty(self.rows.keys.shape[1], self.relation, self.words, self.store)
+
+    relation = property(lambda self: self.rows.relation)  # a second check a selection must pass (`RelationCheck`)
+    words = property(lambda self: self.rows.words)  # a second way in, by the edit's rare words (`WordCheck`)
+    store = property(lambda self: self.rows.store)  # the rows' pieces (`row_pieces`)
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """(n, d) unit key rows, removed ones included (never selected)."""
+        return self.rows.keys[: self.n]
+
+    def owner(self, r: int) -> str:
+        return self.rows.owner[r]
+
+    def target(self, r: int) -> str | None:
+        return self.rows.targets[r]
+
+    def word_end(self, r: int) -> bool:
+        return self.rows.word_end[r]
+
+    def row_in_edit(self, r: int) -> int:
+        """Row r's place among its own edit's key rows."""
+        return r - self.rows.first_row[self.rows.owner[r]]
+
+    def alive(self) -> torch.Tensor:
+        """(n,) whether each row belongs to an edit stored in this version."""
+        return self.rows.removed_at[: self.n] > self.version
+
+    @property
+    def deltas(self) -> MappingProxyType:
+        """Edit id -> its scoped delta (whole, or a definition), oldest first. O(edits): for export and rebuilds."""
+        alive, rows = self.alive().tolist(), self.rows
+        return MappingProxyType({e: rows.deltas[e] for e, r in rows.first_row.items() if r < self.n and alive[r]})
+
+    def row_pieces(self, r: int) -> dict[str, LowRankDelta]:
+        """What key row r applies, by form: held, split from a whole delta, or recomputed from its definition."""
+        edit_id = self.rows.owner[r]
+        return self.store.pieces(edit_id, self.rows.deltas[edit_id])[self.row_in_edit(r)]
 
     def added(self, edit_id: str, delta: LowRankDelta) -> Codebook:
+        """With this edit added; appended to the shared rows when this is the newest version of its line, else to a
+        copy of its rows (a candidate beside the live codebook)."""
         if delta.key is None:
             raise ValueError("a scoped edit needs its key (LowRankDelta.key)")
-        n, meta = len(delta.key), ScopedMeta.read(delta.meta)
-        prompts = meta.row_prompts(n)
-        rare = [self.words.rare(p) for p in prompts] if self.words is not None and prompts is not None else []
-        return Codebook(torch.cat([self.keys, delta.key.float()]), self.owner + (edit_id,) * n,
-                        self.row_pieces + tuple(pieces(delta)), self.row_targets + meta.row_targets(n),
-                        self.row_word_end + meta.row_word_end(n), MappingProxyType({**self.deltas, edit_id: delta}),
-                        torch.cat([self.row_radius, torch.tensor(meta.row_radii(n), dtype=torch.float32)]),
-                        self.relation,
-                        None if self.relation is None else torch.cat([self.rel_keys, self.relation.keys(delta.key)]),
-                        self.words, self.row_words + tuple(rare or [frozenset()] * n))
+        rows = self.rows
+        if (self.n, self.version) != (rows.n, rows.version) or edit_id in rows.first_row:
+            rows = rows.copy(self.n, self.version)
+        rows.append(edit_id, delta)
+        rows.version += 1
+        return Codebook(rows, rows.n, rows.version, self.live + 1)
+
+    def beside(self, edit_id: str, delta: LowRankDelta) -> Codebook:
+        """With this edit added on rows of its own (O(rows)): the live line is left as it is."""
+        return Codebook(self.rows.copy(self.n, self.version), self.n, self.version, self.live).added(edit_id, delta)
 
     def without(self, *edit_ids: str) -> Codebook:
         """Without these edits (KeyError if one is not stored)."""
         gone = set(edit_ids)
-        if not gone <= self.deltas.keys():
-            raise KeyError(f"not in the codebook: {sorted(gone - self.deltas.keys())}")
-        keep = [i for i, o in enumerate(self.owner) if o not in gone]
-        return Codebook(self.keys[keep], tuple(self.owner[i] for i in keep),
-                        tuple(self.row_pieces[i] for i in keep), tuple(self.row_targets[i] for i in keep),
-                        tuple(self.row_word_end[i] for i in keep),
-                        MappingProxyType({k: v for k, v in self.deltas.items() if k not in gone}),
-                        self.row_radius[keep], self.relation, None if self.relation is None else self.rel_keys[keep],
-                        self.words, tuple(self.row_words[i] for i in keep))
+        stored = {e for e in gone if e in self.rows.first_row and self.rows.first_row[e] < self.n
+                  and bool(self.alive()[self.rows.first_row[e]])}
+        if stored != gone:
+            raise KeyError(f"not in the codebook: {sorted(gone - stored)}")
+        rows = self.rows
+        if (self.n, self.version) != (rows.n, rows.version):
+            rows = rows.copy(self.n, self.version)
+        rows.version += 1
+        for e in gone:
+            first = rows.first_row[e]
+            last = first
+            while last < rows.n and rows.owner[last] == e:
+                last += 1
+            rows.removed_at[first:last] = rows.version
+        return Codebook(rows, rows.n, rows.version, self.live - len(gone))
 
     def nearest(self, keys: torch.Tensor, radius: float, texts: list[str] | None = None) -> list[int | None]:
         """Per prompt key: the most similar key row at cosine >= its radius, the larger of `radius` and the row's
         own, or at cosine >= the `words` check's radius where the prompt's text (texts[b]) names every rare word of
         the row's question; and whose relation key the prompt's relation key meets at cosine >= the check's radius,
         if the codebook has a `relation` check (ties: the newest)."""
-        if not self.owner:  # also: no keys computed, as nothing could be selected
+        if not self.live:  # also: no keys computed, as nothing could be selected
             return [None] * len(keys)
+        rows = self.rows
         sim = keys.float() @ self.keys.T  # (B, n_keys)
-        limit = self.row_radius.clamp(min=radius).expand_as(sim)
+        limit = rows.radius[: self.n].clamp(min=radius).expand_as(sim)
         if self.words is not None and texts is not None:
             limit = limit.clone()
             asked = [words_of(t) for t in texts]
             for b, r in ((sim >= self.words.radius) & (sim < limit)).nonzero().tolist():
-                if self.row_words[r] and self.row_words[r] <= asked[b]:
+                if rows.words_of[r] and rows.words_of[r] <= asked[b]:
                     limit[b, r] = self.words.radius
-        outside = sim < limit
+        outside = (sim < limit) | ~self.alive()
         if self.relation is not None:
-            outside |= self.relation.keys(keys) @ self.rel_keys.T < self.relation.radius
+            outside |= self.relation.keys(keys) @ rows.rel_keys[: self.n].T < self.relation.radius
         sim = sim.masked_fill(outside, float("-inf"))
         # Later rows are newer: flip so that argmax's first maximum is the newest.
         best = sim.flip(1).argmax(1)
-        rows = len(self.owner) - 1 - best
-        return [r if sim[b, r] > float("-inf") else None for b, r in enumerate(rows.tolist())]
+        picked = self.n - 1 - best
+        return [r if sim[b, r] > float("-inf") else None for b, r in enumerate(picked.tolist())]
 
 
 def pieces(delta: LowRankDelta) -> list[dict[str, LowRankDelta]]:

@@ -32,7 +32,7 @@ class Worded:
 
     def fits(self, book: Codebook, r: int) -> bool:
         """Whether key row r of `book` is the row it was made for."""
-        return self.edit_id == book.owner[r] and r - book.owner.index(self.edit_id) == self.row
+        return self.edit_id == book.owner(r) and book.row_in_edit(r) == self.row
 
 
 class Rewording:
@@ -56,16 +56,16 @@ class Rewording:
         edit's question, so the edit is made for the words it was asked in. The first request in a wording pays for
         one edit of one form; the piece is kept (WORDED_PIECES) for the next."""
         book = book or self.codebook
-        if not book.owner or not text.strip():
+        if not book.live or not text.strip():
             return None
         key = self.request_keys(model, tok, [text], book)[0]
         r = book.nearest(key[None], self.cfg.radius, [text])[0]
         # Own words: the whole prompt, not its best sentence suffix (a preamble before the edit prompt is other words).
-        if r is None or book.row_targets[r] is None or \
+        if r is None or book.target(r) is None or \
                 float(self.prompt_keys(model, tok, [text])[0] @ book.keys[r]) >= OWN_WORDING:
             return None
-        edit_id, target = book.owner[r], book.row_targets[r]
-        row, memo = r - book.owner.index(edit_id), (id(model), id(editor), rel_tol, dtype, form, text, target)
+        edit_id, target = book.owner(r), book.target(r)
+        row, memo = book.row_in_edit(r), (id(model), id(editor), rel_tol, dtype, form, text, target)
         with self._wording_lock:  # one piece at a time: an edit's forwards take the cores anyway
             with self._worded_lock:
                 if memo in self._worded:  # also computed by a request that held the work lock before this one

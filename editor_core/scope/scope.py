@@ -20,6 +20,7 @@ from .compute import Computing
 from .config import ScopeConfig
 from .keys import Keying
 from .reword import Rewording
+from .store import PieceStore
 
 class Scope(Keying, Computing, Rewording, Applying):
     """Keys of prompts and the edits they select: the state its parts share (keys.py, compute.py, reword.py,
@@ -41,6 +42,8 @@ class Scope(Keying, Computing, Rewording, Applying):
         # The words too common to name an edit (`WordCheck`, `fit_words`). None, or cfg.word_radius None: edits are
         # selected by their keys alone.
         self.common = common
+        # Stored edits' pieces, shared by every codebook: bounded and recomputing where the caller sets it up.
+        self.store = PieceStore(split=pieces)
         # replaced whole by add/remove, never changed in place
         self.codebook = self.empty()
         self._local = threading.local()
@@ -54,10 +57,6 @@ class Scope(Keying, Computing, Rewording, Applying):
         self._worded_lock, self._wording_lock = threading.Lock(), threading.Lock()
 
     # The current codebook's fields, for reading.
-    keys = property(lambda self: self.codebook.keys)
-    owner = property(lambda self: self.codebook.owner)
-    row_pieces = property(lambda self: self.codebook.row_pieces)
-    row_targets = property(lambda self: self.codebook.row_targets)
     deltas = property(lambda self: self.codebook.deltas)
 
     pieces = staticmethod(pieces)
@@ -78,7 +77,7 @@ class Scope(Keying, Computing, Rewording, Applying):
 
     def empty(self) -> Codebook:
         """A codebook with no edit and this scope's checks."""
-        return Codebook.empty(self.center.numel(), self.relation_check(), self.word_check())
+        return Codebook.empty(self.center.numel(), self.relation_check(), self.word_check(), self.store)
 
     def with_relation(self, relation: torch.Tensor | None, radius: float | None) -> Scope:
         """This scope with this relation check (None: none), its stored edits kept."""
@@ -112,6 +111,17 @@ class Scope(Keying, Computing, Rewording, Applying):
     def load(cls, path: str | Path, layers: list[EditedLayer]) -> Scope:
         return io.load(cls, path, layers)
 
+    def warm(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, text: str, book: Codebook | None = None) -> None:
+        """Have the pieces of the edit that `text` selects in `book` held, computing them in the calling thread if
+        they are not: a generation's prefill then finds them, and the decode loop that every generation waits on
+        does not compute an edit."""
+        book = book or self.codebook
+        if not book.live or not text.strip():
+            return
+        r = book.nearest(self.request_keys(model, tok, [text], book)[0][None], self.cfg.radius, [text])[0]
+        if r is not None:
+            book.row_pieces(r)
+
     def add(self, edit_id: str, delta: LowRankDelta) -> None:
         self.codebook = self.codebook.added(edit_id, delta)
 
@@ -127,7 +137,7 @@ class Scope(Keying, Computing, Rewording, Applying):
         """Per prompt key (of the prompt texts[b], if given): the edit whose key it selects (`Codebook.nearest`), or
         None."""
         book = book or self.codebook
-        return [None if r is None else book.owner[r] for r in book.nearest(keys, self.cfg.radius, texts)]
+        return [None if r is None else book.owner(r) for r in book.nearest(keys, self.cfg.radius, texts)]
 
     # ---- applying ------------------------------------------------------------------------------------------
 

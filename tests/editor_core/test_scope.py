@@ -246,7 +246,7 @@ def test_edits_sent_together_each_apply_only_their_own_delta(model, tokenizer):
             finally:
                 pieces[i].revert(model)
         scope.remove("batch")
-        assert scope.row_pieces == () and scope.select(scope.prompt_keys(model, tokenizer, [reqs[0].prompt])) == [None]
+        assert scope.codebook.live == 0 and scope.select(scope.prompt_keys(model, tokenizer, [reqs[0].prompt])) == [None]
     finally:
         scope.detach()
 
@@ -308,7 +308,7 @@ def test_a_selection_releases_once_its_answer_is_said(setup):
     assert not choice.selection.released
     assert choice.selection.observe(f"{target}, of course.") and choice.selection.released
     assert not choice.selection.observe(f"{target}, of course. And")  # released once
-    assert scope.row_targets == (target,)
+    assert [scope.codebook.target(r) for r in range(scope.codebook.n)] == [target]
 
 
 def test_an_edit_logged_without_its_target_never_releases(setup):
@@ -421,9 +421,9 @@ def test_edit_forms_end_the_targets_that_would_run_on_with_the_token_the_base_mo
                          [r.prompt for r in reqs], forms_of(tokenizer), answers=[r.target for r in reqs])
     assert json.loads(delta.meta["word_end"]) == [int(e) for e in extended]
     scope.add("e", delta)
-    assert scope.codebook.row_word_end == tuple(extended)
+    assert [scope.codebook.word_end(r) for r in range(scope.codebook.n)] == list(extended)
     scope.add("old", LowRankDelta(delta.factors, {**delta.meta, "word_end": "1"}, delta.key))  # logged before
-    assert scope.codebook.row_word_end[len(reqs):] == (True,) * len(reqs)
+    assert [scope.codebook.word_end(r) for r in range(len(reqs), scope.codebook.n)] == [True] * len(reqs)
     scope.cfg.end_words = False
     assert scope.edit_forms(model, tokenizer, reqs) == plain
 
@@ -568,7 +568,7 @@ def test_a_word_check_lets_a_prompt_naming_an_edits_rare_words_select_it(setup, 
     common = fit_words(["The capital of Spain is", "The capital of Peru is", "The capital of Chad is"], 0.5)
     assert common == {"the", "capital", "of", "is"}
     scope.with_words(common, -1.0)  # any cosine, for a prompt naming all of "france"
-    assert scope.codebook.row_words == (frozenset({"france"}),)
+    assert scope.codebook.rows.words_of == [frozenset({"france"})]
     assert scope.select(keys, texts=asked) == ["e1", None, None, "e1"]
     assert scope.select(keys) == [None, None, None, "e1"]  # no texts: keys alone
     with scope.applying_to(model, tok, asked[:2]) as chosen:
@@ -580,7 +580,7 @@ def test_a_word_check_lets_a_prompt_naming_an_edits_rare_words_select_it(setup, 
     assert again.common == common and again.cfg.word_radius == -1.0
     again.add("e1", delta)
     again.add("old", LowRankDelta(delta.factors, {}, delta.key))  # logged before meta["prompts"]
-    assert again.codebook.row_words == (frozenset({"france"}), frozenset())
+    assert again.codebook.rows.words_of == [frozenset({"france"}), frozenset()]
     assert again.select(keys[:1], texts=asked[:1]) == ["e1"]
     again.remove("e1")
     assert again.select(keys, texts=asked) == [None, None, None, "old"]

@@ -1,6 +1,8 @@
 """GET /health, /ready, /metrics and the OpenAPI document (routes/health.py, metrics.py, schemas.py)."""
 from __future__ import annotations
 
+import re
+
 from service_support import EDIT
 
 from service.settings import Settings
@@ -33,6 +35,18 @@ def test_openapi_has_an_example_for_every_request(client):
     assert all(doc["components"]["schemas"][b]["examples"] for b in bodies)
     assert "space" in doc["info"]["description"]  # how prompt and target are joined
     assert client.get("/docs").status_code == 200
+
+
+def test_the_interactive_docs_need_no_internet(client):
+    """/docs and /redoc load their scripts and styles from this server (the installed package), not a CDN."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn." not in html and "https://" not in html.split("<body")[1] if "<body" in html else True
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(a.startswith("/") for a in assets), assets
+        for asset in assets:
+            r = client.get(asset)
+            assert r.status_code == 200 and len(r.content) > 100, asset
 
 
 def test_examples_are_valid_requests(client):
