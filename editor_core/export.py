@@ -79,7 +79,9 @@ def to_peft(deltas: list[LowRankDelta], model: nn.Module, out: str | Path,
     ranks = {re.escape(m): a.shape[0] for m, (a, _) in weights.items()}
     config = LoraConfig(r=max(ranks.values()), lora_alpha=max(ranks.values()), target_modules=sorted(weights),
                         rank_pattern=ranks, alpha_pattern=dict(ranks), fan_in_fan_out=fan_in_fan_out,
-                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", inference_mode=True)
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", inference_mode=True,
+                        # The model it goes on (its folder or hub id): AutoPeftModelForCausalLM loads it alone.
+                        base_model_name_or_path=getattr(model, "name_or_path", None) or None)
     out = Path(out)
     config.save_pretrained(str(out))
     tensors = {}

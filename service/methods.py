@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -35,6 +36,8 @@ from editor_core import (
     Scope,
     ScopedMeta,
     WeightsView,
+    codebook_from_state,
+    codebook_state,
     Worded,
     first_block,
     load_canaries,
@@ -145,6 +148,18 @@ class EditMethod:
     def agreement(self) -> float | None:
         """Share of canaries answered as the base model did; under a read lock."""
         return None
+
+    def snapshot_checks(self) -> str | None:
+        """What a snapshot of this method's state must have been written under to be read back (None: the method
+        takes no snapshots; in place restores weight checkpoints instead)."""
+        return None
+
+    def snapshot_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        raise NotImplementedError
+
+    def restore_state(self, tensors: dict[str, torch.Tensor], info: dict) -> dict[str, LowRankDelta]:
+        """Take the state a snapshot holds; returns the active edits (edit id -> logged delta), in log order."""
+        raise NotImplementedError
 
     def piece_stats(self) -> dict[str, float]:
         """What the store of edits' factors holds and has done (`service.metrics.PIECE_METRICS`), if it has one."""
@@ -280,6 +295,23 @@ class Scoped(EditMethod):
 
     def remember(self, edit_id: str, delta: LowRankDelta) -> None:
         self.scope.store.put(edit_id, delta)
+
+    def snapshot_checks(self) -> str:
+        # Keys, relation keys and rare words are read back, not recomputed: the scope and its checks must match.
+        h = hashlib.sha256(self.scope.fingerprint().encode())
+        book = self.scope.codebook
+        if book.relation is not None:
+            h.update(book.relation.map.contiguous().numpy().tobytes() + str(book.relation.radius).encode())
+        if book.words is not None:
+            h.update(json.dumps([sorted(book.words.common), book.words.radius]).encode())
+        return h.hexdigest()[:32]
+
+    def snapshot_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return codebook_state(self.scope.codebook)
+
+    def restore_state(self, tensors: dict[str, torch.Tensor], info: dict) -> dict[str, LowRankDelta]:
+        self.scope.codebook = codebook_from_state(tensors, info, self.scope.empty())
+        return dict(self.scope.codebook.deltas)
 
     def piece_stats(self) -> dict[str, float]:
         store = self.scope.store

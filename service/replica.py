@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass, field
 
 import redis
@@ -24,6 +25,7 @@ from .errors import FingerprintMismatch, LogUnavailable, NotReady
 from .locks import RWLock
 from .methods import METHODS, View
 from .settings import Settings
+from . import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class Replica:
         self.version, self.last_id = 0, "0"
         self.published = Published(0, self.method.view())
         self.checkpoint_version = 0  # the log position of the newest checkpoint this process knows of
+        self.snapshot_version = 0  # the version of the newest snapshot this process wrote or read
         self.edits: dict[str, EditEntry] = {}
         self.active: dict[str, LowRankDelta] = {}  # insertion order = log order
         self.idempotent: dict[str, tuple[dict, int]] = {}  # Idempotency-Key -> (body, version) of its event
@@ -80,6 +83,14 @@ class Replica:
             log.warning("this Redis also holds logs of other model/editor pairs, not applied here: %s", others)
         t0 = time.perf_counter()
         with self.sync_lock:
+            if self._restored_snapshot():
+                tail = self.log.read_after(self.last_id)
+                for event in tail:
+                    self._apply(event)
+                log.info("restored the snapshot at version %d and applied %d events after it in %.2f s (%d active "
+                         "edits)", self.version - len(tail), len(tail), time.perf_counter() - t0, len(self.active))
+                self.snapshot_version = self.version - len(tail)
+                return
             events = self.log.read_after("0")
             ckpt = self._usable_checkpoint(events)
             start = ckpt.version if ckpt else 0
@@ -95,6 +106,46 @@ class Replica:
                  "at version %d)", self.version, self.log.key, time.perf_counter() - t0, len(self.active),
                  len(events) - start, start)
         self.maybe_checkpoint()
+
+    def _restored_snapshot(self) -> bool:
+        """Take the newest usable snapshot's state (nothing of it if it is not usable); True if one was taken."""
+        checks = self.method.snapshot_checks()
+        if not self.settings.snapshot_every or checks is None:
+            return False
+        snap = snapshot.load(self.settings.data_dir, self.log.key, checks)
+        if snap is None:
+            return False
+        # Its event must still be in this stream: a log deleted and written anew has other events.
+        if snap.version and not self.log.client.xrange(self.log.key, min=snap.event_id, max=snap.event_id):
+            log.warning("ignoring the snapshot at version %d: its event %s is not in %s (full replay)", snap.version,
+                        snap.event_id, self.log.key)
+            return False
+        with self.rw.write():
+            self.active = self.method.restore_state(snap.tensors, snap.codebook)
+            self.edits = {e["edit_id"]: EditEntry(**e) for e in snap.replica["edits"]}
+            self.idempotent = {k: (body, v) for k, (body, v) in snap.replica["idempotent"].items()}
+            self.version, self.last_id = snap.version, snap.event_id
+            self.published = Published(self.version, self.method.view())
+        return True
+
+    def maybe_snapshot(self, force: bool = False) -> None:
+        """Write a snapshot every `snapshot_every` events (or now, with `force`: on shutdown)."""
+        every, checks = self.settings.snapshot_every, self.method.snapshot_checks()
+        if not every or checks is None or self.version == self.snapshot_version or self.error or (
+                not force and self.version - self.snapshot_version < every):
+            return
+        t0 = time.perf_counter()
+        with self.rw.read():  # one whole version
+            tensors, info = self.method.snapshot_state()
+            replica = {"edits": [dataclasses.asdict(e) for e in self.edits.values()],
+                       "idempotent": {k: list(v) for k, v in self.idempotent.items()}}
+            snap = snapshot.Snapshot(self.version, self.last_id, tensors, info, replica)
+        try:
+            snapshot.save(self.settings.data_dir, self.log.key, checks, snap)
+            self.snapshot_version = snap.version
+            log.info("snapshot at version %d written in %.2f s", snap.version, time.perf_counter() - t0)
+        except OSError as e:
+            log.warning("could not write the snapshot at version %d (%s); restarts replay more", snap.version, e)
 
     def start_following(self) -> None:
         self._follower = threading.Thread(target=self._follow, name="mend-log-follower", daemon=True)
@@ -113,7 +164,9 @@ class Replica:
         return ckpt
 
     def maybe_checkpoint(self) -> None:
-        """Store the exact edited weights every `checkpoint_every` events, so a restart replays only the tail."""
+        """Store the exact edited weights every `checkpoint_every` events, so a restart replays only the tail (and
+        a snapshot of the derived state, for methods that keep one)."""
+        self.maybe_snapshot()
         every = self.settings.checkpoint_every
         if not every or not self.method.checkpoints or self.version - self.checkpoint_version < every:
             return
@@ -129,6 +182,7 @@ class Replica:
         self._stop.set()
         if self._follower:
             self._follower.join(FOLLOW_BLOCK_MS / 1000 + 6)
+        self.maybe_snapshot(force=True)
         self.log.close()
         if self.embedded:
             self.embedded.stop()

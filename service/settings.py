@@ -74,6 +74,10 @@ class Settings(BaseSettings):
                                                          "events, so a restart re-applies at most N (0 = no "
                                                          "checkpoints: every restart replays the whole log)")
     # Default scoped: kept edits do not interfere, where in-place MEND collapses after a few dozen.
+    # A restart reads the newest snapshot of the derived state (under MEND_DATA_DIR) and replays only the events
+    # after it; one is written on shutdown and every N events.
+    snapshot_every: int = Field(10_000, ge=0, description="scoped edits: write a snapshot of the served state "
+                                                            "every N log events and on shutdown (0 = never)")
     method: str = Field("scoped", pattern="^(inplace|scoped)$", description=(
         "inplace: each delta is added to the weights (MEND as published); scoped: each delta applies only to "
         "prompts within the scope radius of the edit's own (editor_core.scope), weights never change"))

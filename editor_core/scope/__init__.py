@@ -17,7 +17,7 @@ selection.py (when a reply lets go of its edit), apply.py (the edits acting on f
 scope to a model), io.py (on disk), scope.py (`Scope`, the object that puts them together).
 """
 from .apply import Ask, Choice, RowDeltas
-from .codebook import Codebook, RelationCheck, WordCheck, pieces, words_of
+from .codebook import Codebook, RelationCheck, WordCheck, codebook_from_state, codebook_state, pieces, words_of
 from .config import ScopeConfig
 from .fit import (RELATION_RADII, WORD_RADII, calibration_rates, fit_relation, fit_scope, fit_word_radius, fit_words,
                   key_block_candidates)
@@ -30,7 +30,7 @@ from .selection import ANSWER_SLACK, Selection
 from .store import DIGEST, THREADS, PieceStore, factors_digest, is_definition
 
 __all__ = [
-    "ANSWER_SLACK", "CHAT", "DIGEST", "THREADS", "PieceStore", "factors_digest", "is_definition", "PLAIN", "RELATION_RADII", "WORD_RADII", "Ask", "Choice", "Codebook", "RelationCheck",
+    "ANSWER_SLACK", "CHAT", "codebook_from_state", "codebook_state", "DIGEST", "THREADS", "PieceStore", "factors_digest", "is_definition", "PLAIN", "RELATION_RADII", "WORD_RADII", "Ask", "Choice", "Codebook", "RelationCheck",
     "RowDeltas", "Scope", "ScopeConfig", "ScopedMeta", "Selection", "WordCheck", "Worded", "calibration_rates",
     "fit_relation", "fit_scope", "fit_word_radius", "fit_words", "forms_of", "in_forms", "key_block_candidates",
     "pieces", "sentence_suffixes", "words_of",

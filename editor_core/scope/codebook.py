@@ -248,6 +248,54 @@ class Codebook:
         return [r if sim[b, r] > float("-inf") else None for b, r in enumerate(picked.tolist())]
 
 
+def codebook_state(book: Codebook) -> tuple[dict[str, torch.Tensor], dict]:
+    """A codebook version as tensors and JSON (a snapshot's): its rows up to n, the deltas of its edits (whole ones
+    with their factors, definitions without: their keys are rows)."""
+    rows, n = book.rows, book.n
+    tensors = {"keys": rows.keys[:n].contiguous(), "radius": rows.radius[:n].contiguous(),
+               "removed_at": rows.removed_at[:n].masked_fill(rows.removed_at[:n] > book.version, NEVER).contiguous()}
+    if rows.rel_keys is not None:
+        tensors["rel_keys"] = rows.rel_keys[:n].contiguous()
+    metas, whole = {}, []
+    for e, first in rows.first_row.items():
+        if first < n:
+            d = rows.deltas[e]
+            metas[e] = d.meta
+            if d.factors:
+                whole.append(e)
+                for name, (left, right) in d.factors.items():
+                    tensors[f"whole/{e}/{name}/left"], tensors[f"whole/{e}/{name}/right"] = left, right
+    info = {"n": n, "version": book.version, "live": book.live, "owner": rows.owner[:n],
+            "targets": rows.targets[:n], "word_end": rows.word_end[:n],
+            "words_of": [sorted(w) for w in rows.words_of[:n]], "first_row": {e: r for e, r in rows.first_row.items()
+                                                                               if r < n},
+            "metas": metas, "whole": whole}
+    return tensors, info
+
+
+def codebook_from_state(tensors: dict[str, torch.Tensor], info: dict, empty: Codebook) -> Codebook:
+    """The version `codebook_state` wrote, on the checks and store of `empty` (which must be those it was made
+    with: relation keys and rare words are read, not recomputed)."""
+    rows, n = _Rows(empty.rows.keys.shape[1], empty.relation, empty.words, empty.store), info["n"]
+    rows.n, rows.version = n, info["version"]
+    rows.keys, rows.radius, rows.removed_at = tensors["keys"], tensors["radius"], tensors["removed_at"]
+    rows.rel_keys = tensors.get("rel_keys") if empty.relation is not None else None
+    rows.owner, rows.targets, rows.word_end = list(info["owner"]), list(info["targets"]), list(info["word_end"])
+    rows.words_of = [frozenset(w) for w in info["words_of"]]
+    rows.first_row = dict(info["first_row"])
+    whole = set(info["whole"])
+    for e, first in rows.first_row.items():
+        k = 1
+        while first + k < n and rows.owner[first + k] == e:
+            k += 1
+        factors = {}
+        if e in whole:
+            names = {key.split("/")[2] for key in tensors if key.startswith(f"whole/{e}/")}
+            factors = {m: (tensors[f"whole/{e}/{m}/left"], tensors[f"whole/{e}/{m}/right"]) for m in names}
+        rows.deltas[e] = LowRankDelta(factors, info["metas"][e], rows.keys[first:first + k].clone())
+    return Codebook(rows, n, info["version"], info["live"])
+
+
 def pieces(delta: LowRankDelta) -> list[dict[str, LowRankDelta]]:
     """What each key row of a scoped delta applies, by form: its own pieces, or the whole delta for every key (and
     form) when it has no key ranks (logs written before pieces, and deltas scoped by hand)."""

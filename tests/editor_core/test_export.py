@@ -113,3 +113,15 @@ def test_a_delta_that_fits_no_lora_module_is_refused(model, tmp_path):
     with pytest.raises(ValueError, match="no edit to export"):
         to_peft([], model, tmp_path / "c")
     assert not any(tmp_path.iterdir())
+
+
+def test_the_adapter_names_its_base_model_so_peft_loads_it_alone(model, tokenizer, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+
+    model.save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    delta = random_delta(base, 2, seed=3)
+    folder = to_peft([delta], base, tmp_path / "adapter")
+    assert json.loads((folder / ADAPTER_CONFIG).read_text())["base_model_name_or_path"] == str(tmp_path / "base")
+    alone = AutoPeftModelForCausalLM.from_pretrained(folder)
+    assert (logits(alone, tokenizer) - logits(edited_copy(base, [delta]), tokenizer)).abs().max() <= 1e-4
