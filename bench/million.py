@@ -15,6 +15,7 @@ Each edit is stored as the service stores it: its definition (key, prompts, targ
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import random
@@ -154,11 +155,23 @@ def main(points: str = typer.Option("1000,10000,100000", help="edits stored at e
             t0 = time.perf_counter()
             book.nearest(key[None], scope.cfg.radius, [text])
             select_ms.append((time.perf_counter() - t0) * 1000)
+        gc.collect()
+        t0 = time.perf_counter()
+        gc.collect()
+        gc_ms = (time.perf_counter() - t0) * 1000
+        gc.freeze()
+        t0 = time.perf_counter()
+        gc.collect()
+        gc_frozen_ms = (time.perf_counter() - t0) * 1000
+        gc.unfreeze()
         selected = sum(r is not None for r in book.nearest(torch.stack(request_keys), scope.cfg.radius, asked))
         row = {"edits": size, "add_us_per_edit": t_add / max(added, 1) * 1e6,
-               "select_ms_p50": statistics.median(select_ms), "select_ms_p95": sorted(select_ms)[int(0.95 * len(select_ms))],
-               "requests_selecting": selected / len(asked), "rss_mib": rss_mib(), "rss_mib_over_start": rss_mib() - base_rss,
-               "codebook_key_mib": book.rows.keys.numel() * 4 / 2**20}
+               "select_ms_p50": statistics.median(select_ms),
+               "select_ms_p95": sorted(select_ms)[int(0.95 * len(select_ms))],
+               "requests_selecting": selected / len(asked), "rss_mib": rss_mib(),
+               "rss_mib_over_start": rss_mib() - base_rss,
+               "codebook_key_mib": book.rows.keys.numel() * 4 / 2**20, "gc_full_ms": gc_ms,
+               "gc_full_ms_frozen": gc_frozen_ms, "gc_tracked": len(gc.get_objects())}
         rows.append(row)
         log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
     first = rows[0]

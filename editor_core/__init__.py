@@ -10,15 +10,27 @@ from .layers import EditedLayer, first_block, select_layers
 from .mend import MENDConfig, MENDEditor
 from .model import DEFAULT_MODEL, DTYPES, load_base_model, model_fingerprint, prepare_model
 from .prefix_cache import PrefixCache
-from .scope import (CHAT, DIGEST, PLAIN, THREADS, Ask, Codebook, Scope, ScopedMeta, Worded, codebook_from_state,
-                    codebook_state, factors_digest)
+from .scope import (
+                    CHAT,
+                    DIGEST,
+                    PLAIN,
+                    THREADS,
+                    Ask,
+                    Codebook,
+                    Scope,
+                    ScopedMeta,
+                    Worded,
+                    codebook_from_state,
+                    codebook_state,
+                    factors_digest,
+)
 from .scoring import TargetScore, score_targets
 
 __all__ = [
-    "CHAT", "codebook_from_state", "codebook_state", "DEFAULT_MODEL", "DIGEST", "DTYPES", "PLAIN", "THREADS", "factors_digest", "Ask", "Batch", "Canary", "CanarySet", "Change", "Codebook",
-    "Completion", "EditRecord", "EditRequest", "EditedLayer", "LowRankDelta", "MENDConfig", "MENDEditor",
+    "CHAT", "DEFAULT_MODEL", "DIGEST", "DTYPES", "PLAIN", "THREADS", "Ask", "Batch", "Canary", "CanarySet", "Change",
+    "Codebook", "Completion", "EditRecord", "EditRequest", "EditedLayer", "LowRankDelta", "MENDConfig", "MENDEditor",
     "NonFiniteDeltaError", "PrefixCache", "Row", "Scope", "ScopedMeta", "TargetScore", "WeightsView", "Worded",
-    "complete", "first_block", "join", "load_base_model", "load_canaries", "load_records", "merged",
-    "model_fingerprint", "prepare_model", "prompt_ids", "restore", "safetensors_metadata", "score_targets",
-    "select_layers", "shadow_of", "snapshot", "to_peft",
+    "codebook_from_state", "codebook_state", "complete", "factors_digest", "first_block", "join", "load_base_model",
+    "load_canaries", "load_records", "merged", "model_fingerprint", "prepare_model", "prompt_ids", "restore",
+    "safetensors_metadata", "score_targets", "select_layers", "shadow_of", "snapshot", "to_peft",
 ]

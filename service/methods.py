@@ -25,6 +25,7 @@ from editor_core import (
     DIGEST,
     DTYPES,
     PLAIN,
+    THREADS,
     Ask,
     CanarySet,
     Codebook,
@@ -32,20 +33,19 @@ from editor_core import (
     LowRankDelta,
     MENDEditor,
     PrefixCache,
-    THREADS,
     Scope,
     ScopedMeta,
     WeightsView,
+    Worded,
     codebook_from_state,
     codebook_state,
-    Worded,
+    factors_digest,
     first_block,
     load_canaries,
     merged,
     restore,
     shadow_of,
     snapshot,
-    factors_digest,
     to_peft,
 )
 
@@ -58,9 +58,9 @@ log = logging.getLogger(__name__)
 # What a request reads besides the weights (`EditMethod.view`): the scoped codebook, or nothing in place.
 View = Codebook | None
 
-KEYS_FILE = "keys.safetensors"
+KEYS_FILE = "keys.safetensors"  # of a scoped export: row i is the key of the manifest's adapters[i]
 # The scope settings that shape a new edit's factors (not which prompts select it): a definition records them.
-COMPUTED_WITH = ("scale", "max_scale", "tune_steps", "tune_lr", "end_words")  # of a scoped export: row i is the key of the manifest's adapters[i]
+COMPUTED_WITH = ("scale", "max_scale", "tune_steps", "tune_lr", "end_words")
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ replicas write. Lock order: edit mutex -> sync lock -> write lock; readers never
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-import dataclasses
 from dataclasses import dataclass, field
 
 import redis
@@ -19,13 +19,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from editor_core import LowRankDelta, MENDEditor, restore, snapshot
 
+from . import snapshot as snapshots
 from .editlog import EDIT, ROLLBACK, Checkpoint, EditLog, Event, log_fingerprint
 from .embedded_redis import EmbeddedRedis
 from .errors import FingerprintMismatch, LogUnavailable, NotReady
 from .locks import RWLock
 from .methods import METHODS, View
 from .settings import Settings
-from . import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Replica:
         checks = self.method.snapshot_checks()
         if not self.settings.snapshot_every or checks is None:
             return False
-        snap = snapshot.load(self.settings.data_dir, self.log.key, checks)
+        snap = snapshots.load(self.settings.data_dir, self.log.key, checks)
         if snap is None:
             return False
         # Its event must still be in this stream: a log deleted and written anew has other events.
@@ -139,9 +139,9 @@ class Replica:
             tensors, info = self.method.snapshot_state()
             replica = {"edits": [dataclasses.asdict(e) for e in self.edits.values()],
                        "idempotent": {k: list(v) for k, v in self.idempotent.items()}}
-            snap = snapshot.Snapshot(self.version, self.last_id, tensors, info, replica)
+            snap = snapshots.Snapshot(self.version, self.last_id, tensors, info, replica)
         try:
-            snapshot.save(self.settings.data_dir, self.log.key, checks, snap)
+            snapshots.save(self.settings.data_dir, self.log.key, checks, snap)
             self.snapshot_version = snap.version
             log.info("snapshot at version %d written in %.2f s", snap.version, time.perf_counter() - t0)
         except OSError as e:

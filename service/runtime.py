@@ -9,6 +9,7 @@ published codebook without any lock, so a generation never waits behind an edit.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ from editor_core import (
     score_targets,
 )
 
+from .batcher import Batcher, Generation
 from .editlog import EDIT, ROLLBACK, Event, LogMoved
 from .embedded_redis import EmbeddedRedis
 from .errors import (
@@ -53,8 +55,6 @@ from .errors import (
     NotReady,
     UnknownEdit,
 )
-
-from .batcher import Batcher, Generation
 from .guard import Verdict
 from .methods import Served
 from .replica import EditEntry, Replica
@@ -178,6 +178,10 @@ class Runtime(Replica):
             if embedded:
                 embedded.stop()
             raise
+        # What the replay built lives as long as the server: frozen out of the collector's reach, a full collection
+        # no longer walks every stored edit's objects (a pause that grew with the edits kept).
+        gc.collect()
+        gc.freeze()
         if follow:
             rt.start_following()
         rt.batcher.start()

@@ -19,8 +19,16 @@ scope to a model), io.py (on disk), scope.py (`Scope`, the object that puts them
 from .apply import Ask, Choice, RowDeltas
 from .codebook import Codebook, RelationCheck, WordCheck, codebook_from_state, codebook_state, pieces, words_of
 from .config import ScopeConfig
-from .fit import (RELATION_RADII, WORD_RADII, calibration_rates, fit_relation, fit_scope, fit_word_radius, fit_words,
-                  key_block_candidates)
+from .fit import (
+                  RELATION_RADII,
+                  WORD_RADII,
+                  calibration_rates,
+                  fit_relation,
+                  fit_scope,
+                  fit_word_radius,
+                  fit_words,
+                  key_block_candidates,
+)
 from .forms import CHAT, PLAIN, forms_of, in_forms
 from .keys import sentence_suffixes
 from .meta import ScopedMeta
@@ -30,8 +38,9 @@ from .selection import ANSWER_SLACK, Selection
 from .store import DIGEST, THREADS, PieceStore, factors_digest, is_definition
 
 __all__ = [
-    "ANSWER_SLACK", "CHAT", "codebook_from_state", "codebook_state", "DIGEST", "THREADS", "PieceStore", "factors_digest", "is_definition", "PLAIN", "RELATION_RADII", "WORD_RADII", "Ask", "Choice", "Codebook", "RelationCheck",
-    "RowDeltas", "Scope", "ScopeConfig", "ScopedMeta", "Selection", "WordCheck", "Worded", "calibration_rates",
-    "fit_relation", "fit_scope", "fit_word_radius", "fit_words", "forms_of", "in_forms", "key_block_candidates",
+    "ANSWER_SLACK", "CHAT", "DIGEST", "PLAIN", "RELATION_RADII", "THREADS", "WORD_RADII", "Ask", "Choice", "Codebook",
+    "PieceStore", "RelationCheck", "RowDeltas", "Scope", "ScopeConfig", "ScopedMeta", "Selection", "WordCheck",
+    "Worded", "calibration_rates", "codebook_from_state", "codebook_state", "factors_digest", "fit_relation",
+    "fit_scope", "fit_word_radius", "fit_words", "forms_of", "in_forms", "is_definition", "key_block_candidates",
     "pieces", "sentence_suffixes", "words_of",
 ]

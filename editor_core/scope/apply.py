@@ -8,11 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..delta import LowRankDelta
-from torch.utils.hooks import RemovableHandle
-
 from ..hooks import RowFactors, add_row_deltas, on_block_input
 from ..layers import EditedLayer, find_blocks, first_block
 from .codebook import Codebook

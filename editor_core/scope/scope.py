@@ -22,6 +22,7 @@ from .keys import Keying
 from .reword import Rewording
 from .store import PieceStore
 
+
 class Scope(Keying, Computing, Rewording, Applying):
     """Keys of prompts and the edits they select: the state its parts share (keys.py, compute.py, reword.py,
     apply.py), the codebook's life (add, remove, select), and what a log's fingerprint covers."""
@@ -111,7 +112,8 @@ class Scope(Keying, Computing, Rewording, Applying):
     def load(cls, path: str | Path, layers: list[EditedLayer]) -> Scope:
         return io.load(cls, path, layers)
 
-    def warm(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, text: str, book: Codebook | None = None) -> None:
+    def warm(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, text: str,
+             book: Codebook | None = None) -> None:
         """Have the pieces of the edit that `text` selects in `book` held, computing them in the calling thread if
         they are not: a generation's prefill then finds them, and the decode loop that every generation waits on
         does not compute an edit."""

@@ -73,7 +73,7 @@ def test_every_curl_in_the_docs_works(server, tmp_path):
         cmd = cmd.replace("localhost:8000", host).replace("3f2a...", made)
         cmd = cmd.replace('"model": "smollm2"', f'"model": "{model}"')  # the docs' model is the default one
         if "-H" not in cmd or "$KEY" not in cmd:
-            cmd = cmd.replace("curl ", f'curl -H "$KEY" ', 1)
+            cmd = cmd.replace("curl ", 'curl -H "$KEY" ', 1)
         if '"to_version": 0' in cmd or "rollback" in cmd and made in cmd:
             continue  # run last: they would roll back what the later commands read
         if "# in place only" in cmd:
