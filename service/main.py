@@ -51,8 +51,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     # Swagger UI's and ReDoc's files from the installed package, not a CDN: /docs works on a machine without internet.
-    app = FastAPIOffline(title="MEND model-editing service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  dependencies=[Depends(refuse_open_network)])
+    app = FastAPIOffline(title="MEND model-editing service", version="0.1.0", description=DESCRIPTION,
+                         lifespan=lifespan, dependencies=[Depends(refuse_open_network)])
     app.state.settings = settings or Settings()
     app.state.metrics = Metrics()
     app.state.runtime = None

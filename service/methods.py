@@ -343,16 +343,23 @@ class Scoped(EditMethod):
 
     def revert(self, edit_ids: list[str], active: dict[str, LowRankDelta], write_weights: bool) -> None:
         self.scope.remove(*edit_ids)  # all of them or none
+        for edit_id in edit_ids:  # a request still on an older codebook that selects one recomputes it
+            self.scope.store.forget(edit_id)
 
     def view(self) -> Codebook:
         return self.scope.codebook
 
     def worded(self, text: str, form: str, view: Codebook) -> Worded | None:
-        self.scope.warm(self.model, self.tokenizer, text, view)
+        chosen = self.scope.selected(self.model, self.tokenizer, text, view)
+        if chosen is None:
+            return None
+        # Its pieces held now, in the requesting thread: the decode loop every generation waits on then finds them.
+        view.row_pieces(chosen[1])
         if not self.settings.reword:
             return None
         try:
-            return self.scope.worded(self.model, self.tokenizer, self.editor, text, form, view, **self.compress)
+            return self.scope.worded_for(self.model, self.tokenizer, self.editor, text, form, view, *chosen,
+                                         **self.compress)
         except Exception:  # the request still gets the edit's stored piece: worse words, but an answer
             log.exception("computing the piece of a selected edit for a new wording failed")
             return None

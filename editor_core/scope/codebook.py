@@ -110,6 +110,13 @@ class _Rows:
         self.first_row[edit_id], self.deltas[edit_id] = self.n, delta
         self.n += k
 
+    def span(self, edit_id: str) -> slice:
+        """The rows of one edit (an edit's rows are adjacent)."""
+        first = last = self.first_row[edit_id]
+        while last < self.n and self.owner[last] == edit_id:
+            last += 1
+        return slice(first, last)
+
     def _room(self, n: int) -> None:
         if n <= len(self.keys):
             return
@@ -205,9 +212,9 @@ class Codebook:
 
     def without(self, *edit_ids: str) -> Codebook:
         """Without these edits (KeyError if one is not stored)."""
-        gone = set(edit_ids)
+        gone, alive = set(edit_ids), self.alive()
         stored = {e for e in gone if e in self.rows.first_row and self.rows.first_row[e] < self.n
-                  and bool(self.alive()[self.rows.first_row[e]])}
+                  and bool(alive[self.rows.first_row[e]])}
         if stored != gone:
             raise KeyError(f"not in the codebook: {sorted(gone - stored)}")
         rows = self.rows
@@ -215,11 +222,7 @@ class Codebook:
             rows = rows.copy(self.n, self.version)
         rows.version += 1
         for e in gone:
-            first = rows.first_row[e]
-            last = first
-            while last < rows.n and rows.owner[last] == e:
-                last += 1
-            rows.removed_at[first:last] = rows.version
+            rows.removed_at[rows.span(e)] = rows.version
         return Codebook(rows, rows.n, rows.version, self.live - len(gone))
 
     def nearest(self, keys: torch.Tensor, radius: float, texts: list[str] | None = None) -> list[int | None]:
@@ -283,16 +286,13 @@ def codebook_from_state(tensors: dict[str, torch.Tensor], info: dict, empty: Cod
     rows.owner, rows.targets, rows.word_end = list(info["owner"]), list(info["targets"]), list(info["word_end"])
     rows.words_of = [frozenset(w) for w in info["words_of"]]
     rows.first_row = dict(info["first_row"])
-    whole = set(info["whole"])
-    for e, first in rows.first_row.items():
-        k = 1
-        while first + k < n and rows.owner[first + k] == e:
-            k += 1
-        factors = {}
-        if e in whole:
-            names = {key.split("/")[2] for key in tensors if key.startswith(f"whole/{e}/")}
-            factors = {m: (tensors[f"whole/{e}/{m}/left"], tensors[f"whole/{e}/{m}/right"]) for m in names}
-        rows.deltas[e] = LowRankDelta(factors, info["metas"][e], rows.keys[first:first + k].clone())
+    whole: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {e: {} for e in info["whole"]}
+    for key in tensors:
+        if key.startswith("whole/") and key.endswith("/left"):
+            _, e, name, _ = key.split("/")
+            whole[e][name] = (tensors[key], tensors[f"whole/{e}/{name}/right"])
+    for e in rows.first_row:
+        rows.deltas[e] = LowRankDelta(whole.get(e, {}), info["metas"][e], rows.keys[rows.span(e)].clone())
     return Codebook(rows, n, info["version"], info["live"])
 
 

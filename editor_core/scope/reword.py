@@ -56,12 +56,17 @@ class Rewording:
         edit's question, so the edit is made for the words it was asked in. The first request in a wording pays for
         one edit of one form; the piece is kept (WORDED_PIECES) for the next."""
         book = book or self.codebook
-        if not book.live or not text.strip():
+        chosen = self.selected(model, tok, text, book)
+        if chosen is None:
             return None
-        key = self.request_keys(model, tok, [text], book)[0]
-        r = book.nearest(key[None], self.cfg.radius, [text])[0]
+        return self.worded_for(model, tok, editor, text, form, book, *chosen, rel_tol, dtype)
+
+    def worded_for(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, editor, text: str, form: str,
+                   book: Codebook, key: torch.Tensor, r: int, rel_tol: float = 0.0,
+                   dtype: torch.dtype | None = None) -> Worded | None:
+        """`worded` for a request whose key `key` selects row `r` of `book` (`Scope.selected`)."""
         # Own words: the whole prompt, not its best sentence suffix (a preamble before the edit prompt is other words).
-        if r is None or book.target(r) is None or \
+        if book.target(r) is None or \
                 float(self.prompt_keys(model, tok, [text])[0] @ book.keys[r]) >= OWN_WORDING:
             return None
         edit_id, target = book.owner(r), book.target(r)

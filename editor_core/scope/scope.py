@@ -112,17 +112,15 @@ class Scope(Keying, Computing, Rewording, Applying):
     def load(cls, path: str | Path, layers: list[EditedLayer]) -> Scope:
         return io.load(cls, path, layers)
 
-    def warm(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, text: str,
-             book: Codebook | None = None) -> None:
-        """Have the pieces of the edit that `text` selects in `book` held, computing them in the calling thread if
-        they are not: a generation's prefill then finds them, and the decode loop that every generation waits on
-        does not compute an edit."""
+    def selected(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, text: str,
+                 book: Codebook | None = None) -> tuple[torch.Tensor, int] | None:
+        """The request key of `text` and the key row of `book` it selects, or None when it selects nothing."""
         book = book or self.codebook
         if not book.live or not text.strip():
-            return
-        r = book.nearest(self.request_keys(model, tok, [text], book)[0][None], self.cfg.radius, [text])[0]
-        if r is not None:
-            book.row_pieces(r)
+            return None
+        key = self.request_keys(model, tok, [text], book)[0]
+        r = book.nearest(key[None], self.cfg.radius, [text])[0]
+        return None if r is None else (key, r)
 
     def add(self, edit_id: str, delta: LowRankDelta) -> None:
         self.codebook = self.codebook.added(edit_id, delta)

@@ -260,7 +260,7 @@ def test_a_score_in_new_words_makes_its_piece_before_taking_the_lock(client, mon
     rt = client.app.state.runtime
     assert client.post("/edit", json=EDIT).status_code == 201
     other = "Tell me at once. " + EDIT["prompt"]
-    started, release, real = threading.Event(), threading.Event(), rt.method.scope.worded
+    started, release, real = threading.Event(), threading.Event(), rt.method.scope.worded_for
 
     def held(model, tok, editor, text, *rest, **kw):
         if text == other:
@@ -268,7 +268,7 @@ def test_a_score_in_new_words_makes_its_piece_before_taking_the_lock(client, mon
             assert release.wait(60)
         return real(model, tok, editor, text, *rest, **kw)
 
-    monkeypatch.setattr(rt.method.scope, "worded", held)
+    monkeypatch.setattr(rt.method.scope, "worded_for", held)  # what the service calls for a new wording
     scored = []
     item = {"prompt": other, "target": EDIT["target"]}
     waiting = threading.Thread(target=lambda: scored.append(client.post("/score", json={"items": [item]})))

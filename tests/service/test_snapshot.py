@@ -22,7 +22,8 @@ def test_a_restart_reads_the_snapshot_and_replays_only_the_tail(settings, caplog
     with serving(settings) as client:
         for e in (EDIT, EDIT2):
             assert client.post("/edit", json=e).status_code == 201
-    snap_dir = snapshot.folder_for(settings.data_dir, _log_key(settings))
+        key = client.app.state.runtime.log.key
+    snap_dir = snapshot.folder_for(settings.data_dir, key)
     assert json.loads((snap_dir / snapshot.MANIFEST).read_text())["version"] == 2  # written on shutdown
     no_snapshots = settings.model_copy(update={"snapshot_every": 0})
     with serving(no_snapshots) as client:  # a replica that writes none: its events are the tail
@@ -37,11 +38,6 @@ def test_a_restart_reads_the_snapshot_and_replays_only_the_tail(settings, caplog
     assert any("restored the snapshot at version 2 and applied 2 events" in r.message for r in caplog.records)
     with serving(no_snapshots) as client:  # a full replay agrees
         assert state(client) == want
-
-
-def _log_key(settings) -> str:
-    with serving(settings.model_copy(update={"snapshot_every": 0})) as client:
-        return client.app.state.runtime.log.key
 
 
 def test_a_damaged_or_foreign_snapshot_is_refused_and_the_log_replayed_whole(settings, caplog):
