@@ -16,8 +16,10 @@ Each edit is stored as the service stores it: its definition (key, prompts, targ
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
+import os
 import random
 import resource
 import statistics
@@ -36,28 +38,29 @@ from editor_core.scope import Scope
 from .common import ROOT, command_line, make_profile, save, setup_logging
 
 log = logging.getLogger("bench.million")
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("BENCH_DATA_DIR", ROOT.parent / "shared" / "data"))  # zsre/ and counterfact/ splits
 CHUNK = 50_000  # keys per cached file
 
 
-def real_questions() -> list[tuple[str, str]]:
-    """(prompt, target) of every real record, one per subject, train and dev of both sets."""
-    out, seen = [], set()
+def real_records(data: Path = DATA) -> dict[str, tuple[str, str]]:
+    """Subject -> (prompt, target) of every real record, one per subject, train and dev of both sets."""
+    out: dict[str, tuple[str, str]] = {}
     for kind in ("zsre", "counterfact"):
         for split in ("dev", "train"):
-            for r in load_records(f"{kind}:{DATA / kind / split}.json", None):
-                subject = r.subject or r.edit.prompt
-                if subject not in seen:
-                    seen.add(subject)
-                    out.append((r.edit.prompt, r.edit.target))
+            for r in load_records(f"{kind}:{data / kind / split}.json", None):
+                out.setdefault(r.subject or r.edit.prompt, (r.edit.prompt, r.edit.target))
     return out
 
 
-def templates() -> tuple[list[str], list[str], list[str], list[str]]:
+def real_questions(data: Path = DATA) -> list[tuple[str, str]]:
+    return list(real_records(data).values())
+
+
+def templates(data: Path = DATA) -> tuple[list[str], list[str], list[str], list[str]]:
     """Question templates with "{}" for the subject, their records' answers, and the words real subjects begin
     and end with."""
     forms, answers, firsts, lasts = set(), [], set(), set()
-    for rec in json.loads((DATA / "counterfact" / "train.json").read_text()):
+    for rec in json.loads((data / "counterfact" / "train.json").read_text()):
         rw = rec["requested_rewrite"]
         forms.add(rw["prompt"])
         answers.append(rw["target_new"]["str"])
@@ -65,20 +68,23 @@ def templates() -> tuple[list[str], list[str], list[str], list[str]]:
         if len(words) >= 2 and all(w.isalpha() for w in words):
             firsts.add(words[0])
             lasts.add(words[-1])
-    for rec in json.loads((DATA / "zsre" / "train.json").read_text()):
+    for rec in json.loads((data / "zsre" / "train.json").read_text()):
         if rec["subject"] in rec["src"]:
             forms.add(rec["src"].replace(rec["subject"], "{}"))
             answers.append(rec["alt"])
     return sorted(forms), answers, sorted(firsts), sorted(lasts)
 
 
-def fill(n: int, seed: int = 0) -> list[tuple[str, str]]:
+def fill(n: int, seed: int = 0, data: Path = DATA) -> list[tuple[str, str]]:
     """The first n questions of the fill: real records, then generated ones over distinct generated names."""
-    real = real_questions()
+    real = real_records(data)
     if n <= len(real):
-        return real[:n]
-    forms, answers, firsts, lasts = templates()
-    rnd, names, out = random.Random(seed), set(), list(real)
+        return list(real.values())[:n]
+    forms, answers, firsts, lasts = templates(data)
+    # A generated name is nobody's: neither another generated subject nor a real one ("Ada" + "Lovelace").
+    rnd, names, out = random.Random(seed), set(real), list(real.values())
+    if len(firsts) * len(lasts) - len(names) < n - len(out):
+        raise ValueError(f"{len(firsts)} first and {len(lasts)} last words make too few new names for {n} questions")
     while len(out) < n:
         name = f"{rnd.choice(firsts)} {rnd.choice(lasts)}"
         if name in names:
@@ -93,9 +99,11 @@ def keys_of(scope: Scope, model, tok, prompts: list[str], cache: Path) -> torch.
     cache.mkdir(parents=True, exist_ok=True)
     parts = []
     for c in range(0, len(prompts), CHUNK):
-        path = cache / f"keys_{c // CHUNK:04d}.safetensors"
         chunk = prompts[c : c + CHUNK]
-        if path.exists() and load_file(path)["keys"].shape[0] == len(chunk):
+        # Named by its prompts: a changed fill computes its keys anew rather than reading another fill's.
+        digest = hashlib.sha256("\n".join(chunk).encode()).hexdigest()[:12]
+        path = cache / f"keys_{c // CHUNK:04d}_{digest}.safetensors"
+        if path.exists():
             parts.append(load_file(path)["keys"])
             continue
         t0, rows = time.perf_counter(), []
@@ -119,17 +127,18 @@ def rss_mib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
-def requests(n: int) -> list[str]:
+def requests(n: int, data: Path = DATA) -> list[str]:
     """What is timed at each point: dev rephrases and locality prompts, as users would send them."""
     out = []
     for kind in ("zsre", "counterfact"):
-        for r in load_records(f"{kind}:{DATA / kind / 'dev'}.json", n, one_per_subject=True):
+        for r in load_records(f"{kind}:{data / kind / 'dev'}.json", n, one_per_subject=True):
             out += r.rephrases[:1] + [q.prompt for q in r.loc[:1]]
     return out
 
 
 def main(points: str = typer.Option("1000,10000,100000", help="edits stored at each measuring point"),
          n_requests: int = typer.Option(100, help="dev records per set whose prompts are timed"),
+         data: Path = typer.Option(DATA, help="folder with zsre/ and counterfact/ train.json and dev.json"),
          smoke: bool = False, threads: Optional[int] = None, out: Optional[Path] = None) -> None:
     setup_logging()
     p = make_profile(smoke, threads=threads, out=out)
@@ -137,8 +146,8 @@ def main(points: str = typer.Option("1000,10000,100000", help="edits stored at e
     sizes = sorted(int(x) for x in points.split(","))
     model, tok = load_base_model(p.model)
     scope = Scope.load(p.editor, [])
-    asked = requests(n_requests)
-    questions = fill(sizes[-1])
+    asked = requests(n_requests, data)
+    questions = fill(sizes[-1], data=data)
     keys = keys_of(scope, model, tok, [q for q, _ in questions], p.out / "million" / f"keys_{Path(p.editor).name}")
     radii = scope.radii(keys) or [None] * len(keys)
     request_keys = [scope.request_keys(model, tok, [a])[0] for a in asked]  # keyed alone, as requests are
@@ -175,7 +184,7 @@ def main(points: str = typer.Option("1000,10000,100000", help="edits stored at e
         rows.append(row)
         log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
     first = rows[0]
-    result = {"points": rows, "requests": len(asked), "real_records": len(real_questions()),
+    result = {"points": rows, "requests": len(asked), "real_records": len(real_questions(data)),
               "select_p50_ratio": rows[-1]["select_ms_p50"] / first["select_ms_p50"],
               "add_ratio": rows[-1]["add_us_per_edit"] / first["add_us_per_edit"],
               "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
