@@ -107,10 +107,13 @@ def keys_of(scope: Scope, model, tok, prompts: list[str], cache: Path) -> torch.
             parts.append(load_file(path)["keys"])
             continue
         t0, rows = time.perf_counter(), []
-        for i in range(0, len(chunk), 64):
-            rows.append(scope.prompt_keys(model, tok, chunk[i : i + 64]))
+        # Batched by length: padding is most of a batch's work otherwise (12 ms a prompt against 7.5 at 1 thread).
+        order = sorted(range(len(chunk)), key=lambda i: len(chunk[i]))
+        for i in range(0, len(order), 64):
+            rows.append(scope.prompt_keys(model, tok, [chunk[j] for j in order[i : i + 64]]))
             scope._memo.clear()  # the fill is keyed once: the memo would only hold it
-        keys = torch.cat(rows)
+        keys = torch.empty(len(chunk), scope.center.numel())
+        keys[torch.tensor(order)] = torch.cat(rows)
         save_file({"keys": keys.contiguous()}, path)
         log.info("keys %d-%d in %.0f s", c, c + len(chunk), time.perf_counter() - t0)
         parts.append(keys)

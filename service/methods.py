@@ -30,6 +30,7 @@ from editor_core import (
     CanarySet,
     Codebook,
     EditRequest,
+    IndexConfig,
     LowRankDelta,
     MENDEditor,
     PrefixCache,
@@ -260,6 +261,9 @@ class Scoped(EditMethod):
         self.scope.attach(self.model)
         self.scope.store.max_bytes = self.settings.piece_cache_mb * 2**20
         self.scope.store.recompute = self._recompute
+        self.scope.index_cfg = IndexConfig(min_rows=self.settings.index_min_rows,
+                                           ef_search=self.settings.index_ef_search)
+        self.scope.codebook = self.scope.empty()
         t0, canaries = time.perf_counter(), self._canaries()
         # A scoped guard needs only the canaries' keys: an edit changes nothing outside its radius.
         self.canary_prompts = canaries and [c.prompt for c in canaries]
@@ -304,6 +308,8 @@ class Scoped(EditMethod):
             h.update(book.relation.map.contiguous().numpy().tobytes() + str(book.relation.radius).encode())
         if book.words is not None:
             h.update(json.dumps([sorted(book.words.common), book.words.radius]).encode())
+        cfg = self.scope.index_cfg  # the index's graph is read back too; its search settings may change
+        h.update(repr(cfg and (cfg.m, cfg.ef_construction)).encode())
         return h.hexdigest()[:32]
 
     def snapshot_state(self) -> tuple[dict[str, torch.Tensor], dict]:

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     # recomputed from the definition (one edit's time) when a request selects an edit that is not held.
     piece_cache_mb: int = Field(1024, ge=0, description="scoped edits: MiB of edits' factors held in memory "
                                                         "(0 = no bound); an edit not held is recomputed when selected")
+    # Below this many key rows selection scans them all; from it on, an HNSW graph (faiss) gives each request its
+    # candidates and the scan's rules choose among them (editor_core/scope/index.py).
+    index_min_rows: int = Field(20_000, ge=1, description="scoped edits: key rows from which selection uses an "
+                                                          "approximate index (HNSW) for its candidates")
+    index_ef_search: int = Field(256, ge=16, le=4096, description="scoped edits: how many candidates the index's "
+                                                                  "search keeps (higher: closer to the exact scan)")
     # glibc's malloc otherwise raises its mmap threshold as large blocks are freed, and the heap then grows by
     # about 5 MiB per edit on SmolLM2 (service/heap.py).
     mmap_threshold: int = Field(128 * 1024, ge=0, le=32 * 1024 * 1024,

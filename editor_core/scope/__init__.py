@@ -13,12 +13,13 @@ their own pieces, one per key row and form (`pieces`).
 The parts, each readable alone: forms.py (plain and chat requests), keys.py (how a prompt is keyed),
 codebook.py (the stored edits and selection: radius, relation check, word check), meta.py (what a scoped delta
 carries), compute.py (a scoped edit's steps and tuning), reword.py (an edit made for other words),
-selection.py (when a reply lets go of its edit), apply.py (the edits acting on forwards), fit.py (fitting a
+index.py (where a key finds its candidates among many edits), selection.py (when a reply lets go of its edit), apply.py (the edits acting on forwards), fit.py (fitting a
 scope to a model), io.py (on disk), scope.py (`Scope`, the object that puts them together).
 """
 from .apply import Ask, Choice, RowDeltas
 from .codebook import Codebook, RelationCheck, WordCheck, codebook_from_state, codebook_state, pieces, words_of
 from .config import ScopeConfig
+from .index import IndexConfig, KeyIndex
 from .fit import (
                   RELATION_RADII,
                   WORD_RADII,
@@ -39,8 +40,8 @@ from .store import DIGEST, THREADS, PieceStore, factors_digest, is_definition
 
 __all__ = [
     "ANSWER_SLACK", "CHAT", "DIGEST", "PLAIN", "RELATION_RADII", "THREADS", "WORD_RADII", "Ask", "Choice", "Codebook",
-    "PieceStore", "RelationCheck", "RowDeltas", "Scope", "ScopeConfig", "ScopedMeta", "Selection", "WordCheck",
-    "Worded", "calibration_rates", "codebook_from_state", "codebook_state", "factors_digest", "fit_relation",
-    "fit_scope", "fit_word_radius", "fit_words", "forms_of", "in_forms", "is_definition", "key_block_candidates",
-    "pieces", "sentence_suffixes", "words_of",
+    "IndexConfig", "KeyIndex", "PieceStore", "RelationCheck", "RowDeltas", "Scope", "ScopeConfig", "ScopedMeta",
+    "Selection", "WordCheck", "Worded", "calibration_rates", "codebook_from_state", "codebook_state",
+    "factors_digest", "fit_relation", "fit_scope", "fit_word_radius", "fit_words", "forms_of", "in_forms",
+    "is_definition", "key_block_candidates", "pieces", "sentence_suffixes", "words_of",
 ]

@@ -10,6 +10,7 @@ import torch
 
 from ..delta import LowRankDelta
 from .forms import PLAIN
+from .index import IndexConfig, KeyIndex
 from .keys import normed
 from .meta import ScopedMeta
 from .store import PieceStore
@@ -64,8 +65,12 @@ class _Rows:
     first `n` rows, less those removed at or before its own version number. Adding an edit appends (amortised
     O(1): capacity doubles), removing one stamps its rows; neither copies the rows of other edits."""
 
-    def __init__(self, dim: int, relation: RelationCheck | None, words: WordCheck | None, store: PieceStore) -> None:
+    def __init__(self, dim: int, relation: RelationCheck | None, words: WordCheck | None, store: PieceStore,
+                 index: IndexConfig | None = None) -> None:
         self.relation, self.words, self.store = relation, words, store
+        # Candidates for selection once the line has index.min_rows rows (None: always the exact scan). A copy
+        # (a candidate beside the live line, a line off an older version) scans: it is short-lived.
+        self.index_cfg, self.index = index, None
         self.n, self.version = 0, 0  # rows written; the newest version made from them
         self.keys = torch.zeros(0, dim)  # (capacity, d), unit rows
         self.rel_keys = None if relation is None else torch.zeros(0, relation.map.shape[0])
@@ -109,6 +114,11 @@ class _Rows:
             else [frozenset()] * k
         self.first_row[edit_id], self.deltas[edit_id] = self.n, delta
         self.n += k
+        if self.index is not None:
+            self.index.add(delta.key, self.words_of[-k:])
+        elif self.index_cfg is not None and self.n >= self.index_cfg.min_rows:
+            self.index = KeyIndex(self.keys.shape[1], self.index_cfg)
+            self.index.add(self.keys[: self.n], self.words_of)
 
     def span(self, edit_id: str) -> slice:
         """The rows of one edit (an edit's rows are adjacent)."""
@@ -150,12 +160,12 @@ class Codebook:
 
     @classmethod
     def empty(cls, dim: int, relation: RelationCheck | None = None, words: WordCheck | None = None,
-              store: PieceStore | None = None) -> Codebook:
-        return cls(_Rows(dim, relation, words, PieceStore(split=pieces) if store is None else store))
+              store: PieceStore | None = None, index: IndexConfig | None = None) -> Codebook:
+        return cls(_Rows(dim, relation, words, PieceStore(split=pieces) if store is None else store, index))
 
     def cleared(self) -> Codebook:
-        """No edit, and this codebook's checks and store."""
-        return Codebook.empty(self.rows.keys.shape[1], self.relation, self.words, self.store)
+        """No edit, and this codebook's checks, store and index settings."""
+        return Codebook.empty(self.rows.keys.shape[1], self.relation, self.words, self.store, self.rows.index_cfg)
 
     relation = property(lambda self: self.rows.relation)  # a second check a selection must pass (`RelationCheck`)
     words = property(lambda self: self.rows.words)  # a second way in, by the edit's rare words (`WordCheck`)
@@ -232,6 +242,9 @@ class Codebook:
         if the codebook has a `relation` check (ties: the newest)."""
         if not self.live:  # also: no keys computed, as nothing could be selected
             return [None] * len(keys)
+        if self.rows.index is not None:
+            return [self._nearest_indexed(key, radius, None if texts is None else texts[b])
+                    for b, key in enumerate(keys.float())]
         rows = self.rows
         sim = keys.float() @ self.keys.T  # (B, n_keys)
         limit = rows.radius[: self.n].clamp(min=radius).expand_as(sim)
@@ -250,6 +263,68 @@ class Codebook:
         picked = self.n - 1 - best
         return [r if sim[b, r] > float("-inf") else None for b, r in enumerate(picked.tolist())]
 
+    def _nearest_indexed(self, key: torch.Tensor, radius: float, text: str | None) -> int | None:
+        """`nearest` of one key among the index's candidates: the graph's k nearest rows and the rows the text
+        names. Settled when no row outside them could win: the k-th is below `radius` (no other row passes by its
+        key; those passing by words are all named), or the choice is at least as near as the k-th; else k grows,
+        and past MAX_K the exact scan decides."""
+        index, k = self.rows.index, self.rows.index.cfg.k
+        named = index.named(words_of(text)) if self.words is not None and text is not None else []
+        while k <= MAX_K:
+            sim, rows = index.near(key[None], k)
+            near = rows[0][rows[0] >= 0]
+            row, best = self._among(key, radius, text, torch.tensor(sorted(set(near.tolist()) | set(named))))
+            kth = float(sim[0, -1])
+            if len(near) < k or kth < radius or (row is not None and best >= kth):
+                return row
+            k *= 4
+        row, _ = self._among(key, radius, text, torch.arange(self.n))
+        return row
+
+    def _among(self, key: torch.Tensor, radius: float, text: str | None,
+               rows: torch.Tensor) -> tuple[int | None, float]:
+        """The row `nearest` picks for one key among these rows (ascending), and its cosine."""
+        rows = rows[rows < self.n]
+        if not len(rows):
+            return None, float("-inf")
+        line = self.rows
+        sim = line.keys[rows] @ key
+        limit = line.radius[rows].clamp(min=radius)
+        if self.words is not None and text is not None:
+            asked = words_of(text)
+            for j in ((sim >= self.words.radius) & (sim < limit)).nonzero().flatten().tolist():
+                ws = line.words_of[int(rows[j])]
+                if ws and ws <= asked:
+                    limit[j] = self.words.radius
+        ok = (sim >= limit) & (line.removed_at[rows] > self.version)
+        if self.relation is not None:
+            ok &= line.rel_keys[rows] @ self.relation.keys(key[None])[0] >= self.relation.radius
+        sim = sim.masked_fill(~ok, float("-inf"))
+        j = len(rows) - 1 - int(sim.flip(0).argmax())  # the newest of the nearest
+        return (int(rows[j]), float(sim[j])) if ok[j] else (None, float("-inf"))
+
+    def best_sim(self, keys: torch.Tensor) -> torch.Tensor:
+        """(B,) each key's highest cosine to a stored edit's key row (-inf: none stored)."""
+        if not self.live:
+            return torch.full((len(keys),), float("-inf"))
+        if self.rows.index is None:
+            return (keys.float() @ self.keys.T).masked_fill(~self.alive(), float("-inf")).max(1).values
+        return torch.stack([self._best_indexed(key) for key in keys.float()])
+
+    def _best_indexed(self, key: torch.Tensor) -> torch.Tensor:
+        index, k = self.rows.index, self.rows.index.cfg.k
+        while k <= MAX_K:
+            _, rows = index.near(key[None], k)
+            rows = rows[0][(rows[0] >= 0) & (rows[0] < self.n)]
+            rows = rows[self.rows.removed_at[rows] > self.version]
+            if len(rows):
+                return (self.rows.keys[rows] @ key).max()
+            k *= 4
+        return (self.keys @ key).masked_fill(~self.alive(), float("-inf")).max()
+
+
+MAX_K = 4096  # candidates past which one request's selection scans every row instead
+
 
 def codebook_state(book: Codebook) -> tuple[dict[str, torch.Tensor], dict]:
     """A codebook version as tensors and JSON (a snapshot's): its rows up to n, the deltas of its edits (whole ones
@@ -259,6 +334,8 @@ def codebook_state(book: Codebook) -> tuple[dict[str, torch.Tensor], dict]:
                "removed_at": rows.removed_at[:n].masked_fill(rows.removed_at[:n] > book.version, NEVER).contiguous()}
     if rows.rel_keys is not None:
         tensors["rel_keys"] = rows.rel_keys[:n].contiguous()
+    if rows.index is not None and rows.index.n == n:  # a newer version's rows would be in the graph too
+        tensors.update({f"index/{name}": t for name, t in rows.index.state().items()})
     metas, whole = {}, []
     for e, first in rows.first_row.items():
         if first < n:
@@ -277,9 +354,10 @@ def codebook_state(book: Codebook) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def codebook_from_state(tensors: dict[str, torch.Tensor], info: dict, empty: Codebook) -> Codebook:
-    """The version `codebook_state` wrote, on the checks and store of `empty` (which must be those it was made
-    with: relation keys and rare words are read, not recomputed)."""
-    rows, n = _Rows(empty.rows.keys.shape[1], empty.relation, empty.words, empty.store), info["n"]
+    """The version `codebook_state` wrote, on the checks, store and index settings of `empty` (which must be those
+    it was made with: relation keys and rare words are read, not recomputed; so is the index's graph)."""
+    rows, n = _Rows(empty.rows.keys.shape[1], empty.relation, empty.words, empty.store, empty.rows.index_cfg), \
+        info["n"]
     rows.n, rows.version = n, info["version"]
     rows.keys, rows.radius, rows.removed_at = tensors["keys"], tensors["radius"], tensors["removed_at"]
     rows.rel_keys = tensors.get("rel_keys") if empty.relation is not None else None
@@ -293,6 +371,14 @@ def codebook_from_state(tensors: dict[str, torch.Tensor], info: dict, empty: Cod
             whole[e][name] = (tensors[key], tensors[f"whole/{e}/{name}/right"])
     for e in rows.first_row:
         rows.deltas[e] = LowRankDelta(whole.get(e, {}), info["metas"][e], rows.keys[rows.span(e)].clone())
+    cfg = rows.index_cfg
+    if cfg is not None and n >= cfg.min_rows:
+        graph = {k.split("/", 1)[1]: t for k, t in tensors.items() if k.startswith("index/")}
+        if graph:
+            rows.index = KeyIndex.from_state(rows.keys, rows.words_of, graph, cfg)
+        else:
+            rows.index = KeyIndex(rows.keys.shape[1], cfg)
+            rows.index.add(rows.keys, rows.words_of)
     return Codebook(rows, n, info["version"], info["live"])
 
 

@@ -113,8 +113,7 @@ class Keying:
         whole prompt's key when nothing is stored or it is the best (ties go to the whole prompt)."""
         book = book or self.codebook
         keys, owner = self.candidate_keys(model, tok, prompts)
-        best = (keys @ book.keys.T).masked_fill(~book.alive(), float("-inf")).max(1).values if book.live \
-            else torch.zeros(len(keys))
+        best = book.best_sim(keys) if book.live else torch.zeros(len(keys))
         return keys[best_candidates(best, owner, len(prompts))]
 
     def unit(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from .apply import Applying
 from .codebook import Codebook, RelationCheck, WordCheck, pieces
 from .compute import Computing
 from .config import ScopeConfig
+from .index import IndexConfig
 from .keys import Keying
 from .reword import Rewording
 from .store import PieceStore
@@ -45,6 +46,8 @@ class Scope(Keying, Computing, Rewording, Applying):
         self.common = common
         # Stored edits' pieces, shared by every codebook: bounded and recomputing where the caller sets it up.
         self.store = PieceStore(split=pieces)
+        # How a codebook finds candidate edits once it holds many (None: the exact scan at any size).
+        self.index_cfg: IndexConfig | None = IndexConfig()
         # replaced whole by add/remove, never changed in place
         self.codebook = self.empty()
         self._local = threading.local()
@@ -78,7 +81,8 @@ class Scope(Keying, Computing, Rewording, Applying):
 
     def empty(self) -> Codebook:
         """A codebook with no edit and this scope's checks."""
-        return Codebook.empty(self.center.numel(), self.relation_check(), self.word_check(), self.store)
+        return Codebook.empty(self.center.numel(), self.relation_check(), self.word_check(), self.store,
+                              self.index_cfg)
 
     def with_relation(self, relation: torch.Tensor | None, radius: float | None) -> Scope:
         """This scope with this relation check (None: none), its stored edits kept."""

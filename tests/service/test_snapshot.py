@@ -60,3 +60,25 @@ def test_a_damaged_or_foreign_snapshot_is_refused_and_the_log_replayed_whole(set
         with serving(settings) as client:
             assert state(client) == want
         assert any(words in r.message for r in caplog.records), words
+
+
+def test_an_indexed_codebook_serves_rolls_back_and_restarts_as_the_exact_scan_does(settings):
+    indexed = settings.model_copy(update={"index_min_rows": 2})  # the graph from the second key row on
+
+    def seen(client) -> tuple:
+        replies = [client.post("/generate", json={"prompt": e["prompt"], "max_new_tokens": 6}).json()["text"]
+                   for e in (EDIT, EDIT2, EDIT3)]
+        return state(client), replies
+
+    with serving(indexed) as client:
+        ids = [client.post("/edit", json=e).json()["edit_id"] for e in (EDIT, EDIT2, EDIT3)]
+        assert client.post("/rollback", json={"edit_id": ids[1]}).status_code == 200
+        assert client.app.state.runtime.method.view().rows.index is not None
+        want = seen(client)
+    assert [want[1][0].startswith(" Rome"), want[1][2].startswith(" fifty")] == [True, True]
+    with serving(indexed) as client:  # from the snapshot, its graph read back
+        assert client.app.state.runtime.method.view().rows.index is not None
+        assert seen(client) == want
+    with serving(settings.model_copy(update={"snapshot_every": 0})) as client:
+        assert client.app.state.runtime.method.view().rows.index is None  # a full replay, scanning
+        assert seen(client) == want
