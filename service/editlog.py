@@ -35,6 +35,21 @@ if #last > 0 then at = last[1][1] end
 if at ~= ARGV[1] then return {0, at} end
 return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))}
 """
+# The same for several events at once, all or none (a bulk import): ARGV[2..] holds each event as its field count
+# then its fields. Returns {1, id of the last}.
+APPEND_MANY_IF_AT = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local at = '0'
+if #last > 0 then at = last[1][1] end
+if at ~= ARGV[1] then return {0, at} end
+local i, id = 2, at
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return {1, id}
+"""
 
 
 # The turn: a ticket lock over Redis, so replicas that edit at once take turns in the order they asked instead of
@@ -198,13 +213,24 @@ class EditLog:
         leaves the outcome unknown (LogOutcomeUnknown).
         """
         fields = [x for pair in event.fields().items() for x in pair]
+        return self._append_script(APPEND_IF_AT, after, fields)
+
+    def append_many(self, events: list[Event], after: str) -> str:
+        """`append` of several events, in one step: all of them or none (LogMoved). Returns the last one's id."""
+        args: list = []
+        for event in events:
+            fields = [x for pair in event.fields().items() for x in pair]
+            args += [len(fields), *fields]
+        return self._append_script(APPEND_MANY_IF_AT, after, args)
+
+    def _append_script(self, script: str, after: str, args: list) -> str:
         pool = self.client.connection_pool
         try:
             conn = pool.get_connection()  # connected and checked here, before anything is sent
         except redis.RedisError as e:
             raise LogUnavailable() from e
         try:
-            conn.send_command("EVAL", APPEND_IF_AT, 1, self.key, after, *fields)
+            conn.send_command("EVAL", script, 1, self.key, after, *args)
             written, at = conn.read_response()
         except redis.ResponseError as e:  # the server refused the script: it wrote nothing
             raise LogUnavailable(f"{LogUnavailable.message} ({e})") from e

@@ -56,6 +56,12 @@ class MergedScopedExport(ServiceError):
                             "with the keys and the manifest that say which prompts select it")
 
 
+class ImportInPlace(ServiceError):
+    status, message = 409, ("a bulk import logs edits whose deltas are computed at their first selection, which "
+                            "only scoped edits (MEND_METHOD=scoped, the default) have; this server edits in place, "
+                            "where every delta goes into the weights now: send the edits to /edit")
+
+
 class NothingToExport(ServiceError):
     status, message = 409, ("no active edit to export as an adapter: it would change nothing (format=merged gives "
                             "the base model)")

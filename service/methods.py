@@ -50,7 +50,7 @@ from editor_core import (
     to_peft,
 )
 
-from .errors import MergedScopedExport, NothingToExport
+from .errors import ImportInPlace, MergedScopedExport, NothingToExport
 from .guard import Verdict, check_edit, check_scoped_edit
 from .settings import Settings
 
@@ -108,6 +108,11 @@ class EditMethod:
         """What the log keeps of a computed delta (in the thread that computed it): all of it, unless the method can
         make it again from less."""
         return delta
+
+    def define(self, requests: list[EditRequest]) -> list[tuple[LowRankDelta, Verdict]]:
+        """Each request as an edit to log now whose delta is computed later (a bulk import), and the guard's
+        verdict on it. In place cannot: its deltas go into the weights, so they are computed now."""
+        raise ImportInPlace()
 
     def remember(self, edit_id: str, delta: LowRankDelta) -> None:
         """The delta about to be logged as `edit_id`, whole: kept, so that applying its logged form needs no
@@ -291,11 +296,23 @@ class Scoped(EditMethod):
     def logged(self, delta: LowRankDelta) -> LowRankDelta:
         # Its definition: what it was computed from and how, its key and a digest of its factors; the factors
         # (~430 KB on SmolLM2) are derived state, held in the scope's store or recomputed (`_recompute`).
+        meta = {**delta.meta, DIGEST: factors_digest(delta), **self._how()}
+        return LowRankDelta({}, meta, delta.key)
+
+    def define(self, requests: list[EditRequest]) -> list[tuple[LowRankDelta, Verdict]]:
+        # Computed at the first selection as /edit computes now: the settings and thread count are recorded here.
+        empty, how = self.scope.codebook.cleared(), self._how()
+        out = []
+        for d in self.scope.defined(self.model, self.tokenizer, requests):
+            d = LowRankDelta({}, {**d.meta, **how}, d.key)
+            out.append((d, check_scoped_edit(self.model, d, self.canary_keys, self.canary_of, self.canary_prompts,
+                                             self.scope.cfg.radius, self.settings.guard_max_captured, empty)))
+        return out
+
+    def _how(self) -> dict[str, str]:
         how = {"rel_tol": self.settings.delta_rel_tol, "dtype": self.settings.delta_dtype,
                **{k: getattr(self.scope.cfg, k) for k in COMPUTED_WITH}}
-        meta = {**delta.meta, DIGEST: factors_digest(delta), THREADS: str(torch.get_num_threads()),
-                "computed_with": json.dumps(how, sort_keys=True)}
-        return LowRankDelta({}, meta, delta.key)
+        return {THREADS: str(torch.get_num_threads()), "computed_with": json.dumps(how, sort_keys=True)}
 
     def remember(self, edit_id: str, delta: LowRankDelta) -> None:
         self.scope.store.put(edit_id, delta)

@@ -94,6 +94,27 @@ class EditOutcome:
 
 
 @dataclass(frozen=True)
+class Imported:
+    """One item of a bulk import: imported (in the log, applied here), repeated (its key was in the log already:
+    that edit), refused (by the guard) or invalid (too long); nothing is written for the last two."""
+
+    status: str
+    edit_id: str | None = None
+    version: int | None = None
+    error: str | None = None
+
+
+# Events per append of a bulk import: one script call of ~1 MB, which holds Redis for a few ms.
+IMPORT_CHUNK = 200
+COMPUTED_AT_EDIT, COMPUTED_AT_SELECTION = "at edit", "at first selection"
+
+
+def import_key(r: EditRequest) -> str:
+    """An imported item's own idempotency key when it brings none: the same correction imported again is a repeat."""
+    return "import:" + hashlib.sha256(json.dumps([r.prompt, r.target]).encode()).hexdigest()[:40]
+
+
+@dataclass(frozen=True)
 class Preview:
     """What an edit would do, computed on `version` and written nowhere."""
 
@@ -245,6 +266,81 @@ class Runtime(Replica):
         pre = [TargetScore(s["logprob"], s["exact"]) for s in body["pre"]]
         return EditOutcome(body["edit_id"], version, pre, post, body["rank"], body["bytes"],
                            (time.perf_counter() - t0) * 1000, repeated)
+
+    def import_edits(self, requests: list[EditRequest], keys: list[str | None], author: str, note: str,
+                     force: bool) -> list[Imported]:
+        """Many edits at once, each logged as a definition whose delta is computed at its first selection: keyed
+        in batches, checked by the guard, appended IMPORT_CHUNK at a time, and acknowledged only once in the log.
+        Each item is idempotent by its key (given, or `import_key`): importing a file again after a crash writes
+        only what had not landed."""
+        self._pin_threads()
+        self._check_usable()
+        out: list[Imported | None] = [None] * len(requests)
+        for i, r in enumerate(requests):
+            try:
+                self._check_lengths([r], max_total=self.editor.cfg.max_length)
+            except BadRequest as e:
+                out[i] = Imported("invalid", error=e.detail)
+        keys = [k or import_key(r) for k, r in zip(keys, requests)]
+        digests = [request_digest(EDIT, requests=[{"prompt": r.prompt, "target": r.target}]) for r in requests]
+        first: dict[str, int] = {}  # an item whose key came earlier in this import is that item's repeat
+        again = {i: first.setdefault(keys[i], i) for i in range(len(requests)) if out[i] is None}
+        again = {i: f for i, f in again.items() if f != i}
+        todo = [i for i in range(len(requests)) if out[i] is None and i not in again]
+        # Keys and radii do not depend on the log's state: computed once, outside the mutex.
+        defined = dict(zip(todo, self.method.define([requests[i] for i in todo])))
+        with self.edit_mutex, self.log.turn(self.settings.turn_wait_s):
+            moved = 0
+            while True:
+                self.sync()
+                left = [i for i in todo if out[i] is None and self._imported_before(i, keys, digests, out)]
+                if not left:
+                    break
+                chunk = left[:IMPORT_CHUNK]
+                base_id, base_version = self.last_id, self.version
+                events, placed = [], []
+                for i in chunk:
+                    delta, verdict = defined[i]
+                    if verdict.reason is not None and not force:
+                        out[i] = Imported("refused", error=verdict.reason)
+                        continue
+                    body = {"edit_id": uuid.uuid4().hex, "requests": [{"prompt": requests[i].prompt,
+                                                                        "target": requests[i].target}],
+                            "author": author, "note": note, "force": force, "time": now(), "pre": [], "rank": 0,
+                            "bytes": 0, "norm": 0.0, "guard": verdict.enforce(True),
+                            "base_version": base_version + len(events), "computed": COMPUTED_AT_SELECTION,
+                            "idempotency_key": keys[i], "request_digest": digests[i]}
+                    events.append(Event(EDIT, self.model_fp, self.editor_fp, self.log_fp, body, delta.to_bytes()))
+                    placed.append(i)
+                if not events:
+                    continue
+                try:
+                    self.log.append_many(events, after=base_id)
+                except LogMoved:  # another replica wrote meanwhile: what it wrote may be some of these items
+                    moved += 1
+                    if moved == APPEND_TRIES:
+                        raise LogContention() from None  # the items imported so far stay; a retry repeats them
+                    continue
+                for j, (i, event) in enumerate(zip(placed, events)):
+                    out[i] = Imported("imported", event.body["edit_id"], base_version + j + 1)
+                self._catch_up_after_write(f"an import of {len(events)} edits")
+        for i, f in again.items():
+            if digests[i] != digests[f]:
+                out[i] = Imported("invalid", error=f"key {keys[i]!r} was used for another edit")
+            elif out[f].status in ("imported", "repeated"):
+                out[i] = Imported("repeated", out[f].edit_id, out[f].version)
+            else:
+                out[i] = out[f]
+        return out
+
+    def _imported_before(self, i: int, keys: list[str], digests: list[str], out: list) -> bool:
+        """False, with its outcome set, when item i's key is in the log already (or earlier in this import)."""
+        if keys[i] not in self.idempotent:
+            return True
+        body, version = self.idempotent[keys[i]]
+        out[i] = (Imported("repeated", body["edit_id"], version) if body.get("request_digest") == digests[i]
+                  else Imported("invalid", error=f"key {keys[i]!r} was used for another edit"))
+        return False
 
     def preview(self, requests: list[EditRequest], probes: list[EditRequest], reply_tokens: int) -> Preview:
         """What `edit` would report for these requests (and these probes), the guard's verdict, and the greedy reply

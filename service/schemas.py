@@ -244,6 +244,8 @@ class EditRecord(BaseModel):
     pre_scores: list[dict]
     rank: int
     bytes: int
+    computed: Literal["at edit", "at first selection"] = Field("at edit", description=(
+        "when its delta is computed: with the edit (/edit), or at the first request that selects it (an import)"))
     guard: dict = Field(default_factory=dict, description="the edit guard's measurement: canaries checked, "
                         "changed, max_changed, and overridden (true when force let a refused edit through)")
     rollback: dict = Field(default_factory=dict, description="author, time, note, version of the rollback")
@@ -321,6 +323,53 @@ class RollbackRequest(BaseModel):
         if (self.edit_id is None) == (self.to_version is None):
             raise PydanticCustomError("rollback_form", "send either edit_id or to_version")
         return self
+
+
+MAX_IMPORT = 1000  # items in one POST /edits/import (a file goes in several: `mend import` sends 500 at a time)
+
+
+class ImportItem(EditItem):
+    key: str | None = Field(None, min_length=1, max_length=200, description=(
+        "this item's idempotency key; default: one made of its prompt and target, so the same correction imported "
+        "again is a repeat"))
+
+
+class EditImport(BaseModel):
+    """Many edits at once (a knowledge base of corrections): each is logged as its own edit, keyed and checked by
+    the guard like /edit, with its delta computed at its first selection rather than now."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"items": [{"prompt": "The Eiffel Tower is in", "target": "Rome"},
+                   {"prompt": "The Louvre is in", "target": "Rome", "key": "kb-2024-0002"}],
+         "author": "kb-sync", "note": "nightly import"}]})
+
+    items: list[ImportItem] = Field(min_length=1, max_length=MAX_IMPORT)
+    author: Author = "anonymous"
+    note: Note = ""
+    force: bool = Field(False, description="import items the guard would refuse (recorded in their audit entries)")
+
+
+class ImportedItem(BaseModel):
+    index: int = Field(description="the item's place in the request")
+    status: Literal["imported", "repeated", "refused", "invalid"] = Field(description=(
+        "imported: in the log and applied; repeated: its key was in the log already (that edit's id); refused: "
+        "by the guard; invalid: too long, or its key was used for another edit. Nothing is written for the last "
+        "two"))
+    edit_id: str | None = None
+    version: int | None = None
+    error: str | None = None
+    computed: Literal["at first selection"] | None = Field(None, description=(
+        "when an imported item's delta is computed: at the first request that selects it (an edit's time, once)"))
+
+
+class ImportPublic(BaseModel):
+    version: int = Field(description="the log version after the import")
+    imported: int
+    repeated: int
+    refused: int
+    invalid: int
+    items: list[ImportedItem]
+    elapsed_ms: float
 
 
 class RollbackPublic(BaseModel):

@@ -13,7 +13,7 @@ from .forms import PLAIN
 from .index import IndexConfig, KeyIndex
 from .keys import normed
 from .meta import ScopedMeta
-from .store import PieceStore
+from .store import PieceStore, is_lazy
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,8 @@ class Codebook:
         return self.rows.targets[r]
 
     def word_end(self, r: int) -> bool:
+        if is_lazy(self.rows.deltas[self.rows.owner[r]]):  # known from its computed pieces
+            return any(p.meta.get(WORD_END) == "1" for p in self.row_pieces(r).values())
         return self.rows.word_end[r]
 
     def row_in_edit(self, r: int) -> int:
@@ -393,5 +395,9 @@ def pieces(delta: LowRankDelta) -> list[dict[str, LowRankDelta]]:
     for name, (left, right) in delta.factors.items():
         for i, pair in enumerate(zip(left.split(ranks[name], 1), right.split(ranks[name], 0))):
             flat[i][name] = pair
-    return [{form: LowRankDelta(flat[i * len(forms) + j]) for j, form in enumerate(forms)}
-            for i in range(len(delta.key))]
+    ends = meta.row_word_end(len(delta.key))
+    return [{form: LowRankDelta(flat[i * len(forms) + j], {WORD_END: "1"} if ends[i] else {})
+             for j, form in enumerate(forms)} for i in range(len(delta.key))]
+
+
+WORD_END = "word_end"  # a piece's meta: its row's delta says the token that ends the answer's word

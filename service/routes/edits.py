@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+from collections import Counter
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
@@ -10,12 +12,15 @@ from ..deps import MetricsDep, RuntimeDep
 from ..runtime import EditEntry, Runtime
 from ..schemas import (
     EditCreate,
+    EditImport,
     EditItem,
     EditPreview,
     EditPublic,
     EditRecord,
     EditsPage,
     GuardPreview,
+    ImportedItem,
+    ImportPublic,
     ReplyPreview,
     RollbackPublic,
     RollbackRequest,
@@ -36,7 +41,7 @@ def to_record(e: EditEntry) -> EditRecord:
     return EditRecord(edit_id=e.edit_id, version=e.version, status=e.status,
                       requests=[EditItem(**r) for r in b["requests"]], author=b["author"], note=b["note"],
                       force=b["force"], time=b["time"], pre_scores=b["pre"], rank=b["rank"], bytes=b["bytes"],
-                      guard=b.get("guard", {}), rollback=e.rollback)  # events from before the guard have none
+                      computed=b.get("computed", "at edit"), guard=b.get("guard", {}), rollback=e.rollback)  # events from before the guard have none
 
 
 def target_scores(items: list[EditItem], pre: list, post: list) -> list[TargetScores]:
@@ -70,6 +75,21 @@ def preview(items: list[EditItem], probes: list[EditItem], runtime: Runtime) -> 
                                 for i, (a, b) in zip(items, out.replies)],
                        guard=GuardPreview(would_refuse=v.reason is not None, reason=v.reason, **v.measurement),
                        rank=out.rank, bytes=out.nbytes, elapsed_ms=out.elapsed_ms)
+
+
+@router.post("/edits/import")
+def import_edits(body: EditImport, runtime: RuntimeDep, metrics: MetricsDep) -> ImportPublic:
+    t0 = time.perf_counter()
+    out = runtime.import_edits([EditRequest(i.prompt, i.target) for i in body.items], [i.key for i in body.items],
+                               body.author, body.note, body.force)
+    items = [ImportedItem(index=n, status=o.status, edit_id=o.edit_id, version=o.version, error=o.error,
+                          computed="at first selection" if o.status == "imported" else None)
+             for n, o in enumerate(out)]
+    counts = Counter(o.status for o in out)
+    metrics.edits.inc(counts["imported"])
+    return ImportPublic(version=runtime.version, imported=counts["imported"], repeated=counts["repeated"],
+                        refused=counts["refused"], invalid=counts["invalid"], items=items,
+                        elapsed_ms=(time.perf_counter() - t0) * 1000)
 
 
 @router.post("/rollback")
