@@ -1,6 +1,7 @@
 """`mend`: the library's train/eval commands (editor_core.cli) plus `mend serve`."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -40,6 +41,47 @@ def serve(host: str = typer.Option(None, help="default: MEND_HOST or 127.0.0.1")
     # force: the library callback may already have configured the root logger at WARNING
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+
+
+@app.command("import")
+def import_file(file: Path = typer.Argument(..., help="JSON Lines of {prompt, target[, key]}, or a zsRE or "
+                                                      "CounterFact JSON list", exists=True, dir_okay=False),
+                url: str = typer.Option("http://127.0.0.1:8000", envvar="MEND_URL", help="the server"),
+                api_key: str = typer.Option(None, envvar="MEND_API_KEY", help="its API key, if it has one"),
+                batch: int = typer.Option(500, min=1, max=1000, help="items per request"),
+                n: int = typer.Option(None, min=1, help="only the first n items"),
+                author: str = typer.Option("import"), note: str = typer.Option(""),
+                force: bool = typer.Option(False, help="import items the guard would refuse"),
+                report: Path = typer.Option(None, help="write each item's outcome here (JSON Lines)"),
+                progress: bool = typer.Option(True, help="a progress bar on stderr")) -> None:
+    """Import a file of corrections into a running server (POST /edits/import), in batches. Each item is logged as
+    its own edit, its delta computed at its first selection. Run it again after any failure: items that landed are
+    reported as repeated, never written twice."""
+    from collections import Counter
+
+    from .client import MendClient, MendError
+    from .importing import read_items, report_line, send
+
+    try:
+        items = read_items(file, n)
+    except ValueError as e:
+        typer.echo(f"mend import: {e}", err=True)
+        raise typer.Exit(2) from None
+    counts: Counter[str] = Counter()
+    try:
+        with MendClient(url, api_key) as mend, (report.open("w") if report else contextlib.nullcontext()) as out:
+            for index, item in send(mend, items, batch, author, note, force, progress):
+                counts[item.status] += 1
+                if out is not None:
+                    out.write(report_line(index, item) + "\n")
+                elif item.status in ("refused", "invalid"):
+                    typer.echo(f"item {index}: {item.status}: {item.error}", err=True)
+    except MendError as e:
+        typer.echo(f"mend import: {e.detail} (after {sum(counts.values())} items; run it again to go on)", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(", ".join(f"{counts[s]} {s}" for s in ("imported", "repeated", "refused", "invalid")))
+    if counts["refused"] or counts["invalid"]:
+        raise typer.Exit(1)
 
 
 @app.command("rekey-log")

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from .schemas import (
     EditCreate,
+    EditImport,
     EditItem,
     EditPreview,
     EditPublic,
@@ -40,6 +41,8 @@ from .schemas import (
     GeneratePublic,
     GenerateRequest,
     Health,
+    ImportItem,
+    ImportPublic,
     Message,
     Ready,
     RollbackPublic,
@@ -145,6 +148,13 @@ class MendClient:
         """Several edits as one update: one log event, one edit_id, rolled back together."""
         body = body_of(EditCreate, edits=edits, author=author, note=note, force=force)
         return EditPublic.model_validate(self._write("/edit", body, idempotency_key))
+
+    def import_edits(self, items: Sequence[ImportItem | dict], *, author: str | None = None,
+                     note: str | None = None, force: bool = False) -> ImportPublic:
+        """Many edits, each logged on its own with its delta computed at its first selection (at most MAX_IMPORT a
+        call). Safe to retry: each item is idempotent by its key (default: made of its prompt and target)."""
+        body = body_of(EditImport, items=items, author=author, note=note, force=force)
+        return ImportPublic.model_validate(self._request("POST", "/edits/import", json=body).json())
 
     def dry_run(self, prompt: str | None = None, target: str | None = None, *,
                 messages: Sequence[Message | dict] | None = None, edits: Sequence[EditItem | dict] | None = None,

@@ -3,10 +3,12 @@ first selection; the replies are those of the same edits made with /edit; each i
 sent again after a crash writes only what had not landed; bad items are reported and lose nothing else."""
 from __future__ import annotations
 
+import json
 import time
 
-from service_support import EDIT, EDIT2, EDIT3, serving
+from service_support import EDIT, EDIT2, EDIT3, http_serving, serving
 
+from service.client import MendClient
 from service.embedded_redis import EmbeddedRedis
 
 ITEMS = [EDIT, EDIT2, EDIT3]
@@ -108,3 +110,34 @@ def test_an_in_place_server_refuses_an_import_with_what_to_do(inplace):
         r = client.post("/edits/import", json={"items": ITEMS})
         assert r.status_code == 409 and "/edit" in r.json()["detail"]
         assert client.get("/edits").json()["count"] == 0
+
+
+def test_mend_import_sends_a_file_in_batches_and_goes_on_after_a_failure(settings, tmp_path):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    lines = tmp_path / "kb.jsonl"
+    lines.write_text("\n".join(json.dumps(e) for e in ITEMS) + "\n")
+    zsre = tmp_path / "zsre.json"  # the data sets' own format: src -> alt
+    zsre.write_text(json.dumps([{"subject": "Mount Fuji", "src": "Which country is Mount Fuji in?", "alt": "Peru",
+                                 "answers": ["Japan"], "rephrase": "Where is Mount Fuji?", "loc": "", "loc_ans": ""}]))
+    with http_serving(settings) as (_, url):
+        run = CliRunner().invoke
+        first = run(app, ["import", str(lines), "--url", url, "--batch", "2", "--n", "2", "--no-progress"])
+        assert first.exit_code == 0, first.output
+        assert "2 imported, 0 repeated" in first.output
+        report = tmp_path / "report.jsonl"
+        again = run(app, ["import", str(lines), "--url", url, "--batch", "2", "--report", str(report),
+                          "--no-progress"])
+        assert again.exit_code == 0 and "1 imported, 2 repeated" in again.output
+        outcomes = [json.loads(line) for line in report.read_text().splitlines()]
+        assert [(o["index"], o["status"]) for o in outcomes] == [(0, "repeated"), (1, "repeated"), (2, "imported")]
+        assert run(app, ["import", str(zsre), "--url", url, "--no-progress"]).exit_code == 0
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps(EDIT) + "\n{\"prompt\": \"no target\"}\n")
+        refused = run(app, ["import", str(bad), "--url", url, "--no-progress"])
+        assert refused.exit_code == 2 and "bad.jsonl:2" in refused.output
+        with MendClient(url) as mend:
+            assert mend.list_edits(limit=10).count == 4
+            assert mend.generate(ITEMS[2]["prompt"], max_new_tokens=4).text.startswith(" fifty")
