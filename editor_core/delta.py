@@ -73,7 +73,8 @@ class LowRankDelta:
 
     def check(self, model: nn.Module) -> None:
         """Raise NonFiniteDeltaError if applying would put NaN or inf into the weights; writes nothing."""
-        self.updated(model)
+        if self.factors:  # a definition (its factors not computed yet) changes nothing
+            self.updated(model)
 
     def _write(self, model: nn.Module, sign: float) -> None:
         new = self.updated(model, sign)

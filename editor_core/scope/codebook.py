@@ -2,6 +2,7 @@
 a relation check and a word check beside it."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -38,6 +39,7 @@ class RelationCheck:
         return normed(keys.float() @ self.map.T)
 
 
+@functools.lru_cache(maxsize=65536)  # the same texts come back: canaries at every guard check, a request's prompt
 def words_of(text: str) -> frozenset[str]:
     """The words of a text, lower-cased: what `WordCheck` compares."""
     return frozenset(re.findall(r"\w+", text.lower()))
