@@ -122,6 +122,10 @@ class EditMethod:
         """Whole or not at all."""
         raise NotImplementedError
 
+    def held(self, edit_id: str, delta: LowRankDelta) -> LowRankDelta:
+        """What the replica keeps of an applied edit's logged delta (its active edits)."""
+        return delta
+
     def revert(self, edit_ids: list[str], active: dict[str, LowRankDelta], write_weights: bool) -> None:
         """Undo these active edits (newest first), all or none."""
         raise NotImplementedError
@@ -334,7 +338,7 @@ class Scoped(EditMethod):
 
     def restore_state(self, tensors: dict[str, torch.Tensor], info: dict) -> dict[str, LowRankDelta]:
         self.scope.codebook = codebook_from_state(tensors, info, self.scope.empty())
-        return dict(self.scope.codebook.deltas)
+        return dict(self.scope.codebook.stored)
 
     def piece_stats(self) -> dict[str, float]:
         store = self.scope.store
@@ -363,6 +367,9 @@ class Scoped(EditMethod):
 
     def apply(self, edit_id: str, delta: LowRankDelta, write_weights: bool) -> None:
         self.scope.add(edit_id, delta)  # a new codebook, swapped in whole
+
+    def held(self, edit_id: str, delta: LowRankDelta) -> LowRankDelta:
+        return self.scope.codebook.held(edit_id)  # one object for the replica and the codebook; its key is a row
 
     def revert(self, edit_ids: list[str], active: dict[str, LowRankDelta], write_weights: bool) -> None:
         self.scope.remove(*edit_ids)  # all of them or none
@@ -426,7 +433,7 @@ class Scoped(EditMethod):
                 rows.append({"adapter": path, "edit_id": edit_id, "key_row": row, "keys_index": len(rows),
                              "step": steps[row * n_forms] if steps else None,
                              "radius": max(radii[row], self.scope.cfg.radius) if radii else self.scope.cfg.radius})
-            keys.append(delta.key.float())
+            keys.append((delta.key if delta.key is not None else self.scope.codebook.delta(edit_id).key).float())
         out.mkdir(parents=True, exist_ok=True)
         save_file({"keys": torch.cat(keys) if keys else self.scope.codebook.keys[:0].float()}, out / KEYS_FILE,
                   metadata={"format": "mend-scope-keys", **metadata})

@@ -337,7 +337,8 @@ class Runtime(Replica):
         """False, with its outcome set, when item i's key is in the log already (or earlier in this import)."""
         if keys[i] not in self.idempotent:
             return True
-        body, version = self.idempotent[keys[i]]
+        raw, version = self.idempotent[keys[i]]
+        body = json.loads(raw)
         out[i] = (Imported("repeated", body["edit_id"], version) if body.get("request_digest") == digests[i]
                   else Imported("invalid", error=f"key {keys[i]!r} was used for another edit"))
         return False
@@ -387,7 +388,8 @@ class Runtime(Replica):
         for _ in range(APPEND_TRIES):
             self.sync()
             if key is not None and key in self.idempotent:
-                body, version = self.idempotent[key]
+                raw, version = self.idempotent[key]
+                body = json.loads(raw)
                 if body.get("request_digest") != digest:
                     raise IdempotencyKeyReused()
                 return body, version, True
@@ -562,7 +564,7 @@ class Runtime(Replica):
                    limit: int) -> tuple[list[EditEntry], int]:
         with self.rw.read():
             rows = [e for e in self.edits.values()
-                    if (status is None or e.status == status) and (author is None or e.body["author"] == author)]
+                    if (status is None or e.status == status) and (author is None or e.author == author)]
         if newest_first:
             rows.reverse()
         return rows[offset: offset + limit], len(rows)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
-FORMAT = "mend-snapshot-1"
+FORMAT = "mend-snapshot-2"  # 2: edit entries hold their bodies as JSON text
 TENSORS, STATE, MANIFEST = "rows.safetensors", "state.json", "manifest.json"
 
 

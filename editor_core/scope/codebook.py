@@ -14,7 +14,7 @@ from .forms import PLAIN
 from .index import IndexConfig, KeyIndex
 from .keys import normed
 from .meta import ScopedMeta
-from .store import PieceStore, is_lazy
+from .store import PieceStore, is_definition, is_lazy
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,8 @@ class _Rows:
         self.word_end: list[bool] = []  # whether each row's delta also says the token that ends the answer's word
         self.words_of: list[frozenset[str]] = []  # each row's rare words (empty: none, or no `words`)
         self.first_row: dict[str, int] = {}
-        self.deltas: dict[str, LowRankDelta] = {}  # edit id -> its scoped delta, whole or a definition
+        # edit id -> its scoped delta: whole, or a definition without its key (the key is its rows: held once)
+        self.deltas: dict[str, LowRankDelta] = {}
 
     def copy(self, n: int, version: int) -> _Rows:
         """A line of its own with the rows of version (n, version): what adding to an older version starts from."""
@@ -114,7 +115,7 @@ class _Rows:
         self.word_end += meta.row_word_end(k)
         self.words_of += [self.words.rare(p) for p in prompts] if self.words is not None and prompts is not None \
             else [frozenset()] * k
-        self.first_row[edit_id], self.deltas[edit_id] = self.n, delta
+        self.first_row[edit_id], self.deltas[edit_id] = self.n, keyless(delta)
         self.n += k
         if self.index is not None:
             self.index.add(delta.key, self.words_of[-k:])
@@ -199,9 +200,25 @@ class Codebook:
 
     @property
     def deltas(self) -> MappingProxyType:
-        """Edit id -> its scoped delta (whole, or a definition), oldest first. O(edits): for export and rebuilds."""
+        """Edit id -> its scoped delta (whole, or a definition), with its key, oldest first. O(edits) and a copy of
+        every key: for export and rebuilds."""
+        return MappingProxyType({e: self.delta(e) for e in self.stored})
+
+    @property
+    def stored(self) -> MappingProxyType:
+        """Edit id -> its delta as held (a definition without its key), oldest first: O(edits), copying nothing."""
         alive, rows = self.alive().tolist(), self.rows
         return MappingProxyType({e: rows.deltas[e] for e, r in rows.first_row.items() if r < self.n and alive[r]})
+
+    def held(self, edit_id: str) -> LowRankDelta:
+        """An edit's delta as held: a definition without its key."""
+        return self.rows.deltas[edit_id]
+
+    def delta(self, edit_id: str) -> LowRankDelta:
+        """An edit's delta with its key (its rows)."""
+        d = self.rows.deltas[edit_id]
+        return d if d.key is not None else LowRankDelta(d.factors, d.meta,
+                                                        self.rows.keys[self.rows.span(edit_id)].clone())
 
     def row_pieces(self, r: int) -> dict[str, LowRankDelta]:
         """What key row r applies, by form: held, split from a whole delta, or recomputed from its definition."""
@@ -374,7 +391,7 @@ def codebook_from_state(tensors: dict[str, torch.Tensor], info: dict, empty: Cod
             _, e, name, _ = key.split("/")
             whole[e][name] = (tensors[key], tensors[f"whole/{e}/{name}/right"])
     for e in rows.first_row:
-        rows.deltas[e] = LowRankDelta(whole.get(e, {}), info["metas"][e], rows.keys[rows.span(e)].clone())
+        rows.deltas[e] = keyless(LowRankDelta(whole.get(e, {}), info["metas"][e], rows.keys[rows.span(e)].clone()))
     cfg = rows.index_cfg
     if cfg is not None and n >= cfg.min_rows:
         graph = {k.split("/", 1)[1]: t for k, t in tensors.items() if k.startswith("index/")}
@@ -384,6 +401,11 @@ def codebook_from_state(tensors: dict[str, torch.Tensor], info: dict, empty: Cod
             rows.index = KeyIndex(rows.keys.shape[1], cfg)
             rows.index.add(rows.keys, rows.words_of)
     return Codebook(rows, n, info["version"], info["live"])
+
+
+def keyless(delta: LowRankDelta) -> LowRankDelta:
+    """A definition as a codebook holds it: its key is its rows (2.3 KB an edit on SmolLM2, not held twice)."""
+    return LowRankDelta({}, delta.meta) if is_definition(delta) else delta
 
 
 def pieces(delta: LowRankDelta) -> list[dict[str, LowRankDelta]]:

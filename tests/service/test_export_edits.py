@@ -91,7 +91,7 @@ def test_scoped_exports_one_adapter_per_active_edit_that_scores_as_the_service_d
         assert r.status_code == 200, r.text
         served = r.json()["scores"]
         manifest = export(client, "peft", tmp_path)
-        stored_keys = client.app.state.runtime.active[batch].key
+        stored_keys = client.app.state.runtime.method.view().delta(batch).key  # its rows: not held twice
 
     assert manifest["version"] == 3 and manifest["method"] == "scoped" and manifest["radius"] == 0.999
     assert [e["edit_id"] for e in manifest["edits"]] == [batch]
