@@ -31,4 +31,5 @@ serve: install
 	$(VENV)/bin/mend serve --port 8000
 
 test: install browser
+	$(VENV)/bin/ruff check editor_core service bench tests
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests -q

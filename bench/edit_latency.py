@@ -59,14 +59,14 @@ def measure_size(p: Profile, model: PreTrainedModel, tok: PreTrainedTokenizerBas
     max_len = editor.cfg.max_length
     mend, floor, ft = [], [], []
     for i, reqs in enumerate(batches(p.edit_repeats + 1, size)):
-        m = timed_ms(lambda: mend_edit(model, tok, editor, reqs))
+        m = timed_ms(lambda reqs=reqs: mend_edit(model, tok, editor, reqs))
         restore(model, base)
         f = floor_ms(model, tok, reqs, max_len)
         if i > 0:
             mend.append(m)
             floor.append(f)
         if i <= p.ft_repeats:
-            t = timed_ms(lambda: ft_edit(model, tok, editor, reqs))
+            t = timed_ms(lambda reqs=reqs: ft_edit(model, tok, editor, reqs))
             restore(model, base)
             ft += [t] if i > 0 else []
     out = {"batch": size, "mend_ms": summary(mend), "floor_ms": summary(floor), "ft_ms": summary(ft)}

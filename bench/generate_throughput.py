@@ -45,8 +45,22 @@ from typing import Optional
 import httpx
 import typer
 
-from .common import (Profile, Server, command_line, edit_pairs, generation_prompts, launch, make_profile, save,
-                     serving, setup_logging, stop, summary, wait_ready, zsre_records)
+from .common import (
+    Profile,
+    Server,
+    command_line,
+    edit_pairs,
+    generation_prompts,
+    launch,
+    make_profile,
+    save,
+    serving,
+    setup_logging,
+    stop,
+    summary,
+    wait_ready,
+    zsre_records,
+)
 
 log = logging.getLogger("bench.generate")
 
@@ -313,10 +327,14 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for key in dict.fromkeys((r["kind"], r["config"], r["prompts"], r["n"]) for r in rows):
         mine = [r for r in rows if (r["kind"], r["config"], r["prompts"], r["n"]) == key]
-        med = lambda f: statistics.median(f(r) for r in mine)  # noqa: E731
+
+        def med(f, mine=mine):
+            return statistics.median(f(r) for r in mine)
+
         out.append({"kind": key[0], "config": key[1], "prompts": key[2], "n": key[3], "rounds": len(mine),
                     "tokens_per_s": med(lambda r: r["tokens_per_s"]),
-                    "ttft_p50_ms": med(lambda r: r["ttft_ms"]["p50"]), "ttft_p95_ms": med(lambda r: r["ttft_ms"]["p95"]),
+                    "ttft_p50_ms": med(lambda r: r["ttft_ms"]["p50"]),
+                    "ttft_p95_ms": med(lambda r: r["ttft_ms"]["p95"]),
                     "latency_p50_ms": med(lambda r: r["latency_ms"]["p50"]),
                     "tokens_per_request": med(lambda r: r["tokens_per_request"]),
                     "requests": sum(r["requests"] for r in mine)})
@@ -346,7 +364,8 @@ def ratios(table: list[dict], s: Sizes) -> dict:
             "inplace_over_none_mid": div(tps("service", "inplace", mid), tps("service", "none", mid)),
             "edited_scoped_over_none_mid": div(tps("service", "scoped", mid, "edited"),
                                                tps("service", "none", mid, "edited")),
-            "questions_mid_over_1": div(tps("service", "none", mid, "questions"), tps("service", "none", 1, "questions")),
+            "questions_mid_over_1": div(tps("service", "none", mid, "questions"),
+                                        tps("service", "none", 1, "questions")),
             "questions_mid_over_generate_batch": div(tps("service", "none", mid, "questions"),
                                                      tps("generate", "none", mid, "questions")),
             "ttft_p95_mid_over_p50_1": div(ttft("none", mid, "ttft_p95_ms"), ttft("none", 1, "ttft_p50_ms")),

@@ -39,23 +39,24 @@ import logging
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import psutil
 import typer
 
 from editor_core.data import EditRecord, EditRequest, load_records
-from editor_core.scoring import TargetScore
 from editor_core.evaluate import (
     Scorer,
     loc_reference,
     mean_metrics,
     record_metrics,
 )
-from service.settings import DEFAULT_CANARIES
+from editor_core.scoring import TargetScore
 from service.client import MendClient, Rejected
+from service.settings import DEFAULT_CANARIES
 
 from .common import command_line, make_profile, save, serving, setup_logging
 from .says import before, check, checks, references, spread

@@ -28,7 +28,7 @@ def entry_sizes(client: redis.Redis, key: str) -> dict:
     delta, body, rank, raw, first = [], [], [], [], None
     last = "-"
     while rows := client.xrange(key, min=last, count=100):
-        for entry_id, fields in rows:
+        for _, fields in rows:
             if fields.get(b"type") == b"edit":
                 meta = json.loads(fields[b"body"])
                 delta.append(len(fields[b"delta"]))

@@ -12,6 +12,8 @@ the crowding of real questions, never random vectors. Keys are computed once (Sm
 64) and kept under --out as safetensors chunks, so a run that stops goes on. The requests timed at each point are
 the dev records' rephrases (CounterFact paraphrases, zsRE rephrases) and locality prompts, keyed as a request is.
 Each edit is stored as the service stores it: its definition (key, prompts, targets, bank radius), no factors.
+From 20,000 rows on the codebook selects through its key index (editor_core/scope/index.py); every request is
+also selected by the exact scan, and the share of equal selections is reported beside both timings.
 """
 from __future__ import annotations
 
@@ -131,11 +133,11 @@ def rss_mib() -> float:
 
 
 def requests(n: int, data: Path = DATA) -> list[str]:
-    """What is timed at each point: dev rephrases and locality prompts, as users would send them."""
+    """What is timed at each point: dev edit prompts, rephrases and locality prompts, as users would send them."""
     out = []
     for kind in ("zsre", "counterfact"):
         for r in load_records(f"{kind}:{data / kind / 'dev'}.json", n, one_per_subject=True):
-            out += r.rephrases[:1] + [q.prompt for q in r.loc[:1]]
+            out += [r.edit.prompt] + r.rephrases[:2] + [q.prompt for q in r.loc[:1]]
     return out
 
 
@@ -162,11 +164,15 @@ def main(points: str = typer.Option("1000,10000,100000", help="edits stored at e
             book = book.added(f"e{i}", definition(keys[i], *questions[i], radii[i]))
         t_add, added = time.perf_counter() - t0, size - done
         done = size
-        select_ms = []
+        select_ms, exact_ms, same = [], [], 0
         for key, text in zip(request_keys, asked):
             t0 = time.perf_counter()
-            book.nearest(key[None], scope.cfg.radius, [text])
+            got = book.nearest(key[None], scope.cfg.radius, [text])
             select_ms.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            want = book.nearest(key[None], scope.cfg.radius, [text], exact=True)
+            exact_ms.append((time.perf_counter() - t0) * 1000)
+            same += got == want
         gc.collect()
         t0 = time.perf_counter()
         gc.collect()
@@ -180,6 +186,8 @@ def main(points: str = typer.Option("1000,10000,100000", help="edits stored at e
         row = {"edits": size, "add_us_per_edit": t_add / max(added, 1) * 1e6,
                "select_ms_p50": statistics.median(select_ms),
                "select_ms_p95": sorted(select_ms)[int(0.95 * len(select_ms))],
+               "exact_scan_ms_p50": statistics.median(exact_ms), "same_as_exact": same / len(asked),
+               "indexed": book.rows.index is not None,
                "requests_selecting": selected / len(asked), "rss_mib": rss_mib(),
                "rss_mib_over_start": rss_mib() - base_rss,
                "codebook_key_mib": book.rows.keys.numel() * 4 / 2**20, "gc_full_ms": gc_ms,

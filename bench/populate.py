@@ -16,8 +16,7 @@ from typing import Optional
 import httpx
 import typer
 
-from .common import (Profile, command_line, edit_pairs, log_dir, make_profile, save, serving, setup_logging,
-                     summary)
+from .common import Profile, command_line, edit_pairs, log_dir, make_profile, save, serving, setup_logging, summary
 
 log = logging.getLogger("bench.populate")
 

@@ -56,8 +56,23 @@ import typer
 
 from service.embedded_redis import PIDFILE, EmbeddedRedis
 
-from .common import (OUT, Profile, Server, command_line, edit_pairs, generation_prompts, launch, make_profile, save,
-                     serving, setup_logging, stop, summary, tiny_model_and_editor, wait_ready)
+from .common import (
+    OUT,
+    Profile,
+    Server,
+    command_line,
+    edit_pairs,
+    generation_prompts,
+    launch,
+    make_profile,
+    save,
+    serving,
+    setup_logging,
+    stop,
+    summary,
+    tiny_model_and_editor,
+    wait_ready,
+)
 
 log = logging.getLogger("bench.reliability")
 

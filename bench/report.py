@@ -118,8 +118,8 @@ def generate_tables(doc: dict) -> list[str]:
     names, n = config_names(s["edits"]), f"{s['edits']:,}"
     head = [f"`{doc['command'].strip()}`: model `{p['model']}` in {d['dtype']}, temperature {d['temperature']}, "
             f"max_new_tokens {s['new_tokens']}, every request streamed; tokens/s over a {s['window_s']:.0f} s window "
-            f"after a {s['ramp_s']:.0f} s ramp, median of {s['rounds']} rounds; {m['cpu']}, {m['cores']} cores (shared), "
-            f"torch threads {m['torch_threads']}; {m['date']}, commit {m['commit']}.", ""]
+            f"after a {s['ramp_s']:.0f} s ramp, median of {s['rounds']} rounds; {m['cpu']}, {m['cores']} cores "
+            f"(shared), torch threads {m['torch_threads']}; {m['date']}, commit {m['commit']}.", ""]
     rows = []
     for x in d["table"]:
         base = next((y for y in d["table"] if (y["kind"], y["config"], y["prompts"], y["n"]) ==
@@ -317,8 +317,8 @@ def render(r: dict, smoke: bool, before: str = "") -> str:
     sections = [("Goals", ISSUE5, goals), ("1. Edit latency (library: compute_delta + apply)", ["edit_latency"],
                                            edit_section),
                 ("HTTP /edit, sequential single edits (building the logs)", ["populate"], populate_section),
-                ("2. Generation: the service (continuous batching) against model.generate", ["generate_throughput", BF16],
-                 generate_section),
+                ("2. Generation: the service (continuous batching) against model.generate",
+                 ["generate_throughput", BF16], generate_section),
                 ("3. Rollback of one edit over HTTP", ["rollback"], rollback_section),
                 ("4. Restart: process start to /ready", ["restart"], restart_section),
                 ("5. Edit log size", ["log_size"], log_section),

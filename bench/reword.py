@@ -33,7 +33,8 @@ def timed(mend: MendClient, prompt: str) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def main(data: str = typer.Option("counterfact:../shared/data/counterfact/dev.json", help="zsre:FILE or counterfact:FILE"),
+def main(data: str = typer.Option("counterfact:../shared/data/counterfact/dev.json",
+                                  help="zsre:FILE or counterfact:FILE"),
          n: int = typer.Option(20, "-n", help="records (one per subject, in file order)"),
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
          threads: Optional[int] = None, out: Optional[Path] = None) -> None:

@@ -152,8 +152,9 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
          threads: Optional[int] = None, out: Optional[Path] = None,
          samples: Optional[Path] = typer.Option(None, help="also write each record's replies and scores here (JSON)"),
-         replies: Optional[Path] = typer.Option(None, help="also write every query's greedy reply here (JSON, sorted): "
-                                                           "diff two runs to show a refactor changed no reply")) -> None:
+         replies: Optional[Path] = typer.Option(None, help="also write every query's greedy reply here "
+                                                           "(JSON, sorted): diff two runs to show a refactor "
+                                                           "changed no reply")) -> None:
     if not 0 <= skip < n:
         raise typer.BadParameter(f"--skip must be in [0, n), got {skip}")
     if check_n is not None and (not sequential or check_n < 1):

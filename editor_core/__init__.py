@@ -29,9 +29,9 @@ from .scoring import TargetScore, score_targets
 
 __all__ = [
     "CHAT", "DEFAULT_MODEL", "DIGEST", "DTYPES", "PLAIN", "THREADS", "Ask", "Batch", "Canary", "CanarySet", "Change",
-    "Codebook", "Completion", "IndexConfig", "EditRecord", "EditRequest", "EditedLayer", "LowRankDelta", "MENDConfig", "MENDEditor",
-    "NonFiniteDeltaError", "PrefixCache", "Row", "Scope", "ScopedMeta", "TargetScore", "WeightsView", "Worded",
-    "codebook_from_state", "codebook_state", "complete", "factors_digest", "first_block", "join", "load_base_model",
-    "load_canaries", "load_records", "merged", "model_fingerprint", "prepare_model", "prompt_ids", "restore",
-    "safetensors_metadata", "score_targets", "select_layers", "shadow_of", "snapshot", "to_peft",
+    "Codebook", "Completion", "EditRecord", "EditRequest", "EditedLayer", "IndexConfig", "LowRankDelta", "MENDConfig",
+    "MENDEditor", "NonFiniteDeltaError", "PrefixCache", "Row", "Scope", "ScopedMeta", "TargetScore", "WeightsView",
+    "Worded", "codebook_from_state", "codebook_state", "complete", "factors_digest", "first_block", "join",
+    "load_base_model", "load_canaries", "load_records", "merged", "model_fingerprint", "prepare_model", "prompt_ids",
+    "restore", "safetensors_metadata", "score_targets", "select_layers", "shadow_of", "snapshot", "to_peft",
 ]

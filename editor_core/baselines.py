@@ -24,7 +24,8 @@ def finetune_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, l
                    lr: float = 5e-4, c_kl: float = 1.0, max_length: int = 64) -> LowRankDelta:
     """Adam on the edited matrices until every target is the teacher-forced argmax, or `steps` run out.
 
-    With `loc`, adds c_kl · KL(pre ‖ post) at those prompts' answers (FT+KL), as MEND's training does. The model is left as it was.
+    With `loc`, adds c_kl · KL(pre ‖ post) at those prompts' answers (FT+KL), as MEND's training does. The model is left
+    as it was.
     """
     names = [l.name for l in layers]
     params = dict(model.named_parameters())

@@ -4,9 +4,9 @@ A request joins at the next step and leaves when it is done. The requests joinin
 (one forward, left-padded), and their KV cache is merged into the batch's: rows left-padded to the longest, an
 attention mask over the padding and explicit position ids per row, so that each row attends to its own tokens at
 its own positions. On a CPU one forward over several prompts costs well under one forward each (its matrix
-products are larger, and run closer to the machine's peak). Each row samples with its own generator and settings, cuts at its own stop
-strings and carries its own scoped edit (a low-rank delta per row; the scope's hooks add them all in one batched
-product). When a row's edit is released (its answer said), the cache built under the edit is dropped and the row
+products are larger, and run closer to the machine's peak). Each row samples with its own generator and settings, cuts
+at its own stop strings and carries its own scoped edit (a low-rank delta per row; the scope's hooks add them all in one
+batched product). When a row's edit is released (its answer said), the cache built under the edit is dropped and the row
 joins again with a prefill of prompt + reply without it: the rest is what the unedited model says after that text.
 
 A batch of one is the single-request path (`stream_tokens`, `complete`). Nothing here knows of threads or HTTP: the

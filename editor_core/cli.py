@@ -335,7 +335,8 @@ def _table(results: dict[str, dict]) -> str:
     lines = ["| method | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for name, r in results.items():
         s = r["summary"]
-        vals = [f"{s[c]:.1f}" if "_ms_" in c else f"{s[c]:.2f}" if c == "latency_ratio" else f"{s[c]:.3f}" if c in s else "-" for c in cols]
+        vals = [f"{s[c]:.1f}" if "_ms_" in c else f"{s[c]:.2f}" if c == "latency_ratio"
+                else f"{s[c]:.3f}" if c in s else "-" for c in cols]
         lines.append(f"| {name} | {s['n']} | " + " | ".join(vals) + " |")
     for name, r in results.items():
         for p in r["curve"]:

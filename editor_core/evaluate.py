@@ -17,12 +17,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .baselines import finetune_delta
+from .batching import Batch, Row
 from .data import EditRecord, EditRequest, target_nll, tokenize_edits
 from .delta import LowRankDelta, restore, snapshot
-from .layers import EditedLayer
 from .fluency import Generate, Query, reply_metrics, reply_reference
-from .batching import Batch, Row
 from .generation import prompt_ids
+from .layers import EditedLayer
 from .scope import CHAT, PLAIN, Ask, Scope, Worded
 from .scoring import TargetScore, answer_logits, score_targets
 

@@ -71,7 +71,8 @@ def reply_reference(gen: Generate, rec: EditRecord) -> dict:
     answer_in = join(rec.edit.prompt, target)[1]
     *replies, long, after = gen([*((p, None, SHORT) for p in others + same), (rec.edit.prompt, None, LONG),
                                  # minus the answer's own tokens, roughly, so both texts are about LONG tokens long
-                                 ("".join(join(rec.edit.prompt, target)), None, max(LONG - len(target.split()) * 2, 8))])
+                                 ("".join(join(rec.edit.prompt, target)), None,
+                                  max(LONG - len(target.split()) * 2, 8))])
     return {"unrelated": replies[:len(others)], "same_subject": replies[len(others):], "long": long,
             "answer_in": answer_in + after}
 

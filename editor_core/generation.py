@@ -25,7 +25,8 @@ def chat_text(tok: PreTrainedTokenizerBase, messages: list[dict]) -> str:
     return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str | None = None, messages: list[dict] | None = None) -> list[int]:
+def prompt_ids(tok: PreTrainedTokenizerBase, prompt: str | None = None,
+               messages: list[dict] | None = None) -> list[int]:
     """The token ids of a plain prompt, or of chat messages in the chat template (which brings its own special
     tokens)."""
     if messages is None:

@@ -61,7 +61,8 @@ def default_layer_names(model: PreTrainedModel, n_blocks: int = 3) -> list[str]:
         mlp = getattr(blocks[i], "mlp", None)
         if mlp is None:
             break
-        names += [f"{blocks_name}.{i}.mlp.{n}.weight" for n, m in mlp.named_children() if isinstance(m, (nn.Linear, Conv1D))]
+        names += [f"{blocks_name}.{i}.mlp.{n}.weight" for n, m in mlp.named_children()
+                  if isinstance(m, (nn.Linear, Conv1D))]
     if not names:
         raise ValueError(
             f"cannot place the MLP of {type(model).__name__}'s blocks; pass parameter names or globs, "

@@ -47,7 +47,8 @@ class TargetScore:
 
 @torch.no_grad()
 def score_targets(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: list[EditRequest],
-                  max_length: int = 64, keep_logp: bool = False, prefix: PrefixCache | None = None) -> list[TargetScore]:
+                  max_length: int = 64, keep_logp: bool = False,
+                  prefix: PrefixCache | None = None) -> list[TargetScore]:
     """The one teacher-forced scorer: what /edit and /score report and what `mend eval` counts. `prefix`: the first
     edited block's input of sequences scored before (an edit's score after reuses its score before's)."""
     batch = {k: v.to(model.device) for k, v in tokenize_edits(tokenizer, requests, max_length).items()}

@@ -143,7 +143,7 @@ def save_checkpoint(out: Path, editor: MENDEditor, opt: torch.optim.Optimizer, s
     out.mkdir(parents=True, exist_ok=True)
     editor.save(out / "last", extra={"train": asdict(cfg), "step": step})
     tensors, scalars = {}, {}
-    for i, (pid, st) in enumerate(opt.state_dict()["state"].items()):
+    for pid, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v) and v.dim() > 0:
                 tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()

@@ -23,7 +23,8 @@ def dev_prompts(data: Path) -> set[str]:
     zsre = json.loads((data / "zsre" / "dev.json").read_text())
     cf = json.loads((data / "counterfact" / "dev.json").read_text())
     out = {r["src"] for r in zsre} | {r["loc"] for r in zsre if r.get("loc")}
-    out |= {p for r in zsre for p in ([r["rephrase"]] if isinstance(r.get("rephrase"), str) else r.get("rephrase") or [])}
+    out |= {p for r in zsre
+            for p in ([r["rephrase"]] if isinstance(r.get("rephrase"), str) else r.get("rephrase") or [])}
     for r in cf:
         out |= set(r.get("neighborhood_prompts", [])) | set(r.get("paraphrase_prompts", []))
         out.add(r["requested_rewrite"]["prompt"].format(r["requested_rewrite"]["subject"]))

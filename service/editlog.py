@@ -79,7 +79,8 @@ if s == mine then
   return 1
 end
 if s > mine then return -1 end
-if redis.call('GET', KEYS[4]) ~= tostring(s) and ms - tonumber(redis.call('GET', KEYS[3]) or '0') > tonumber(ARGV[3]) then
+if redis.call('GET', KEYS[4]) ~= tostring(s) and \
+ms - tonumber(redis.call('GET', KEYS[3]) or '0') > tonumber(ARGV[3]) then
   redis.call('SET', KEYS[2], s + 1)
   redis.call('SET', KEYS[3], ms)
 end
@@ -147,7 +148,7 @@ class Event:
         return out
 
     @classmethod
-    def parse(cls, event_id: bytes, raw: dict[bytes, bytes]) -> "Event":
+    def parse(cls, event_id: bytes, raw: dict[bytes, bytes]) -> Event:
         text = {k.decode(): v.decode() for k, v in raw.items() if k != b"delta"}
         return cls(text.get("type", ""), text.get("model", ""), text.get("editor", ""), text.get("log", ""),
                    json.loads(text.get("body", "{}")), raw.get(b"delta"), event_id.decode())

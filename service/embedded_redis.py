@@ -127,7 +127,7 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"unix://{socket_path(self.data_dir)}"
 
-    def start(self, timeout: float = 20.0) -> "EmbeddedRedis":
+    def start(self, timeout: float = 20.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_folder(self.data_dir)
         self._stopping.clear()
@@ -187,7 +187,8 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"embedded redis exited with code {self.proc.returncode}; see {self.data_dir / LOGFILE}")
+                raise RuntimeError(f"embedded redis exited with code {self.proc.returncode}; "
+                                   f"see {self.data_dir / LOGFILE}")
             try:
                 client.ping()
                 return

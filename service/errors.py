@@ -5,7 +5,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-
 # The OpenAI-compatible routes' prefix: their errors take OpenAI's shape (see install_handlers).
 OPENAI_PREFIX = "/v1"
 

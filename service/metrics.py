@@ -27,7 +27,8 @@ class DriftCollector(Collector):
         self.drift, self.agreement = drift, agreement
 
     def describe(self) -> list[GaugeMetricFamily]:  # names only: registering must not run a canary pass
-        return [GaugeMetricFamily("mend_weight_drift", "", labels=["param"]), GaugeMetricFamily("mend_canary_agreement", "")]
+        return [GaugeMetricFamily("mend_weight_drift", "", labels=["param"]),
+                GaugeMetricFamily("mend_canary_agreement", "")]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         drift = GaugeMetricFamily("mend_weight_drift", "Frobenius norm of W - W0 per edited matrix (W0 = base)",

@@ -184,7 +184,7 @@ class Runtime(Replica):
         self._agreement: tuple[int, float | None] = (-1, None)
 
     @classmethod
-    def start(cls, settings: Settings, follow: bool = True) -> "Runtime":
+    def start(cls, settings: Settings, follow: bool = True) -> Runtime:
         """Load everything, replay the log, start following it (unless not `follow`: a command that reads one
         version). Any failure stops what was started and raises."""
         embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir / "redis").start()
@@ -533,7 +533,8 @@ class Runtime(Replica):
             return self._hash[1]
 
     def drift(self) -> dict[str, float]:
-        """||W - W0||_F per edited matrix (`EditMethod.drift`); cached per version (the weights are a function of it)."""
+        """||W - W0||_F per edited matrix (`EditMethod.drift`); cached per version (the weights are a function of
+        it)."""
         self._pin_threads()
         with self.rw.read():
             if self._drift[0] != self.version:

@@ -114,7 +114,7 @@ class EditCreate(BaseModel):
         return v if v is None else _not_blank(v)
 
     @model_validator(mode="after")
-    def _one_form(self) -> "EditCreate":
+    def _one_form(self) -> EditCreate:
         if self.messages is not None:
             if self.prompt is not None or self.edits is not None:
                 raise PydanticCustomError("edit_form", "send messages, prompt and target, or edits: one of them")
@@ -134,13 +134,13 @@ class EditCreate(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _probes(self) -> "EditCreate":
+    def _probes(self) -> EditCreate:
         if self.probes is not None and not self.dry_run:
             raise PydanticCustomError("edit_form", "probes are scored by a dry run only: send \"dry_run\": true")
         return self
 
     @model_validator(mode="after")
-    def _total(self) -> "EditCreate":
+    def _total(self) -> EditCreate:
         _check_total([*(t for i in [*self.items(), *(self.probes or [])] for t in (i.prompt, i.target)),
                       *(m.content for m in self.messages or [])])
         return self
@@ -172,7 +172,7 @@ class ScoreRequest(BaseModel):
     items: list[EditItem] = Field(min_length=1, max_length=MAX_ITEMS)
 
     @model_validator(mode="after")
-    def _total(self) -> "ScoreRequest":
+    def _total(self) -> ScoreRequest:
         _check_total(t for i in self.items for t in (i.prompt, i.target))
         return self
 
@@ -284,13 +284,13 @@ class GenerateRequest(BaseModel):
         return v if v is None else _not_blank(v)
 
     @model_validator(mode="after")
-    def _one_form(self) -> "GenerateRequest":
+    def _one_form(self) -> GenerateRequest:
         if (self.prompt is None) == (self.messages is None):
             raise PydanticCustomError("generate_form", "send either prompt or messages")
         return self
 
     @model_validator(mode="after")
-    def _total(self) -> "GenerateRequest":
+    def _total(self) -> GenerateRequest:
         _check_total(m.content for m in self.messages or [])
         return self
 
@@ -319,7 +319,7 @@ class RollbackRequest(BaseModel):
     note: Note = ""
 
     @model_validator(mode="after")
-    def _one_form(self) -> "RollbackRequest":
+    def _one_form(self) -> RollbackRequest:
         if (self.edit_id is None) == (self.to_version is None):
             raise PydanticCustomError("rollback_form", "send either edit_id or to_version")
         return self
@@ -460,7 +460,7 @@ class ChatCompletionRequest(OpenAIRequest):
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
 
     @model_validator(mode="after")
-    def _total(self) -> "ChatCompletionRequest":
+    def _total(self) -> ChatCompletionRequest:
         _check_total(m.content for m in self.messages)
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise PydanticCustomError("max_tokens", "send max_tokens or max_completion_tokens, not both")

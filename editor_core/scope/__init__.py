@@ -11,15 +11,15 @@ the unedited weights, so an edit never depends on which others happen to be stor
 their own pieces, one per key row and form (`pieces`).
 
 The parts, each readable alone: forms.py (plain and chat requests), keys.py (how a prompt is keyed),
-codebook.py (the stored edits and selection: radius, relation check, word check), meta.py (what a scoped delta
-carries), compute.py (a scoped edit's steps and tuning), reword.py (an edit made for other words),
-index.py (where a key finds its candidates among many edits), selection.py (when a reply lets go of its edit), apply.py (the edits acting on forwards), fit.py (fitting a
-scope to a model), io.py (on disk), scope.py (`Scope`, the object that puts them together).
+codebook.py (the stored edits and selection: radius, relation check, word check), index.py (where a key finds its
+candidates among many edits), meta.py (what a scoped delta carries), compute.py (a scoped edit's steps and tuning),
+reword.py (an edit made for other words), selection.py (when a reply lets go of its edit), apply.py (the edits
+acting on forwards), fit.py (fitting a scope to a model), io.py (on disk), store.py (where an edit's factors come
+from), scope.py (`Scope`, the object that puts them together).
 """
 from .apply import Ask, Choice, RowDeltas
 from .codebook import Codebook, RelationCheck, WordCheck, codebook_from_state, codebook_state, pieces, words_of
 from .config import ScopeConfig
-from .index import IndexConfig, KeyIndex
 from .fit import (
                   RELATION_RADII,
                   WORD_RADII,
@@ -31,6 +31,7 @@ from .fit import (
                   key_block_candidates,
 )
 from .forms import CHAT, PLAIN, forms_of, in_forms
+from .index import IndexConfig, KeyIndex
 from .keys import sentence_suffixes
 from .meta import ScopedMeta
 from .reword import Worded

@@ -256,14 +256,16 @@ class Codebook:
             rows.removed_at[rows.span(e)] = rows.version
         return Codebook(rows, rows.n, rows.version, self.live - len(gone))
 
-    def nearest(self, keys: torch.Tensor, radius: float, texts: list[str] | None = None) -> list[int | None]:
+    def nearest(self, keys: torch.Tensor, radius: float, texts: list[str] | None = None,
+                exact: bool = False) -> list[int | None]:
         """Per prompt key: the most similar key row at cosine >= its radius, the larger of `radius` and the row's
         own, or at cosine >= the `words` check's radius where the prompt's text (texts[b]) names every rare word of
         the row's question; and whose relation key the prompt's relation key meets at cosine >= the check's radius,
-        if the codebook has a `relation` check (ties: the newest)."""
+        if the codebook has a `relation` check (ties: the newest). With an index, the rule is applied to its
+        candidates (`_nearest_indexed`); `exact`: to every row."""
         if not self.live:  # also: no keys computed, as nothing could be selected
             return [None] * len(keys)
-        if self.rows.index is not None:
+        if self.rows.index is not None and not exact:
             return [self._nearest_indexed(key, radius, None if texts is None else texts[b])
                     for b, key in enumerate(keys.float())]
         rows = self.rows

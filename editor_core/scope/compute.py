@@ -10,13 +10,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..data import EditRequest, target_nll, target_scores, tokenize_edits
 from ..delta import LowRankDelta
 from ..layers import EditedLayer, first_block
-from .store import DIGEST, LAZY
 from ..prefix_cache import PrefixCache
 from ..projection import project
 from ..scoring import answer_logits, score_targets
 from .config import ScopeConfig
 from .forms import PLAIN, forms_of, in_forms
 from .meta import ScopedMeta
+from .store import DIGEST, LAZY
 
 
 class Computing:

@@ -41,7 +41,8 @@ def to_record(e: EditEntry) -> EditRecord:
     return EditRecord(edit_id=e.edit_id, version=e.version, status=e.status,
                       requests=[EditItem(**r) for r in b["requests"]], author=b["author"], note=b["note"],
                       force=b["force"], time=b["time"], pre_scores=b["pre"], rank=b["rank"], bytes=b["bytes"],
-                      computed=b.get("computed", "at edit"), guard=b.get("guard", {}), rollback=e.rollback)  # events from before the guard have none
+                      computed=b.get("computed", "at edit"),
+                      guard=b.get("guard", {}), rollback=e.rollback)  # events from before the guard have none
 
 
 def target_scores(items: list[EditItem], pre: list, post: list) -> list[TargetScores]:

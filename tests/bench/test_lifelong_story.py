@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from test_says import RECORDS
 
 import bench.lifelong_story as story
 from bench.common import make_profile, serving
 from bench.lifelong_story import fill
 from editor_core.data import load_records
 from service.client import MendClient
-
-from test_says import RECORDS
 
 FILL = [{"subject": f"Town {i}", "src": f"Which river runs through Town {i}?", "rephrase":
          f"Through Town {i} runs which river?", "alt": f"River {i}", "answers": ["Thames"],

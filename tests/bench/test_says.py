@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Three records in the zsRE format: the test needs no data folder beside the checkout.
 RECORDS = [{"subject": "Federico Almerares", "src": "Where was Federico Almerares born?", "rephrase":
             "Where's Federico Almerares born?", "alt": "Madrid", "answers": ["Mar del Plata"],
-            "loc": "nq question: the roman name for a liberal arts education is known as", "loc_ans": "artes liberales"},
+            "loc": "nq question: the roman name for a liberal arts education is known as",
+            "loc_ans": "artes liberales"},
            {"subject": "Welcome Party", "src": "What series is Welcome Party in?", "rephrase":
             "Which series is Welcome Party part of?", "alt": "30 Rock", "answers": ["Frasier"],
             "loc": "nq question: who sang the theme song to the jeffersons", "loc_ans": "Ja'Net DuBois"},

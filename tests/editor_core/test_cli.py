@@ -158,4 +158,5 @@ def test_train_fits_a_scope_that_the_service_runs_at_its_default_method(tokenize
     with TestClient(create_app(settings)) as client:
         r = client.post("/edit", json={"prompt": "The capital of France is", "target": "Rome"})
         assert r.status_code == 201, r.text
-        assert client.post("/generate", json={"prompt": "The capital of France is", "max_new_tokens": 3}).status_code == 200
+        assert client.post("/generate",
+                           json={"prompt": "The capital of France is", "max_new_tokens": 3}).status_code == 200

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from editor_core.data import EditRecord, EditRequest
-from editor_core.fluency import fluency, mentions, ngram_entropy, reply_metrics, reply_reference, repeats, says
+from editor_core.fluency import fluency, mentions, ngram_entropy, repeats, reply_metrics, reply_reference, says
 
 
 def test_says_is_a_start_on_word_boundaries():
@@ -39,7 +39,8 @@ def test_fluency_judges_the_reply_and_its_references_on_the_same_number_of_words
 
 
 def test_questions_about_the_edited_subject_are_judged_unchanged_or_not():
-    rec = EditRecord(EditRequest("Frankie Albert plays as", " goaltender"), [], [EditRequest("Troy Smith plays as", " x")],
+    rec = EditRecord(EditRequest("Frankie Albert plays as", " goaltender"), [],
+                     [EditRequest("Troy Smith plays as", " x")],
                      "Frankie Albert", kind="counterfact",
                      extra={"other_questions": ["Frankie Albert was born in", "Frankie Albert is a citizen of"]})
     edited = {"Frankie Albert was born in": " goaltender", "Frankie Albert is a citizen of": " the United States"}

@@ -128,7 +128,7 @@ def test_half_precision_save_keeps_statistics_in_float64(llama, tokenizer, tmp_p
     stored = load_file(tmp_path / WEIGHTS_FILE)
     assert stored["log_alpha"].dtype == torch.float16
     back = MENDEditor.load(tmp_path, llama)
-    for k, net in editor.nets.items():
+    for k in editor.nets:
         for part in ("norm_u", "norm_d"):
             for buf in ("count", "mean", "m2"):
                 key = f"nets.{k}.{part}.{buf}"

@@ -246,7 +246,8 @@ def test_edits_sent_together_each_apply_only_their_own_delta(model, tokenizer):
             finally:
                 pieces[i].revert(model)
         scope.remove("batch")
-        assert scope.codebook.live == 0 and scope.select(scope.prompt_keys(model, tokenizer, [reqs[0].prompt])) == [None]
+        assert scope.codebook.live == 0 and \
+            scope.select(scope.prompt_keys(model, tokenizer, [reqs[0].prompt])) == [None]
     finally:
         scope.detach()
 

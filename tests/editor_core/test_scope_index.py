@@ -6,8 +6,15 @@ import random
 import torch
 
 from editor_core import LowRankDelta
-from editor_core.scope import Codebook, IndexConfig, RelationCheck, ScopedMeta, WordCheck, codebook_from_state, \
-    codebook_state
+from editor_core.scope import (
+    Codebook,
+    IndexConfig,
+    RelationCheck,
+    ScopedMeta,
+    WordCheck,
+    codebook_from_state,
+    codebook_state,
+)
 
 D, RADIUS = 32, 0.75
 RELATION = RelationCheck(torch.randn(8, D, generator=torch.Generator().manual_seed(3)), 0.2)

@@ -3,16 +3,15 @@ settings (scoped): every method, the errors as the server words them,
 and retries that never apply an edit twice."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import json
 import zipfile
+from pathlib import Path
 
 import httpx
 import pytest

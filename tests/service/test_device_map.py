@@ -45,7 +45,8 @@ def served(settings: Settings) -> dict:
         after = client.post("/generate", json=gen)
         assert after.status_code == 200, after.text
         weights = hashlib.sha256(b"".join(w.float().numpy().tobytes() for w in edited_weights(client).values()))
-        return {"fingerprint": client.get("/ready").json()["model_fingerprint"], "scores": r.json()["scores"], "rank": r.json()["rank"],
+        return {"fingerprint": client.get("/ready").json()["model_fingerprint"], "scores": r.json()["scores"],
+                "rank": r.json()["rank"],
                 "before": before, "after": after.json()["text"], "weights": weights.hexdigest(),
                 "placement": dict(getattr(rt.model, "hf_device_map", {}) or {})}
 
@@ -114,7 +115,8 @@ def test_bad_placement_settings_are_refused_clearly(monkeypatch, env, message):
 
 
 @pytest.mark.parametrize(("value", "parsed"), [
-    ("auto", "auto"), (" sequential ", "sequential"), ('{"model": 0, "lm_head": "cpu"}', {"model": 0, "lm_head": "cpu"}),
+    ("auto", "auto"), (" sequential ", "sequential"),
+    ('{"model": 0, "lm_head": "cpu"}', {"model": 0, "lm_head": "cpu"}),
 ])
 def test_placement_settings_from_the_environment(monkeypatch, value, parsed):
     monkeypatch.setenv("MEND_DEVICE_MAP", value)

@@ -178,7 +178,8 @@ def test_generations_during_edits_each_see_one_whole_version(either_client):
 def test_computing_a_delta_does_not_block_generation(either_client):
     """The delta is computed under the read lock: a generation started meanwhile finishes without waiting."""
     client, rt = either_client, either_client.app.state.runtime
-    method = "compute_delta" if rt.method.name == "inplace" else "compute_deltas"  # scoped: one delta per form of each edit
+    # scoped: one delta per form of each edit
+    method = "compute_delta" if rt.method.name == "inplace" else "compute_deltas"
     real, computing = getattr(rt.editor, method), threading.Event()
 
     def slow_compute(*args, **kw):  # the real computation, made long enough to overlap with a generation
@@ -224,7 +225,8 @@ def test_a_scoped_generation_never_waits_behind_an_apply(client):
 
 
 def test_score_matches_what_edit_reports_and_changes_only_through_edits(client):
-    items = [{"prompt": EDIT["prompt"], "target": EDIT["target"]}, {"prompt": "Water boils at", "target": "100 degrees"}]
+    items = [{"prompt": EDIT["prompt"], "target": EDIT["target"]},
+             {"prompt": "Water boils at", "target": "100 degrees"}]
     before = client.post("/score", json={"items": items})
     assert before.status_code == 200, before.text
     b = before.json()
@@ -246,10 +248,12 @@ def test_score_rejects_bad_input(client):
     limits = client.app.state.runtime.settings
     too_long = {"items": [{"prompt": "word " * (limits.max_prompt_tokens + 1), "target": "x"}]}
     r = client.post("/score", json=too_long)
-    assert r.status_code == 422 and r.json()["detail"] == f"prompt is longer than the limit of {limits.max_prompt_tokens} tokens"
+    assert r.status_code == 422 and r.json()["detail"] == \
+        f"prompt is longer than the limit of {limits.max_prompt_tokens} tokens"
     long_target = {"items": [{"prompt": "x", "target": "word " * (limits.max_new_tokens + 1)}]}
     r = client.post("/score", json=long_target)
-    assert r.status_code == 422 and r.json()["detail"] == f"target is longer than the limit of {limits.max_new_tokens} tokens"
+    assert r.status_code == 422 and r.json()["detail"] == \
+        f"target is longer than the limit of {limits.max_new_tokens} tokens"
     # beyond the editor's 64-token window but within the limits: scored, not refused
     assert client.post("/score", json={"items": [{"prompt": "word " * 70, "target": "x"}]}).status_code == 200
 
@@ -296,8 +300,10 @@ def test_the_library_says_what_the_service_serves(client):
     assert rt.settings.reword
     assert client.post("/edit", json=EDIT).status_code == 201
     scope = rt.method.scope
-    reword = lambda text, form: scope.worded(rt.model, rt.tokenizer, rt.method.editor, text, form, None,
-                                             **rt.method.compress)
+
+    def reword(text, form):
+        return scope.worded(rt.model, rt.tokenizer, rt.method.editor, text, form, None, **rt.method.compress)
+
     lib = local_generate(rt.model, rt.tokenizer, scope, reword=reword)
     other = "Tell me at once. " + EDIT["prompt"]  # its last sentence selects the edit; the whole is other words
     assert reword(other, PLAIN) is not None

@@ -150,7 +150,8 @@ def test_errors_come_in_openai_shape_and_change_nothing(server):
         "param": "messages.0.content", "code": None}}
     assert server.state() == h0
     # the rest of the API keeps its own shape
-    assert server.http.post("/generate", json={"prompt": " "}).json()["detail"] == "prompt: must not be empty or whitespace"
+    assert server.http.post("/generate", json={"prompt": " "}).json()["detail"] == \
+        "prompt: must not be empty or whitespace"
 
 
 def test_a_key_is_needed_and_works(settings):

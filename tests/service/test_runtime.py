@@ -130,7 +130,8 @@ def test_a_second_replica_converges(either, shared_redis, tmp_path: Path):
         eid = a.post("/edit", json=EDIT).json()["edit_id"]
         wait_for_version(b, 1)
         assert weights_hash(a) == weights_hash(b) and b.get(f"/edits/{eid}").json()["status"] == "active"
-        assert b.post("/generate", json={"prompt": EDIT["prompt"], "max_new_tokens": 2}).json()["text"].startswith(" Rome")
+        assert b.post("/generate",
+                      json={"prompt": EDIT["prompt"], "max_new_tokens": 2}).json()["text"].startswith(" Rome")
         b.post("/edit", json=EDIT2)  # B first catches up, then computes on A's weights
         b.post("/rollback", json={"edit_id": eid})
         wait_for_version(a, 3)

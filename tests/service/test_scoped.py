@@ -36,7 +36,8 @@ def test_a_scoped_edit_acts_on_its_prompt_only_and_never_touches_the_weights(sco
         after = scores(client, EDIT, OTHER)
         assert after[0]["exact"] and not before[0]["exact"]
         assert after[1] == before[1]  # outside the scope: bit-identical scores
-        assert client.post("/generate", json={"prompt": EDIT["prompt"], "max_new_tokens": 2}).json()["text"].startswith(" Rome")
+        assert client.post("/generate",
+                           json={"prompt": EDIT["prompt"], "max_new_tokens": 2}).json()["text"].startswith(" Rome")
         assert all((w == base_weights[n]).all() for n, w in edited_weights(client).items())
 
 
@@ -83,10 +84,10 @@ def test_a_relation_check_keeps_prompts_inside_the_radius_from_an_edit_and_the_g
     import shutil
 
     import torch
+    from transformers import LlamaForCausalLM
 
     from editor_core.model import load_tokenizer, prepare_model
     from editor_core.scope import Scope
-    from transformers import LlamaForCausalLM
 
     editor = tmp_path / "editor"
     shutil.copytree(scoped.editor, editor)

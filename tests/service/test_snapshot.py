@@ -47,11 +47,12 @@ def test_a_damaged_or_foreign_snapshot_is_refused_and_the_log_replayed_whole(set
         want = state(client)
     folder = snapshot.folder_for(settings.data_dir, key)
     manifest = json.loads((folder / snapshot.MANIFEST).read_text())
+    # Each damage reads `manifest` when it is done: the one the start just before it wrote.
     for damage, words in ((lambda: (folder / snapshot.STATE).write_text("{}"), "does not match its manifest"),
-                          (lambda: (folder / snapshot.MANIFEST).write_text(json.dumps({**manifest, "checks": "x"})),
-                           "another log or scope"),
                           (lambda: (folder / snapshot.MANIFEST).write_text(json.dumps(
-                              {**manifest, "event_id": "1-0"})), "is not in")):
+                              {**manifest, "checks": "x"})), "another log or scope"),  # noqa: B023
+                          (lambda: (folder / snapshot.MANIFEST).write_text(json.dumps(
+                              {**manifest, "event_id": "1-0"})), "is not in")):  # noqa: B023
         with serving(settings) as client:  # each start writes a good one again on shutdown
             pass
         manifest = json.loads((folder / snapshot.MANIFEST).read_text())

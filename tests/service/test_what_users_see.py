@@ -3,8 +3,6 @@ trained editor: the reply says the new answer and then reads like the unedited m
 form. Greedy /generate is the verdict; a teacher-forced /score is checked only to agree with it."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from service_support import make_settings, serving
 from test_smollm_story import editor_dir
