@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Optional
 import redis
 import typer
 
+from editor_core.data import load_records
 from service.client import MendClient
 from service.importing import send
 from service.schemas import ImportItem
@@ -45,15 +47,18 @@ def main(n: int = typer.Option(20_000, help="corrections to import"),
          batch: int = typer.Option(500, help="items per request"),
          probes: int = typer.Option(20, help="imported prompts generated from, first and second time"),
          data: Path = typer.Option(DATA, help="folder with zsre/ and counterfact/ train.json and dev.json"),
+         without_dev: bool = typer.Option(False, help="leave the dev records' edits out of the fill, so that "
+                                                      "`bench.says --base` makes them among the imported ones"),
          smoke: bool = False, threads: Optional[int] = None, out: Optional[Path] = None) -> None:
     setup_logging()
     p = make_profile(smoke, threads=threads, out=out)
     n = min(n, 300) if smoke else n
-    items = [ImportItem(prompt=q, target=" " + a.strip()) for q, a in fill(n, data=data)]
-    work = p.out / "work" / "bulk_import"
+    dev = {r.edit.prompt for kind in ("zsre", "counterfact")
+           for r in load_records(f"{kind}:{data / kind / 'dev'}.json", None)} if without_dev else set()
+    items = [ImportItem(prompt=q, target=" " + a.strip()) for q, a in fill(n + len(dev), data=data)
+             if q not in dev][:n]
+    work = p.out / "work" / f"bulk_import_{n}{'_without_dev' if without_dev else ''}"  # `bench.says --base` reads it
     if work.exists():
-        import shutil
-
         shutil.rmtree(work)
     s = launch(p, work, p.out / "work" / "bulk_import.log", MEND_METHOD="scoped")
     try:

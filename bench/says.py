@@ -151,6 +151,9 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
                                                     "MEND_PIECE_CACHE_MB=1: every kept edit recomputed when selected)"),
          smoke: bool = False, model: Optional[str] = None, editor: Optional[str] = None,
          threads: Optional[int] = None, out: Optional[Path] = None,
+         base: Optional[Path] = typer.Option(None, help="a server data folder whose edit log the run starts from "
+                                                        "(copied; e.g. bench.bulk_import's): the checked edits are "
+                                                        "made among that many kept ones"),
          samples: Optional[Path] = typer.Option(None, help="also write each record's replies and scores here (JSON)"),
          replies: Optional[Path] = typer.Option(None, help="also write every query's greedy reply here "
                                                            "(JSON, sorted): diff two runs to show a refactor "
@@ -167,8 +170,11 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
         mode = f"seq{n}" + (f"_check{check_n}" if check_n else "")
     else:
         mode = f"batch{batch}" if batch > 1 else "single"
-    work = p.out / "says" / f"{kind}-{method}-{mode}"
+    work = p.out / "says" / f"{kind}-{method}-{mode}" if base is None else \
+        p.out / "says" / f"{kind}-{method}-{mode}-on-{base.name}"
     shutil.rmtree(work, ignore_errors=True)
+    if base is not None:  # the log and its snapshot; a running server's socket and pid stay behind
+        shutil.copytree(base, work / "data", ignore=shutil.ignore_patterns("redis.pid", "redis.sock"))
     extra = dict(s.split("=", 1) for s in setting)
     if any(not k.startswith("MEND_") for k in extra):
         raise typer.BadParameter("--setting takes MEND_NAME=VALUE")
@@ -178,7 +184,8 @@ def main(data: str = typer.Option("zsre:../shared/data/zsre/dev.json", help="zsr
     if replies is not None:
         replies.write_text(json.dumps(dict(sorted(REPLIES.items())), indent=0) + "\n")
     log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
-    save(p, f"says_{kind}_{method}_{mode}", {"data": data, "method": method, "mode": mode, "skip": skip, **result},
+    name = f"says_{kind}_{method}_{mode}" + ("" if base is None else f"_on_{base.name}")
+    save(p, name, {"data": data, "method": method, "mode": mode, "skip": skip, "base": str(base), **result},
          command_line())
 
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 from pydantic import SecretStr, ValidationError
-from service_support import EDIT, EDIT2, serving
+from service_support import EDIT, EDIT2, EDIT3, serving
 
 try:  # FastAPI 0.16x keeps an included router as one entry of app.routes; this walks into it
     from fastapi.routing import iter_route_contexts
@@ -65,7 +65,7 @@ def test_with_a_key_every_route_but_the_probes_and_the_docs_needs_it_and_works_w
     edit_id, model = keyed.post("/edit", json=EDIT, headers=GOOD).json()["edit_id"], keyed.app.state.settings.model
     calls = {("POST", "/edit"): {"json": EDIT2}, ("POST", "/rollback"): {"json": {"edit_id": edit_id}},
              ("POST", "/generate"): {"json": {"prompt": "hi", "max_new_tokens": 2}},
-             ("POST", "/score"): {"json": {"items": [EDIT]}},
+             ("POST", "/score"): {"json": {"items": [EDIT]}}, ("POST", "/edits/import"): {"json": {"items": [EDIT3]}},
              ("GET", "/edits"): {}, ("GET", "/edits/{edit_id}"): {}, ("GET", "/metrics"): {},
              ("GET", "/export"): {"params": {"format": "peft"}},
              ("GET", "/v1/models"): {},

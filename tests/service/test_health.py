@@ -30,8 +30,8 @@ def test_openapi_has_an_example_for_every_request(client):
     doc = client.get("/openapi.json").json()
     bodies = [op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
               for ops in doc["paths"].values() for op in ops.values() if "requestBody" in op]
-    assert sorted(bodies) == ["ChatCompletionRequest", "CompletionRequest", "EditCreate", "GenerateRequest",
-                              "RollbackRequest", "ScoreRequest"]
+    assert sorted(bodies) == ["ChatCompletionRequest", "CompletionRequest", "EditCreate", "EditImport",
+                              "GenerateRequest", "RollbackRequest", "ScoreRequest"]
     assert all(doc["components"]["schemas"][b]["examples"] for b in bodies)
     assert "space" in doc["info"]["description"]  # how prompt and target are joined
     assert client.get("/docs").status_code == 200
