@@ -3,6 +3,7 @@ service's default settings.
 
     python -m bench.says --data zsre:../shared/data/zsre/dev.json -n 100
     python -m bench.says --data counterfact:../shared/data/counterfact/dev.json -n 60 --sequential
+    python -m bench.says --data longform:../shared/data/counterfact/dev.json -n 200   # sentence answers
     python -m bench.says --smoke       # a tiny random model: the mechanics only
 
 Per record: the reply to the edit prompt starts with the new answer (`prompt`), to each rephrase/paraphrase
@@ -16,6 +17,11 @@ unedited model continuing the prompt with the new answer written in (`*_answer_i
 the answer should read like. Single edits are rolled back after their check; `--sequential` keeps every edit and
 checks them all at the end (or `--check N` of them, spread evenly over the edit order, when checking all would
 not fit in the time); `--batch B` sends B edits in one /edit.
+
+`longform:FILE` (a CounterFact file's records as questions answered by a whole sentence, editor_core/longform.py)
+is judged by `fluency.long_metrics` instead: the reply contains the whole sentence (`whole`, `chat_whole`), states
+the new object (`object`, `chat_object`, `rephrase_object`), is free of junk (stray symbols, a doubled word, the
+sentence cut off), and what follows the sentence does not repeat (`repeat`, `entropy`).
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ import typer
 
 from editor_core.data import EditRecord, load_records
 from editor_core.evaluate import mean_metrics
-from editor_core.fluency import Generate, Query, reply_metrics, reply_reference
+from editor_core.fluency import Generate, Query, long_metrics, long_reference, reply_metrics, reply_reference
 from service.client import MendClient
 
 from .common import command_line, make_profile, save, serving, setup_logging
@@ -62,11 +68,15 @@ def http_generate(mend: MendClient) -> Generate:
 
 
 def before(mend: MendClient, rec: EditRecord) -> dict:
-    return reply_reference(http_generate(mend), rec)
+    reference = long_reference if rec.kind == "longform" else reply_reference
+    return reference(http_generate(mend), rec)
 
 
 def check(mend: MendClient, rec: EditRecord, ref: dict) -> tuple[dict, dict]:
     """The record's scores, and its sample: what the averages hide, the replies themselves."""
+    if rec.kind == "longform":
+        row, long = long_metrics(http_generate(mend), rec, ref)
+        return row, {"edit_prompt": rec.edit.prompt, "target": rec.edit.target, "reply": long, **row}
     row, long = reply_metrics(http_generate(mend), rec, ref)
     return row, {"edit_prompt": rec.edit.prompt, "target": rec.edit.target, "reply": long,
                  "unedited": ref["long"], "answer_in": ref["answer_in"], **row}

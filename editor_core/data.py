@@ -87,16 +87,23 @@ def _zsre_other_questions(raw: list[dict], records: list[EditRecord], k: int = 2
 
 
 def load_records(spec: str, n: int | None = None, one_per_subject: bool = False) -> list[EditRecord]:
-    """Read `zsre:FILE`, `counterfact:FILE`, or a bare FILE whose format is detected from its keys."""
-    kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("zsre", "counterfact") else ("", "", spec)
+    """Read `zsre:FILE`, `counterfact:FILE`, `longform:FILE` (a CounterFact file's records as questions answered by
+    a sentence: editor_core/longform.py), or a bare FILE whose format is detected from its keys."""
+    kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("zsre", "counterfact", "longform") \
+        else ("", "", spec)
     raw = json.loads(Path(path).read_text())
     if not isinstance(raw, list) or not raw:
         raise ValueError(f"{path}: expected a non-empty JSON list of records")
     kind = kind or ("counterfact" if "requested_rewrite" in raw[0] else "zsre")
-    parse = _counterfact if kind == "counterfact" else _zsre
+    if kind == "longform":
+        from .longform import longform as parse  # it builds on this module's records
+    else:
+        parse = _counterfact if kind == "counterfact" else _zsre
     records, seen = [], set()
     for rec in raw:
         r = parse(rec)
+        if r is None:
+            continue  # a long-form record needs a template of its relation
         if not r.edit.target.strip():
             continue  # a few zsRE records have an empty new answer: nothing to edit
         if one_per_subject and r.subject in seen:
@@ -105,7 +112,7 @@ def load_records(spec: str, n: int | None = None, one_per_subject: bool = False)
         records.append(r)
         if n is not None and len(records) >= n:
             break
-    (_other_questions if kind == "counterfact" else _zsre_other_questions)(raw, records)
+    (_zsre_other_questions if kind == "zsre" else _other_questions)(raw, records)
     return records
 
 

@@ -111,3 +111,63 @@ def fluency(reply: str, ref: dict, target: str) -> dict[str, float]:
     cut = {k: " ".join(normalized(t).split()[:n]) for k, t in texts.items()}
     return {**{f"repeat{k}": float(repeats(t, target)) for k, t in cut.items()},
             **{f"entropy{k}": ngram_entropy(t) for k, t in cut.items()}}
+
+
+# ---- long-form corrections (issue 32) -----------------------------------------------------------------------------
+
+STRAY = re.compile(r"[^\w\s.,;:!?'\"()\-]{2,}|[|•]")  # "2|•." "Sat||-": symbol runs no sentence has
+DOUBLED = re.compile(r"\b(\w{3,})\s+\1\b", re.IGNORECASE)  # "known known": a word said twice over
+
+
+def junk(reply: str, target: str) -> list[str]:
+    """What is broken in a reply to a long-form correction: stray symbol runs, a word doubled that the target does
+    not double, and the target cut off (its first words said, then something else before its end)."""
+    out = []
+    if STRAY.search(reply) and not STRAY.search(target):
+        out.append("symbols")
+    if DOUBLED.search(reply) and not DOUBLED.search(target):
+        out.append("doubled")
+    said, want = normalized(reply).split(), normalized(target).split()
+    if not mentions(reply, target) and len(want) > 2 and said[:2] == want[:2]:
+        out.append("cut")
+    return out
+
+
+def after_answer(reply: str, target: str) -> str:
+    """The part of a reply after the target sentence (all of it if the target is not there)."""
+    words, t = normalized(reply).split(), normalized(target).split()
+    for i in range(len(words) - len(t) + 1):
+        if words[i : i + len(t)] == t:
+            return " ".join(words[i + len(t):])
+    return " ".join(words)
+
+
+def long_reference(gen: Generate, rec: EditRecord) -> dict:
+    """The unedited model's replies to the neighbours: what must not change."""
+    return {"unrelated": gen([(p, None, SHORT) for p in unrelated(rec)])}
+
+
+def long_metrics(gen: Generate, rec: EditRecord, ref: dict) -> tuple[dict[str, float], str]:
+    """A long-form correction's scores, and the LONG-token reply to its question: `whole` (the reply contains the
+    whole target sentence, normalised), `object` (it states the new object), both in chat (`chat_whole`,
+    `chat_object`); the rephrase states the object (`rephrase_object`, plain and chat); `junk` (any of `junk`'s
+    faults in any of these replies); `unchanged` (neighbours' replies); `repeat` and `entropy` of the text after
+    the answer."""
+    target, obj, others, reph = rec.edit.target, rec.extra["object"], unrelated(rec), rec.rephrases[:1]
+    q = rec.edit.prompt
+    long, chat, *rest = gen([(q, None, LONG), (None, q, LONG), *((p, None, LONG) for p in reph),
+                             *((None, p, LONG) for p in reph), *((p, None, SHORT) for p in others)])
+    plain_reph, chat_reph, now = rest[:len(reph)], rest[len(reph):2 * len(reph)], rest[2 * len(reph):]
+    replies = [long, chat, *plain_reph, *chat_reph]
+    tail = after_answer(long, target)
+    row = {"whole": float(mentions(long, target)), "object": float(mentions(long, obj)),
+           "chat_whole": float(mentions(chat, target)), "chat_object": float(mentions(chat, obj)),
+           "junk": float(any(junk(r, target) for r in replies)),
+           "repeat": float(repeats(tail, obj)) if len(tail.split()) >= 4 else 0.0,
+           "entropy": ngram_entropy(tail)}
+    if reph:
+        row["rephrase_object"] = statistics.mean(mentions(r, obj) for r in plain_reph)
+        row["chat_rephrase_object"] = statistics.mean(mentions(r, obj) for r in chat_reph)
+    if others:
+        row["unchanged"] = statistics.mean(a == b for a, b in zip(now, ref["unrelated"]))
+    return row, long

@@ -75,3 +75,17 @@ def test_a_run_extended_with_skip_checks_only_the_later_records_and_keeps_their_
            "--out", str(tmp_path)]
     bad = subprocess.run(bad, cwd=ROOT, timeout=600, capture_output=True, text=True)
     assert bad.returncode != 0 and "--skip" in bad.stderr
+
+
+def test_long_form_corrections_are_judged_on_the_whole_sentence(tmp_path: Path):
+    from test_million import data_folder
+
+    data = data_folder(tmp_path / "data") / "counterfact" / "dev.json"
+    cmd = [sys.executable, "-m", "bench.says", "--smoke", "--data", f"longform:{data}", "-n", "2", "--out",
+           str(tmp_path)]
+    run = subprocess.run(cmd, cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+    res = json.loads((tmp_path / "says_longform_scoped_single.json").read_text())["results"]
+    assert res["n"] == 2
+    for key in ("whole", "object", "chat_whole", "chat_object", "rephrase_object", "junk", "unchanged", "repeat"):
+        assert 0.0 <= res[key] <= 1.0, key
