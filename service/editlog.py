@@ -35,8 +35,9 @@ if #last > 0 then at = last[1][1] end
 if at ~= ARGV[1] then return {0, at} end
 return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))}
 """
-# The same for several events at once, all or none (a bulk import): ARGV[2..] holds each event as its field count
-# then its fields. Returns {1, id of the last}.
+# The same for several events at once (a bulk import): ARGV[2..] holds each event as its field count then its
+# fields. Returns {1, id of the last}. Nothing else runs between the check and the XADDs; an XADD of well-formed
+# fields does not fail, and were one to, the events before it stay (each is whole, and idempotent by its key).
 APPEND_MANY_IF_AT = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local at = '0'
@@ -217,7 +218,7 @@ class EditLog:
         return self._append_script(APPEND_IF_AT, after, fields)
 
     def append_many(self, events: list[Event], after: str) -> str:
-        """`append` of several events, in one step: all of them or none (LogMoved). Returns the last one's id."""
+        """`append` of several events in one step, none if the stream moved (LogMoved). Returns the last one's id."""
         args: list = []
         for event in events:
             fields = [x for pair in event.fields().items() for x in pair]

@@ -49,6 +49,8 @@ PIECE_METRICS = {  # EditMethod.piece_stats() key -> (metric, help)
     "misses": ("mend_piece_recomputes", "scoped edits recomputed from their logged definition"),
     "mismatches": ("mend_piece_recompute_mismatches", "recomputations whose factors differ from the logged digest"),
     "recompute_s": ("mend_piece_recompute_seconds", "total time spent recomputing scoped edits"),
+    "nonfinite": ("mend_piece_nonfinite", "imported edits whose first computation was not finite (they apply "
+                                          "nothing)"),
 }
 
 

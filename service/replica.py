@@ -135,7 +135,9 @@ class Replica:
         with self.rw.write():
             self.active = self.method.restore_state(snap.tensors, snap.codebook)
             self.edits = {e["edit_id"]: EditEntry(**e) for e in snap.replica["edits"]}
-            self.idempotent = {k: (raw, v) for k, (raw, v) in snap.replica["idempotent"].items()}
+            # An edit's body is its entry's own text, as when it was applied ("@<edit id>": `maybe_snapshot`).
+            self.idempotent = {k: (self.edits[raw[1:]].raw if raw.startswith("@") else raw, v)
+                               for k, (raw, v) in snap.replica["idempotent"].items()}
             self.version, self.last_id = snap.version, snap.event_id
             self.published = Published(self.version, self.method.view())
         return True
@@ -149,8 +151,10 @@ class Replica:
         t0 = time.perf_counter()
         with self.rw.read():  # one whole version
             tensors, info = self.method.snapshot_state()
+            entry_of = {id(e.raw): e.edit_id for e in self.edits.values()}  # a body held once, written once
             replica = {"edits": [dataclasses.asdict(e) for e in self.edits.values()],
-                       "idempotent": {k: list(v) for k, v in self.idempotent.items()}}
+                       "idempotent": {k: ["@" + entry_of[id(raw)] if id(raw) in entry_of else raw, v]
+                                      for k, (raw, v) in self.idempotent.items()}}
             snap = snapshots.Snapshot(self.version, self.last_id, tensors, info, replica)
         try:
             snapshots.save(self.settings.data_dir, self.log.key, checks, snap)

@@ -106,7 +106,7 @@ class Imported:
 
 # Events per append of a bulk import: one script call of ~1 MB, which holds Redis for a few ms.
 IMPORT_CHUNK = 200
-COMPUTED_AT_EDIT, COMPUTED_AT_SELECTION = "at edit", "at first selection"
+COMPUTED_AT_SELECTION = "at first selection"  # an imported edit's body says when its delta is computed
 
 
 def import_key(r: EditRequest) -> str:
@@ -321,9 +321,11 @@ class Runtime(Replica):
                     if moved == APPEND_TRIES:
                         raise LogContention() from None  # the items imported so far stay; a retry repeats them
                     continue
+                moved = 0
                 for j, (i, event) in enumerate(zip(placed, events)):
                     out[i] = Imported("imported", event.body["edit_id"], base_version + j + 1)
                 self._catch_up_after_write(f"an import of {len(events)} edits")
+            self.maybe_checkpoint()  # a snapshot every MEND_SNAPSHOT_EVERY events, as /edit writes one
         for i, f in again.items():
             if digests[i] != digests[f]:
                 out[i] = Imported("invalid", error=f"key {keys[i]!r} was used for another edit")

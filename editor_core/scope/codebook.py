@@ -39,9 +39,14 @@ class RelationCheck:
         return normed(keys.float() @ self.map.T)
 
 
-@functools.lru_cache(maxsize=65536)  # the same texts come back: canaries at every guard check, a request's prompt
 def words_of(text: str) -> frozenset[str]:
     """The words of a text, lower-cased: what `WordCheck` compares."""
+    # Short texts come back (canaries at every guard check, questions): those are remembered, long ones not.
+    return _short_words(text) if len(text) <= 300 else frozenset(re.findall(r"\w+", text.lower()))
+
+
+@functools.lru_cache(maxsize=16384)
+def _short_words(text: str) -> frozenset[str]:
     return frozenset(re.findall(r"\w+", text.lower()))
 
 
@@ -120,8 +125,9 @@ class _Rows:
         if self.index is not None:
             self.index.add(delta.key, self.words_of[-k:])
         elif self.index_cfg is not None and self.n >= self.index_cfg.min_rows:
-            self.index = KeyIndex(self.keys.shape[1], self.index_cfg)
-            self.index.add(self.keys[: self.n], self.words_of)
+            index = KeyIndex(self.keys.shape[1], self.index_cfg)
+            index.add(self.keys[: self.n], self.words_of)
+            self.index = index  # whole: a request reading the line meanwhile scans
 
     def span(self, edit_id: str) -> slice:
         """The rows of one edit (an edit's rows are adjacent)."""
@@ -167,8 +173,8 @@ class Codebook:
         return cls(_Rows(dim, relation, words, PieceStore(split=pieces) if store is None else store, index))
 
     def cleared(self) -> Codebook:
-        """No edit, and this codebook's checks, store and index settings."""
-        return Codebook.empty(self.rows.keys.shape[1], self.relation, self.words, self.store, self.rows.index_cfg)
+        """No edit, and this codebook's checks and store; no index (a codebook of a few edits: the guard's)."""
+        return Codebook.empty(self.rows.keys.shape[1], self.relation, self.words, self.store)
 
     relation = property(lambda self: self.rows.relation)  # a second check a selection must pass (`RelationCheck`)
     words = property(lambda self: self.rows.words)  # a second way in, by the edit's rare words (`WordCheck`)
@@ -211,7 +217,7 @@ class Codebook:
         return MappingProxyType({e: rows.deltas[e] for e, r in rows.first_row.items() if r < self.n and alive[r]})
 
     def held(self, edit_id: str) -> LowRankDelta:
-        """An edit's delta as held: a definition without its key."""
+        """An edit's delta as held: whole with its key, or a definition without it (its key is its rows)."""
         return self.rows.deltas[edit_id]
 
     def delta(self, edit_id: str) -> LowRankDelta:
@@ -298,7 +304,8 @@ class Codebook:
             near = rows[0][rows[0] >= 0]
             row, best = self._among(key, radius, text, torch.tensor(sorted(set(near.tolist()) | set(named))))
             kth = float(sim[0, -1])
-            if len(near) < k or kth < radius or (row is not None and best >= kth):
+            # On a tie with the k-th, a newer row of the same cosine may lie past it: widen.
+            if len(near) < k or kth < radius or (row is not None and best > kth):
                 return row
             k *= 4
         row, _ = self._among(key, radius, text, torch.arange(self.n))
@@ -393,7 +400,8 @@ def codebook_from_state(tensors: dict[str, torch.Tensor], info: dict, empty: Cod
             _, e, name, _ = key.split("/")
             whole[e][name] = (tensors[key], tensors[f"whole/{e}/{name}/right"])
     for e in rows.first_row:
-        rows.deltas[e] = keyless(LowRankDelta(whole.get(e, {}), info["metas"][e], rows.keys[rows.span(e)].clone()))
+        rows.deltas[e] = LowRankDelta(whole[e], info["metas"][e], rows.keys[rows.span(e)].clone()) if e in whole \
+            else keyless(LowRankDelta({}, info["metas"][e]))
     cfg = rows.index_cfg
     if cfg is not None and n >= cfg.min_rows:
         graph = {k.split("/", 1)[1]: t for k, t in tensors.items() if k.startswith("index/")}

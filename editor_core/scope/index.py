@@ -72,7 +72,10 @@ class KeyIndex:
         keys are not in it: they are the codebook's rows."""
         h = self.graph.hnsw
         arrays = {"levels": h.levels, "offsets": h.offsets, "neighbors": h.neighbors}
-        out = {name: torch.from_numpy(faiss.vector_to_array(v).copy()) for name, v in arrays.items()}
+        # offsets are size_t: kept as int64, which every torch reads (and they are far below 2**63)
+        out = {name: torch.from_numpy(faiss.vector_to_array(v).copy()) for name, v in arrays.items()
+               if name != "offsets"}
+        out["offsets"] = torch.from_numpy(faiss.vector_to_array(h.offsets).astype(np.int64))
         out["entry"] = torch.tensor([h.entry_point, h.max_level], dtype=torch.long)
         return out
 
@@ -85,7 +88,8 @@ class KeyIndex:
         out.graph.storage.add(np.ascontiguousarray(keys.float().numpy()))
         out.graph.ntotal = len(keys)
         for name in ("levels", "offsets", "neighbors"):
-            faiss.copy_array_to_vector(state[name].numpy(), getattr(h, name))
+            array = state[name].numpy()
+            faiss.copy_array_to_vector(array.astype(np.uint64) if name == "offsets" else array, getattr(h, name))
         h.entry_point, h.max_level = (int(x) for x in state["entry"])
         for r, ws in enumerate(words):
             out._file(r, ws)

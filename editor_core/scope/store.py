@@ -53,6 +53,7 @@ class StoreStats:
     hits: int = 0
     misses: int = 0  # a definition's factors were not held: recomputed
     mismatches: int = 0  # a recomputation whose digest differs from the logged one
+    nonfinite: int = 0  # an imported edit whose first computation was not finite: it applies nothing
     recompute_s: float = 0.0  # total time spent recomputing
 
 
@@ -119,6 +120,12 @@ class PieceStore:
                 log.warning("edit %s recomputed with other factors than it was logged with (another CPU or "
                             "thread count?): serving the recomputed ones", edit_id)
             pieces = self.split(whole)
+            if delta.meta[DIGEST] == LAZY and not whole.finite():
+                # /edit refuses such a delta before it is logged; an imported one is first computed here, inside
+                # someone's request: it applies nothing rather than put NaN into a shared batch.
+                self.stats.nonfinite += 1
+                log.warning("imported edit %s computed to non-finite factors: it applies nothing", edit_id)
+                pieces = [{form: LowRankDelta({}, p.meta) for form, p in row.items()} for row in pieces]
             self._keep(edit_id, pieces, whole.nbytes)
             return pieces
 

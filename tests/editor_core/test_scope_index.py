@@ -100,3 +100,19 @@ def test_below_its_threshold_a_codebook_scans():
     _, edits, _, _ = world(n=300)
     book = fill(INDEXED, edits, random.Random(0))[-1]
     assert book.rows.index is None
+
+
+def test_the_newest_of_many_equal_keys_wins_past_the_first_candidates():
+    # The same question edited 30 times: 30 equal keys, more than the first k=4 candidates hold.
+    g = torch.Generator().manual_seed(4)
+    others = unit(torch.randn(600, D, generator=g))
+    key = unit(torch.randn(1, D, generator=g))
+    scan, book = Codebook.empty(D), Codebook.empty(D, index=IndexConfig(min_rows=100, k=4))
+    for i in range(600):
+        d = LowRankDelta({}, ScopedMeta(targets=(f"o{i}",)).written(), others[i : i + 1].clone())
+        scan, book = scan.added(f"o{i}", d), book.added(f"o{i}", d)
+    for i in range(30):
+        d = LowRankDelta({}, ScopedMeta(targets=(f"t{i}",)).written(), key.clone())
+        scan, book = scan.added(f"t{i}", d), book.added(f"t{i}", d)
+    assert book.rows.index is not None
+    assert owners(book, book.nearest(key, RADIUS)) == owners(scan, scan.nearest(key, RADIUS)) == ["t29"]

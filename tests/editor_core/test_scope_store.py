@@ -69,3 +69,12 @@ def test_concurrent_selections_of_one_edit_compute_it_once():
     for t in threads:
         t.join()
     assert len(calls) == 1
+
+
+def test_an_imported_edit_whose_first_computation_is_not_finite_applies_nothing():
+    bad = whole(5)
+    bad.factors["w"][0][0, 0] = float("nan")
+    store = PieceStore(recompute=lambda d: bad, split=pieces)
+    lazy = LowRankDelta({}, {DIGEST: ""}, bad.key)  # imported: no factors were ever computed to digest
+    (row,) = store.pieces("imported", lazy)
+    assert row["plain"].factors == {} and store.stats.nonfinite == 1 and store.stats.mismatches == 0
