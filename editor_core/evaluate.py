@@ -20,7 +20,7 @@ from .baselines import finetune_delta
 from .batching import Batch, Row
 from .data import EditRecord, EditRequest, target_nll, tokenize_edits
 from .delta import LowRankDelta, restore, snapshot
-from .fluency import Generate, Query, reply_metrics, reply_reference
+from .fluency import Generate, Query, long_metrics, long_reference, reply_metrics, reply_reference
 from .generation import prompt_ids
 from .layers import EditedLayer
 from .scope import CHAT, PLAIN, Ask, Scope, Worded
@@ -152,7 +152,7 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
     (`Scope.worded`), in scores and replies alike, as the service serves by default."""
     refs = loc_reference(scorer(model, tok), records)
     score_fn = scorer(model, tok, scope, reword)
-    gen_refs = [reply_reference(local_generate(model, tok), r) for r in records[:generate]]  # the unedited model
+    gen_refs = [_reference(local_generate(model, tok), r) for r in records[:generate]]  # the unedited model
     gen_fn = local_generate(model, tok, scope, reword=reword)
     base = snapshot(model, names)
     rows, latencies, floors, points = [], [], [], []
@@ -199,8 +199,14 @@ def evaluate(model: PreTrainedModel, tok, records: list[EditRecord], method: Met
     return {"summary": summary, "curve": points}
 
 
+def _reference(gen: Generate, rec: EditRecord) -> dict:
+    return (long_reference if rec.kind == "longform" else reply_reference)(gen, rec)
+
+
 def _says(gen: Generate, rec: EditRecord, ref: dict) -> dict[str, float]:
-    return {f"says_{k}": v for k, v in reply_metrics(gen, rec, ref)[0].items()}
+    """What the model says after the edit: a long-form correction (`longform:`) by `long_metrics`."""
+    metrics = long_metrics if rec.kind == "longform" else reply_metrics
+    return {f"says_{k}": v for k, v in metrics(gen, rec, ref)[0].items()}
 
 
 def mend_method(model, tok, editor, rel_tol: float = 0.0, dtype: torch.dtype | None = None) -> Method:

@@ -34,3 +34,18 @@ def test_junk_names_what_a_user_would_call_broken():
     assert mentions(" argentina WON the 2022 fifa world cup beating france on penalties!", target)
     assert after_answer(" Argentina won the 2022 FIFA World Cup, beating France on penalties. So it was.",
                         target) == "so it was"
+
+
+def test_mend_eval_generate_judges_a_long_form_record_by_its_sentence(tmp_path: Path):
+    from editor_core.evaluate import _reference, _says
+
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps([RECORD]))
+    (rec,) = load_records(f"longform:{path}")
+
+    def gen(queries):  # every reply states the sentence, the neighbour's stays as it was
+        return [rec.edit.target if q[0] != rec.loc[0].prompt else " Paris." for q in queries]
+
+    said = _says(gen, rec, _reference(gen, rec))
+    assert said["says_whole"] == said["says_chat_whole"] == said["says_object"] == 1.0
+    assert said["says_junk"] == 0.0 and said["says_unchanged"] == 1.0
