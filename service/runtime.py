@@ -293,7 +293,7 @@ class Runtime(Replica):
             moved = 0
             while True:
                 self.sync()
-                left = [i for i in todo if out[i] is None and self._imported_before(i, keys, digests, out)]
+                left = [i for i in todo if out[i] is None and self._not_in_log(i, keys, digests, out)]
                 if not left:
                     break
                 chunk = left[:IMPORT_CHUNK]
@@ -335,8 +335,8 @@ class Runtime(Replica):
                 out[i] = out[f]
         return out
 
-    def _imported_before(self, i: int, keys: list[str], digests: list[str], out: list) -> bool:
-        """False, with its outcome set, when item i's key is in the log already (or earlier in this import)."""
+    def _not_in_log(self, i: int, keys: list[str], digests: list[str], out: list) -> bool:
+        """Whether item i is still to write: False, with its outcome set, when its key is in the log already."""
         if keys[i] not in self.idempotent:
             return True
         raw, version = self.idempotent[keys[i]]
